@@ -1,0 +1,202 @@
+"""The IIR application: the route table and the steps every request goes through.
+
+Order of the cross-cutting steps, all in :meth:`App.__rsgi__`:
+request id → route match → auth → handler → error shaping → metrics and one log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import time
+import uuid
+from contextlib import suppress
+from typing import Any
+
+import orjson
+from granian.rsgi import ProtocolClosed
+
+from . import __version__, metrics, openapi
+from .auth import KeyRing
+from .backends.echo import EchoBackend
+from .chat import ChatService
+from .config import Settings, load_settings
+from .errors import ApiError
+from .http import JSON, Request, Response, StreamResponse, json_response
+from .logs import request_id_var
+from .registry import ModelRegistry
+from .routes import Route, Router
+
+log = logging.getLogger("iir.access")
+applog = logging.getLogger("iir")
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+
+
+class App:
+    """The RSGI application served by Granian (one per worker process)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.keys = KeyRing(settings.api_keys)
+        self.echo = EchoBackend(settings.echo_token_delay_ms)
+        self.registry = ModelRegistry([self.echo])
+        self.chat = ChatService(self.registry)
+        self.router = Router(self._routes())
+        self._openapi: bytes | None = None
+        self._docs_dir = openapi.swagger_dir()
+        metrics.BUILD_INFO.labels(__version__).set(1)
+
+    def _routes(self) -> list[Route]:
+        return [
+            Route("GET", "/health", self.health, auth=False, summary="Health check"),
+            Route("GET", "/version", self.version, auth=False, summary="Version of IIR"),
+            Route("GET", "/metrics", self.metrics, auth=False, summary="Prometheus metrics"),
+            Route("GET", "/openapi.json", self.openapi_json, auth=False, summary="This document"),
+            Route("GET", "/docs", self.docs, auth=False, summary="Interactive API docs"),
+            Route("GET", "/docs/assets/{name}", self.docs_asset, auth=False,
+                  summary="Assets of the docs page"),
+            Route("GET", "/v1/models", self.models, summary="List available models"),
+            Route("POST", "/v1/chat/completions", self.chat.handle,
+                  summary="Chat completion (OpenAI-compatible), streamed or not"),
+        ]
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    async def startup(self) -> None:
+        for backend in self.registry.backends:
+            await backend.start()
+
+    async def shutdown(self) -> None:
+        for backend in self.registry.backends:
+            with suppress(Exception):
+                await backend.close()
+
+    def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop.run_until_complete(self.startup())
+
+    def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
+        with suppress(Exception):
+            loop.run_until_complete(self.shutdown())
+
+    # --- the request path ---------------------------------------------------------------------
+
+    async def __rsgi__(self, scope: Any, proto: Any) -> None:
+        if scope.proto != "http":
+            proto.close(1003)
+            return
+        started = time.perf_counter()
+        incoming = scope.headers.get("x-request-id")
+        rid = incoming if incoming and _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+        token = request_id_var.set(rid)
+        client = scope.client.rsplit(":", 1)[0].strip("[]") if scope.client else ""
+        req = Request(scope, proto, rid, client, self.settings.max_body_bytes)
+        metrics.INFLIGHT.inc()
+        status = 500
+        try:
+            resp = await self._dispatch(req)
+            base = [("x-request-id", rid)]
+            if isinstance(resp, StreamResponse):
+                status = resp.status
+                await self._stream(proto, req, resp, base)
+            else:
+                status = resp.status
+                proto.response_bytes(resp.status, [("content-type", resp.content_type), *base,
+                                                   *resp.headers], resp.body)
+        finally:
+            elapsed = time.perf_counter() - started
+            metrics.INFLIGHT.dec()
+            metrics.REQUESTS.labels(req.route, req.method, str(status)).inc()
+            metrics.REQUEST_DURATION.labels(req.route).observe(elapsed)
+            log.info("request", extra={"method": req.method, "route": req.route,
+                                       "status": status, "duration_ms": round(elapsed * 1000, 3),
+                                       "model": req.state.get("model"), "client": req.client})
+            request_id_var.reset(token)
+
+    async def _dispatch(self, req: Request) -> Response | StreamResponse:
+        try:
+            route, params = self.router.match(req.method, req.path)
+            req.route = route.template
+            if route.auth:
+                req.key_id = self.keys.authenticate(req.header("authorization"))
+            return await route.handler(req, **params)
+        except ApiError as err:
+            return Response(err.status, err.body(), JSON, err.headers)
+        except Exception:
+            applog.exception("unhandled error", extra={"route": req.route})
+            err = ApiError(500, f"Internal error (request id {req.request_id})")
+            return Response(500, err.body(), JSON)
+
+    async def _stream(self, proto: Any, req: Request, resp: StreamResponse,
+                      base: list[tuple[str, str]]) -> None:
+        """Sends an SSE body, cancelling the producer as soon as the client goes away."""
+        transport = proto.response_stream(
+            resp.status, [("content-type", resp.content_type), *base, *resp.headers])
+
+        async def pump() -> None:
+            async for chunk in resp.chunks:
+                await transport.send_bytes(chunk)
+
+        producer = asyncio.ensure_future(pump())
+        gone = asyncio.ensure_future(proto.client_disconnect())
+        try:
+            await asyncio.wait({producer, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            left = not producer.done()
+            for task in (producer, gone):
+                task.cancel()
+            with suppress(asyncio.CancelledError, ProtocolClosed):
+                await producer
+            with suppress(asyncio.CancelledError):
+                await gone
+            aclose = getattr(resp.chunks, "aclose", None)
+            if aclose is not None:
+                with suppress(Exception):
+                    await aclose()
+        if left or (producer.exception() if not producer.cancelled() else None):
+            metrics.STREAM_DISCONNECTS.inc()
+            applog.info("client disconnected; generation cancelled",
+                        extra={"event": "disconnect", "route": req.route})
+
+    # --- handlers of the core routes ------------------------------------------------------------
+
+    async def health(self, req: Request) -> Response:
+        return json_response({"status": "ok"})
+
+    async def version(self, req: Request) -> Response:
+        return json_response({"version": __version__})
+
+    async def metrics(self, req: Request) -> Response:
+        body, content_type = metrics.render()
+        return Response(200, body, content_type)
+
+    async def openapi_json(self, req: Request) -> Response:
+        if self._openapi is None:
+            self._openapi = orjson.dumps(openapi.build(self.router.routes))
+        return Response(200, self._openapi)
+
+    async def docs(self, req: Request) -> Response:
+        return Response(200, openapi.DOCS_HTML.encode(), "text/html; charset=utf-8")
+
+    async def docs_asset(self, req: Request, name: str) -> Response:
+        kind = openapi.DOCS_ASSETS.get(name)
+        if kind is None or self._docs_dir is None:
+            raise ApiError(404, f"No docs asset named {name!r}")
+        body = await asyncio.to_thread((self._docs_dir / name).read_bytes)
+        return Response(200, body, kind, [("cache-control", "public, max-age=86400")])
+
+    async def models(self, req: Request) -> Response:
+        data = [{"id": c.id, "object": "model", "created": c.created, "owned_by": c.owned_by}
+                for c in self.registry.cards()]
+        return json_response({"object": "list", "data": data})
+
+
+def create_app() -> App:
+    """Granian's factory target: settings come from the environment and ``IIR_ENV_FILE``."""
+    settings = load_settings(os.environ, os.environ.get("IIR_ENV_FILE") or None)
+    from .logs import configure
+
+    configure(settings.log_level)
+    return App(settings)

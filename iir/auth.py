@@ -1,0 +1,42 @@
+"""Bearer-key authentication.
+
+Keys are kept only as SHA-256 digests and compared with :func:`hmac.compare_digest` against every
+configured key, so neither timing nor an early exit tells an attacker how close a guess was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Iterable
+
+from .errors import ApiError
+
+
+def key_id(key: str) -> str:
+    """A stable, non-reversible identifier for a key (for rate-limit buckets and job ownership)."""
+    return hashlib.sha256(b"iir-key-id:" + key.encode()).hexdigest()[:32]
+
+
+class KeyRing:
+    def __init__(self, keys: Iterable[str]) -> None:
+        self._digests = [hashlib.sha256(k.encode()).digest() for k in keys]
+
+    def authenticate(self, authorization: str | None) -> str:
+        """Returns the key's id, or raises 401 (no usable header) / 403 (unknown key)."""
+        challenge = [("www-authenticate", 'Bearer realm="iir"')]
+        if not authorization:
+            raise ApiError(401, "Missing Authorization header (expected 'Bearer <API_KEY>')",
+                           headers=challenge)
+        scheme, _, token = authorization.strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token or " " in token:
+            raise ApiError(401, "Malformed Authorization header (expected 'Bearer <API_KEY>')",
+                           headers=challenge)
+        digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+        ok = False
+        for known in self._digests:
+            ok |= hmac.compare_digest(digest, known)
+        if not ok:
+            raise ApiError(403, "Invalid API key", code="invalid_api_key")
+        return key_id(token)

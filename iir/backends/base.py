@@ -1,0 +1,92 @@
+"""The one interface every backend implements.
+
+A backend turns a validated :class:`~iir.protocol.ChatRequest` into either a whole
+:class:`Completion` or an async stream of :class:`Delta` pieces followed by one optional
+:class:`Usage`. Ids, timestamps, SSE framing, scrubbing and metrics are the server's job, so a
+backend only speaks about content.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..protocol import ChatRequest
+
+
+@dataclass(slots=True)
+class ModelCard:
+    id: str
+    owned_by: str
+    created: int = 0
+    context_length: int | None = None
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    # Provider-specific breakdowns (cached tokens, reasoning tokens) in OpenAI's field names.
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Choice:
+    index: int
+    content: str | None
+    finish_reason: str
+    tool_calls: list[dict[str, Any]] | None = None
+    refusal: str | None = None
+    logprobs: dict[str, Any] | None = None
+
+
+@dataclass(slots=True)
+class Completion:
+    choices: list[Choice]
+    usage: Usage | None = None
+    system_fingerprint: str | None = None
+
+
+@dataclass(slots=True)
+class Delta:
+    """A piece of one choice; ``tool_calls`` uses OpenAI's streaming delta shape."""
+
+    index: int = 0
+    content: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    finish_reason: str | None = None
+    refusal: str | None = None
+    logprobs: dict[str, Any] | None = None
+
+
+StreamEvent = Delta | Usage
+
+
+class Backend(abc.ABC):
+    """A place a chat request can run. ``name`` labels metrics and logs (never a secret)."""
+
+    name: str = "backend"
+
+    @abc.abstractmethod
+    def models(self) -> list[ModelCard]:
+        """Models this backend serves now, under the names clients use."""
+
+    def resolve(self, name: str) -> str | None:
+        """The backend's own id for the client-facing model ``name``, or None if not served here."""
+        return name if any(card.id == name for card in self.models()) else None
+
+    @abc.abstractmethod
+    async def complete(self, request: ChatRequest, model: str) -> Completion:
+        """Runs ``request`` on ``model`` (the backend's own model id) and returns the whole answer."""
+
+    @abc.abstractmethod
+    def stream(self, request: ChatRequest, model: str) -> AsyncIterator[StreamEvent]:
+        """Runs ``request`` and yields pieces as they come; cancelling the consumer aborts it."""
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Called once on the server's event loop before the first request."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Called once at shutdown; release connections and engines here."""

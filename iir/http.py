@@ -1,0 +1,108 @@
+"""The thin HTTP layer over Granian's RSGI protocol: requests, responses, bodies, SSE.
+
+IIR uses no web framework (see DESIGN.md): these few types are all a handler needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from .errors import ApiError, bad_request
+
+JSON = "application/json"
+
+
+@dataclass(slots=True)
+class Response:
+    status: int = 200
+    body: bytes = b""
+    content_type: str = JSON
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class StreamResponse:
+    """A response whose body is produced while it is sent (SSE)."""
+
+    chunks: AsyncIterator[bytes]
+    status: int = 200
+    content_type: str = "text/event-stream"
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+
+def json_response(obj: Any, status: int = 200, headers: list[tuple[str, str]] | None = None
+                  ) -> Response:
+    return Response(status, orjson.dumps(obj), JSON, headers or [])
+
+
+SSE_HEADERS = [("cache-control", "no-cache"), ("x-accel-buffering", "no")]
+
+
+def sse_frame(obj: Any) -> bytes:
+    return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+SSE_DONE = b"data: [DONE]\n\n"
+
+
+class Request:
+    """One HTTP request as the handlers see it."""
+
+    __slots__ = ("_body", "client", "headers", "key_id", "max_body", "method", "path", "proto",
+                 "query", "request_id", "route", "state")
+
+    def __init__(self, scope: Any, proto: Any, request_id: str, client: str, max_body: int) -> None:
+        self.proto = proto
+        self.method: str = scope.method
+        self.path: str = scope.path
+        self.query: str = scope.query_string
+        self.headers = scope.headers
+        self.request_id = request_id
+        self.client = client
+        self.max_body = max_body
+        self.key_id: str | None = None
+        self.route: str = "unmatched"
+        self.state: dict[str, Any] = {}
+        self._body: bytes | None = None
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name)
+
+    async def body(self) -> bytes:
+        """Reads the body, refusing more than ``max_body`` bytes, chunked or not."""
+        if self._body is not None:
+            return self._body
+        declared = self.headers.get("content-length")
+        if declared is not None:
+            try:
+                length = int(declared)
+            except ValueError:
+                raise bad_request("Invalid Content-Length header", param="content-length") from None
+            if length > self.max_body:
+                raise _too_large(self.max_body)
+        buf = bytearray()
+        async for chunk in self.proto:
+            buf += chunk
+            if len(buf) > self.max_body:
+                raise _too_large(self.max_body)
+        self._body = bytes(buf)
+        return self._body
+
+    async def json(self) -> Any:
+        raw = await self.body()
+        if not raw.strip():
+            raise bad_request("The request body is empty; expected a JSON object", param="body")
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise bad_request(f"Malformed JSON body: {exc.msg} at position {exc.pos}",
+                              param="body") from None
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(413, f"Request body exceeds the limit of {limit} bytes",
+                    code="payload_too_large")

@@ -1,0 +1,71 @@
+"""JSON-lines logging with the request id of the current request on every line.
+
+Headers and bodies are never logged: a log line only carries the fields listed in ``_FIELDS``.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import sys
+import time
+from typing import Any
+
+import orjson
+
+request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("iir_request_id",
+                                                                           default=None)
+
+# Structured fields a call may pass with ``extra=``; anything else is dropped.
+_FIELDS = (
+    "method", "route", "status", "duration_ms", "model", "client", "backend", "event",
+    "tokens", "job_id", "provider", "reason", "error",
+)
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        rid = getattr(record, "request_id", None) or request_id_var.get()
+        if rid:
+            line["request_id"] = rid
+        for name in _FIELDS:
+            value = record.__dict__.get(name)
+            if value is not None:
+                line[name] = value
+        if record.exc_info and record.levelno >= logging.ERROR:
+            line["exception"] = self.formatException(record.exc_info)
+        return orjson.dumps(line, default=str).decode()
+
+
+def configure(level: str = "info") -> None:
+    """Sends IIR's log records to stderr as JSON lines (Granian's own go via its dictConfig)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def granian_log_config(level: str) -> dict[str, Any]:
+    """A dictConfig for Granian's own loggers so its lines are JSON too."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": "iir.logs.JsonFormatter"}},
+        "handlers": {
+            "stderr": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}
+        },
+        "loggers": {
+            "_granian": {"handlers": ["stderr"], "level": level.upper(), "propagate": False},
+        },
+    }
+
+
+log = logging.getLogger("iir")

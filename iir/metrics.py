@@ -1,0 +1,47 @@
+"""Every Prometheus metric IIR exports, in one registry.
+
+Labels never carry key material or raw paths: routes are templates, models are configured names.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+_LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)
+
+REQUESTS = Counter(
+    "iir_requests", "HTTP requests answered", ["route", "method", "status"], registry=REGISTRY
+)
+REQUEST_DURATION = Histogram(
+    "iir_request_duration_seconds",
+    "Time from request start to the last byte of the response",
+    ["route"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+INFLIGHT = Gauge("iir_inflight_requests", "Requests being served now", registry=REGISTRY)
+TOKENS = Counter(
+    "iir_tokens", "Tokens processed, by model and kind (prompt|completion)", ["model", "kind"],
+    registry=REGISTRY,
+)
+BUILD_INFO = Gauge("iir_build_info", "Constant 1, labelled with the version", ["version"],
+                   registry=REGISTRY)
+STREAM_DISCONNECTS = Counter(
+    "iir_stream_disconnects", "Streams whose client left before the end (generation cancelled)",
+    registry=REGISTRY,
+)
+
+
+def render() -> tuple[bytes, str]:
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
