@@ -1,0 +1,55 @@
+# IIR — build, run, test. Two commands on a fresh machine: `make run` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DATA := ./var
+DEV_ENV := $(DATA)/dev.env
+HOST ?= 127.0.0.1
+PORT ?= 8000
+PYTEST_ARGS ?=
+
+SOURCES := pyproject.toml Cargo.toml native/Cargo.toml $(shell find native/src -type f 2>/dev/null)
+
+.PHONY: install run test lint fmt bench clean
+
+install: $(STAMP)  ## create .venv with IIR and its dev tools (quick when nothing changed)
+
+$(STAMP): $(SOURCES)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $@
+
+$(DEV_ENV): | $(STAMP)
+	@mkdir -p $(DATA)
+	@umask 077; $(PY) -c "import secrets; print('IIR_API_KEY=iir-' + secrets.token_urlsafe(30))" > $@
+	@echo "Generated a development API key in $@"
+
+run: install $(DEV_ENV)  ## serve on $(HOST):$(PORT) with ./var as the data directory
+	@echo "API key: $$(sed -n 's/^IIR_API_KEY=//p' $(DEV_ENV))"
+	@echo "Try: curl -H \"Authorization: Bearer $$(sed -n 's/^IIR_API_KEY=//p' $(DEV_ENV))\" http://$(HOST):$(PORT)/v1/models"
+	IIR_DATA_DIR=$(DATA) $(BIN)/iir serve --host $(HOST) --port $(PORT) --env-file $(DEV_ENV)
+
+lint: install  ## ruff (check + format) and cargo (fmt + clippy)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	cargo fmt --all -- --check
+	cargo clippy --all-targets --quiet -- -D warnings
+
+fmt: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+	cargo fmt --all
+
+test: install lint  ## lint, Rust unit tests, then the Python suite against real servers
+	cargo test --quiet
+	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+bench: install  ## benchmarks (pytest-benchmark); see README for the numbers
+	$(BIN)/pytest bench -q --benchmark-only --benchmark-columns=min,median,mean,ops,rounds $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) target .pytest_cache .ruff_cache .benchmarks
