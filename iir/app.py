@@ -56,11 +56,20 @@ class App:
             Route("GET", "/metrics", self.metrics, auth=False, summary="Prometheus metrics"),
             Route("GET", "/openapi.json", self.openapi_json, auth=False, summary="This document"),
             Route("GET", "/docs", self.docs, auth=False, summary="Interactive API docs"),
-            Route("GET", "/docs/assets/{name}", self.docs_asset, auth=False,
-                  summary="Assets of the docs page"),
+            Route(
+                "GET",
+                "/docs/assets/{name}",
+                self.docs_asset,
+                auth=False,
+                summary="Assets of the docs page",
+            ),
             Route("GET", "/v1/models", self.models, summary="List available models"),
-            Route("POST", "/v1/chat/completions", self.chat.handle,
-                  summary="Chat completion (OpenAI-compatible), streamed or not"),
+            Route(
+                "POST",
+                "/v1/chat/completions",
+                self.chat.handle,
+                summary="Chat completion (OpenAI-compatible), streamed or not",
+            ),
         ]
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -103,16 +112,27 @@ class App:
                 await self._stream(proto, req, resp, base)
             else:
                 status = resp.status
-                proto.response_bytes(resp.status, [("content-type", resp.content_type), *base,
-                                                   *resp.headers], resp.body)
+                proto.response_bytes(
+                    resp.status,
+                    [("content-type", resp.content_type), *base, *resp.headers],
+                    resp.body,
+                )
         finally:
             elapsed = time.perf_counter() - started
             metrics.INFLIGHT.dec()
             metrics.REQUESTS.labels(req.route, req.method, str(status)).inc()
             metrics.REQUEST_DURATION.labels(req.route).observe(elapsed)
-            log.info("request", extra={"method": req.method, "route": req.route,
-                                       "status": status, "duration_ms": round(elapsed * 1000, 3),
-                                       "model": req.state.get("model"), "client": req.client})
+            log.info(
+                "request",
+                extra={
+                    "method": req.method,
+                    "route": req.route,
+                    "status": status,
+                    "duration_ms": round(elapsed * 1000, 3),
+                    "model": req.state.get("model"),
+                    "client": req.client,
+                },
+            )
             request_id_var.reset(token)
 
     async def _dispatch(self, req: Request) -> Response | StreamResponse:
@@ -129,11 +149,13 @@ class App:
             err = ApiError(500, f"Internal error (request id {req.request_id})")
             return Response(500, err.body(), JSON)
 
-    async def _stream(self, proto: Any, req: Request, resp: StreamResponse,
-                      base: list[tuple[str, str]]) -> None:
+    async def _stream(
+        self, proto: Any, req: Request, resp: StreamResponse, base: list[tuple[str, str]]
+    ) -> None:
         """Sends an SSE body, cancelling the producer as soon as the client goes away."""
         transport = proto.response_stream(
-            resp.status, [("content-type", resp.content_type), *base, *resp.headers])
+            resp.status, [("content-type", resp.content_type), *base, *resp.headers]
+        )
 
         async def pump() -> None:
             async for chunk in resp.chunks:
@@ -157,8 +179,10 @@ class App:
                     await aclose()
         if left or (producer.exception() if not producer.cancelled() else None):
             metrics.STREAM_DISCONNECTS.inc()
-            applog.info("client disconnected; generation cancelled",
-                        extra={"event": "disconnect", "route": req.route})
+            applog.info(
+                "client disconnected; generation cancelled",
+                extra={"event": "disconnect", "route": req.route},
+            )
 
     # --- handlers of the core routes ------------------------------------------------------------
 
@@ -188,8 +212,10 @@ class App:
         return Response(200, body, kind, [("cache-control", "public, max-age=86400")])
 
     async def models(self, req: Request) -> Response:
-        data = [{"id": c.id, "object": "model", "created": c.created, "owned_by": c.owned_by}
-                for c in self.registry.cards()]
+        data = [
+            {"id": c.id, "object": "model", "created": c.created, "owned_by": c.owned_by}
+            for c in self.registry.cards()
+        ]
         return json_response({"object": "list", "data": data})
 
 

@@ -26,13 +26,17 @@ class KeyRing:
         """Returns the key's id, or raises 401 (no usable header) / 403 (unknown key)."""
         challenge = [("www-authenticate", 'Bearer realm="iir"')]
         if not authorization:
-            raise ApiError(401, "Missing Authorization header (expected 'Bearer <API_KEY>')",
-                           headers=challenge)
+            raise ApiError(
+                401, "Missing Authorization header (expected 'Bearer <API_KEY>')", headers=challenge
+            )
         scheme, _, token = authorization.strip().partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token or " " in token:
-            raise ApiError(401, "Malformed Authorization header (expected 'Bearer <API_KEY>')",
-                           headers=challenge)
+            raise ApiError(
+                401,
+                "Malformed Authorization header (expected 'Bearer <API_KEY>')",
+                headers=challenge,
+            )
         digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
         ok = False
         for known in self._digests:

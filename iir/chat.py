@@ -27,10 +27,21 @@ def completion_body(cid: str, created: int, model: str, completion: Completion) 
         message: dict[str, Any] = {"role": "assistant", "content": c.content, "refusal": c.refusal}
         if c.tool_calls:
             message["tool_calls"] = c.tool_calls
-        choices.append({"index": c.index, "message": message, "logprobs": c.logprobs,
-                        "finish_reason": c.finish_reason})
-    body: dict[str, Any] = {"id": cid, "object": "chat.completion", "created": created,
-                            "model": model, "choices": choices}
+        choices.append(
+            {
+                "index": c.index,
+                "message": message,
+                "logprobs": c.logprobs,
+                "finish_reason": c.finish_reason,
+            }
+        )
+    body: dict[str, Any] = {
+        "id": cid,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": choices,
+    }
     if completion.system_fingerprint:
         body["system_fingerprint"] = completion.system_fingerprint
     if completion.usage is not None:
@@ -44,10 +55,14 @@ def usage_body(usage: Usage) -> dict[str, Any]:
     return out
 
 
-def chunk_body(cid: str, created: int, model: str, choices: list[dict[str, Any]]
-               ) -> dict[str, Any]:
-    return {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-            "choices": choices}
+def chunk_body(cid: str, created: int, model: str, choices: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "id": cid,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": choices,
+    }
 
 
 def delta_choice(d: Delta) -> dict[str, Any]:
@@ -58,16 +73,21 @@ def delta_choice(d: Delta) -> dict[str, Any]:
         delta["tool_calls"] = d.tool_calls
     if d.refusal is not None:
         delta["refusal"] = d.refusal
-    return {"index": d.index, "delta": delta, "logprobs": d.logprobs,
-            "finish_reason": d.finish_reason}
+    return {
+        "index": d.index,
+        "delta": delta,
+        "logprobs": d.logprobs,
+        "finish_reason": d.finish_reason,
+    }
 
 
 def error_frame(err: ApiError) -> bytes:
     return sse_frame({"error": err.to_dict()["error"], "detail": err.message})
 
 
-async def _primed(events: AsyncIterator[StreamEvent]) -> tuple[StreamEvent | None,
-                                                                AsyncIterator[StreamEvent]]:
+async def _primed(
+    events: AsyncIterator[StreamEvent],
+) -> tuple[StreamEvent | None, AsyncIterator[StreamEvent]]:
     """Waits for the first event so that a backend failing at once still gets a proper status."""
     try:
         first = await anext(events)
@@ -91,7 +111,9 @@ class ChatService:
             except BaseException:
                 await events.aclose()  # type: ignore[attr-defined]
                 raise
-            return StreamResponse(self._sse(chat, backend, first, events), headers=list(SSE_HEADERS))
+            return StreamResponse(
+                self._sse(chat, backend, first, events), headers=list(SSE_HEADERS)
+            )
         completion = await backend.complete(chat, target)
         self._count(chat.model, completion.usage)
         return json_response(completion_body(completion_id(), now(), chat.model, completion))
@@ -101,12 +123,30 @@ class ChatService:
             metrics.TOKENS.labels(model, "prompt").inc(usage.prompt_tokens)
             metrics.TOKENS.labels(model, "completion").inc(usage.completion_tokens)
 
-    async def _sse(self, chat: ChatRequest, backend: Backend, first: StreamEvent | None,
-                   events: AsyncIterator[StreamEvent]) -> AsyncIterator[bytes]:
+    async def _sse(
+        self,
+        chat: ChatRequest,
+        backend: Backend,
+        first: StreamEvent | None,
+        events: AsyncIterator[StreamEvent],
+    ) -> AsyncIterator[bytes]:
         cid, created, model = completion_id(), now(), chat.model
-        yield sse_frame(chunk_body(cid, created, model, [
-            {"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-             "finish_reason": None} for i in range(chat.n)]))
+        yield sse_frame(
+            chunk_body(
+                cid,
+                created,
+                model,
+                [
+                    {
+                        "index": i,
+                        "delta": {"role": "assistant", "content": ""},
+                        "logprobs": None,
+                        "finish_reason": None,
+                    }
+                    for i in range(chat.n)
+                ],
+            )
+        )
         usage: Usage | None = None
         async with aclosing(events):  # type: ignore[type-var]
             try:

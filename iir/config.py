@@ -48,7 +48,9 @@ def read_env_file(path: str | os.PathLike[str]) -> dict[str, str]:
     return {k: v for k, v in dotenv_values(p).items() if v is not None}
 
 
-def merged_env(environ: Mapping[str, str], env_file: str | os.PathLike[str] | None) -> dict[str, str]:
+def merged_env(
+    environ: Mapping[str, str], env_file: str | os.PathLike[str] | None
+) -> dict[str, str]:
     merged = read_env_file(env_file) if env_file else {}
     merged.update(environ)
     return merged
@@ -96,7 +98,9 @@ def _keys(env: Mapping[str, str]) -> tuple[str, ...]:
         keys.extend(extra)
     for k in keys:
         if any(c.isspace() for c in k) or not k.isprintable():
-            raise ConfigError("IIR_API_KEY/IIR_ALLOWED_KEYS: a key holds whitespace or control characters")
+            raise ConfigError(
+                "IIR_API_KEY/IIR_ALLOWED_KEYS: a key holds whitespace or control characters"
+            )
     if not keys:
         raise ConfigError(
             "no API key configured: set IIR_API_KEY (or IIR_ALLOWED_KEYS); "

@@ -66,7 +66,9 @@ class ApiError(Exception):
         self.message = message
         self.code = code or _CODES.get(status, "error")
         self.param = param
-        self.type = type or _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+        self.type = type or _TYPES.get(
+            status, "server_error" if status >= 500 else "invalid_request_error"
+        )
         self.headers = headers or []
 
     def to_dict(self) -> dict[str, Any]:

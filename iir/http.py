@@ -34,8 +34,9 @@ class StreamResponse:
     headers: list[tuple[str, str]] = field(default_factory=list)
 
 
-def json_response(obj: Any, status: int = 200, headers: list[tuple[str, str]] | None = None
-                  ) -> Response:
+def json_response(
+    obj: Any, status: int = 200, headers: list[tuple[str, str]] | None = None
+) -> Response:
     return Response(status, orjson.dumps(obj), JSON, headers or [])
 
 
@@ -52,8 +53,20 @@ SSE_DONE = b"data: [DONE]\n\n"
 class Request:
     """One HTTP request as the handlers see it."""
 
-    __slots__ = ("_body", "client", "headers", "key_id", "max_body", "method", "path", "proto",
-                 "query", "request_id", "route", "state")
+    __slots__ = (
+        "_body",
+        "client",
+        "headers",
+        "key_id",
+        "max_body",
+        "method",
+        "path",
+        "proto",
+        "query",
+        "request_id",
+        "route",
+        "state",
+    )
 
     def __init__(self, scope: Any, proto: Any, request_id: str, client: str, max_body: int) -> None:
         self.proto = proto
@@ -99,10 +112,12 @@ class Request:
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
-            raise bad_request(f"Malformed JSON body: {exc.msg} at position {exc.pos}",
-                              param="body") from None
+            raise bad_request(
+                f"Malformed JSON body: {exc.msg} at position {exc.pos}", param="body"
+            ) from None
 
 
 def _too_large(limit: int) -> ApiError:
-    return ApiError(413, f"Request body exceeds the limit of {limit} bytes",
-                    code="payload_too_large")
+    return ApiError(
+        413, f"Request body exceeds the limit of {limit} bytes", code="payload_too_large"
+    )

@@ -13,13 +13,25 @@ from typing import Any
 
 import orjson
 
-request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("iir_request_id",
-                                                                           default=None)
+request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "iir_request_id", default=None
+)
 
 # Structured fields a call may pass with ``extra=``; anything else is dropped.
 _FIELDS = (
-    "method", "route", "status", "duration_ms", "model", "client", "backend", "event",
-    "tokens", "job_id", "provider", "reason", "error",
+    "method",
+    "route",
+    "status",
+    "duration_ms",
+    "model",
+    "client",
+    "backend",
+    "event",
+    "tokens",
+    "job_id",
+    "provider",
+    "reason",
+    "error",
 )
 
 
@@ -60,7 +72,11 @@ def granian_log_config(level: str) -> dict[str, Any]:
         "disable_existing_loggers": False,
         "formatters": {"json": {"()": "iir.logs.JsonFormatter"}},
         "handlers": {
-            "stderr": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}
+            "stderr": {
+                "class": "logging.StreamHandler",
+                "formatter": "json",
+                "stream": "ext://sys.stderr",
+            }
         },
         "loggers": {
             "_granian": {"handlers": ["stderr"], "level": level.upper(), "propagate": False},

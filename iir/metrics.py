@@ -17,7 +17,22 @@ from prometheus_client import (
 REGISTRY = CollectorRegistry(auto_describe=True)
 
 _LATENCY_BUCKETS = (
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
 )
 
 REQUESTS = Counter(
@@ -32,13 +47,17 @@ REQUEST_DURATION = Histogram(
 )
 INFLIGHT = Gauge("iir_inflight_requests", "Requests being served now", registry=REGISTRY)
 TOKENS = Counter(
-    "iir_tokens", "Tokens processed, by model and kind (prompt|completion)", ["model", "kind"],
+    "iir_tokens",
+    "Tokens processed, by model and kind (prompt|completion)",
+    ["model", "kind"],
     registry=REGISTRY,
 )
-BUILD_INFO = Gauge("iir_build_info", "Constant 1, labelled with the version", ["version"],
-                   registry=REGISTRY)
+BUILD_INFO = Gauge(
+    "iir_build_info", "Constant 1, labelled with the version", ["version"], registry=REGISTRY
+)
 STREAM_DISCONNECTS = Counter(
-    "iir_stream_disconnects", "Streams whose client left before the end (generation cancelled)",
+    "iir_stream_disconnects",
+    "Streams whose client left before the end (generation cancelled)",
     registry=REGISTRY,
 )
 

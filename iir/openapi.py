@@ -34,27 +34,40 @@ _SCHEMAS: dict[str, Any] = {
             },
         },
     },
-    "Health": {"type": "object", "required": ["status"],
-               "properties": {"status": {"type": "string"}}},
-    "Version": {"type": "object", "required": ["version"],
-                "properties": {"version": {"type": "string"}}},
+    "Health": {
+        "type": "object",
+        "required": ["status"],
+        "properties": {"status": {"type": "string"}},
+    },
+    "Version": {
+        "type": "object",
+        "required": ["version"],
+        "properties": {"version": {"type": "string"}},
+    },
     "Model": {
         "type": "object",
         "required": ["id", "object", "created", "owned_by"],
-        "properties": {"id": {"type": "string"}, "object": {"const": "model"},
-                       "created": {"type": "integer"}, "owned_by": {"type": "string"}},
+        "properties": {
+            "id": {"type": "string"},
+            "object": {"const": "model"},
+            "created": {"type": "integer"},
+            "owned_by": {"type": "string"},
+        },
     },
     "ModelList": {
         "type": "object",
         "required": ["object", "data"],
-        "properties": {"object": {"const": "list"},
-                       "data": {"type": "array", "items": {"$ref": "#/components/schemas/Model"}}},
+        "properties": {
+            "object": {"const": "list"},
+            "data": {"type": "array", "items": {"$ref": "#/components/schemas/Model"}},
+        },
     },
     "Usage": {
         "type": "object",
         "required": ["prompt_tokens", "completion_tokens", "total_tokens"],
-        "properties": {k: {"type": "integer"}
-                       for k in ("prompt_tokens", "completion_tokens", "total_tokens")},
+        "properties": {
+            k: {"type": "integer"} for k in ("prompt_tokens", "completion_tokens", "total_tokens")
+        },
     },
     "ChatCompletion": {
         "type": "object",
@@ -64,21 +77,27 @@ _SCHEMAS: dict[str, Any] = {
             "object": {"const": "chat.completion"},
             "created": {"type": "integer"},
             "model": {"type": "string"},
-            "choices": {"type": "array", "items": {
-                "type": "object",
-                "required": ["index", "message", "finish_reason"],
-                "properties": {
-                    "index": {"type": "integer"},
-                    "message": {"type": "object", "properties": {
-                        "role": {"const": "assistant"},
-                        "content": {"type": ["string", "null"]},
-                        "refusal": {"type": ["string", "null"]},
-                        "tool_calls": {"type": "array", "items": {"type": "object"}},
-                    }},
-                    "finish_reason": {"type": "string"},
-                    "logprobs": {"type": ["object", "null"]},
+            "choices": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["index", "message", "finish_reason"],
+                    "properties": {
+                        "index": {"type": "integer"},
+                        "message": {
+                            "type": "object",
+                            "properties": {
+                                "role": {"const": "assistant"},
+                                "content": {"type": ["string", "null"]},
+                                "refusal": {"type": ["string", "null"]},
+                                "tool_calls": {"type": "array", "items": {"type": "object"}},
+                            },
+                        },
+                        "finish_reason": {"type": "string"},
+                        "logprobs": {"type": ["object", "null"]},
+                    },
                 },
-            }},
+            },
             "usage": {"$ref": "#/components/schemas/Usage"},
         },
     },
@@ -94,13 +113,17 @@ _OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
     ("GET", "/health"): {"ok": "Health"},
     ("GET", "/version"): {"ok": "Version"},
     ("GET", "/v1/models"): {"ok": "ModelList"},
-    ("POST", "/v1/chat/completions"): {"request": "ChatRequest", "ok": "ChatCompletion",
-                                       "stream": True},
+    ("POST", "/v1/chat/completions"): {
+        "request": "ChatRequest",
+        "ok": "ChatCompletion",
+        "stream": True,
+    },
 }
 
 
-def register_operation(method: str, template: str, spec: dict[str, Any],
-                       schemas: dict[str, Any] | None = None) -> None:
+def register_operation(
+    method: str, template: str, spec: dict[str, Any], schemas: dict[str, Any] | None = None
+) -> None:
     """Lets a feature module document its own routes (keys: request, ok, ok_status, stream)."""
     _OPERATIONS[(method, template)] = spec
     if schemas:
@@ -118,38 +141,59 @@ def build(routes: list[Route]) -> dict[str, Any]:
     for r in routes:
         spec = _OPERATIONS.get((r.method, r.template), {})
         ok_status = str(spec.get("ok_status", 200))
-        ok_schema = {"$ref": f"#/components/schemas/{spec['ok']}"} if "ok" in spec else {
-            "type": "object"}
+        ok_schema = (
+            {"$ref": f"#/components/schemas/{spec['ok']}"} if "ok" in spec else {"type": "object"}
+        )
         content: dict[str, Any] = {"application/json": {"schema": ok_schema}}
         if spec.get("stream"):
             content["text/event-stream"] = {
-                "schema": {"$ref": "#/components/schemas/ChatCompletionChunkStream"}}
+                "schema": {"$ref": "#/components/schemas/ChatCompletionChunkStream"}
+            }
         if r.template == "/metrics":
             content = {"text/plain": {"schema": {"type": "string"}}}
         elif r.template == "/docs":
             content = {"text/html": {"schema": {"type": "string"}}}
         op: dict[str, Any] = {
             "summary": r.summary or r.template,
-            "operationId": (r.method + r.template).lower().replace("/", "_").replace("{", "")
-            .replace("}", "").replace(".", "_"),
-            "responses": {ok_status: {"description": "Success", "content": content},
-                          "default": {"description": "Error",
-                                      "content": {"application/json": {"schema": _ERROR}}}},
+            "operationId": (r.method + r.template)
+            .lower()
+            .replace("/", "_")
+            .replace("{", "")
+            .replace("}", "")
+            .replace(".", "_"),
+            "responses": {
+                ok_status: {"description": "Success", "content": content},
+                "default": {
+                    "description": "Error",
+                    "content": {"application/json": {"schema": _ERROR}},
+                },
+            },
         }
         params = [seg[1:-1] for seg in r.template.split("/") if seg.startswith("{")]
         if params:
-            op["parameters"] = [{"name": p, "in": "path", "required": True,
-                                 "schema": {"type": "string"}} for p in params]
+            op["parameters"] = [
+                {"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
+                for p in params
+            ]
         if "request" in spec:
-            op["requestBody"] = {"required": True, "content": {"application/json": {
-                "schema": {"$ref": f"#/components/schemas/{spec['request']}"}}}}
+            op["requestBody"] = {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {"$ref": f"#/components/schemas/{spec['request']}"}
+                    }
+                },
+            }
         op["security"] = [{"bearer": []}] if r.auth else []
         paths.setdefault(r.template, {})[r.method.lower()] = op
     return {
         "openapi": "3.1.0",
-        "info": {"title": "IIR — Intelligent Inference Router", "version": __version__,
-                 "description": "OpenAI-compatible LLM gateway. Authenticate with "
-                 "`Authorization: Bearer <API_KEY>`."},
+        "info": {
+            "title": "IIR — Intelligent Inference Router",
+            "version": __version__,
+            "description": "OpenAI-compatible LLM gateway. Authenticate with "
+            "`Authorization: Bearer <API_KEY>`.",
+        },
         "paths": paths,
         "components": {
             "schemas": {**_SCHEMAS, **_request_schemas()},

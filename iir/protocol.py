@@ -127,10 +127,14 @@ def _param(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("str", "list[ContentPart]", "list[str]", "function-after[_content_rules()]",
-                      "constrained-list", "function-after[_text_parts_have_text()]") or (
-            isinstance(part, str) and (part.startswith("function-") or "[" in part)
-        ):
+        elif part in (
+            "str",
+            "list[ContentPart]",
+            "list[str]",
+            "function-after[_content_rules()]",
+            "constrained-list",
+            "function-after[_text_parts_have_text()]",
+        ) or (isinstance(part, str) and (part.startswith("function-") or "[" in part)):
             continue
         else:
             out += ("." if out else "") + part
@@ -142,7 +146,7 @@ def validation_error(exc: ValidationError) -> ApiError:
     param = _param(tuple(first["loc"]))
     msg = first["msg"]
     if msg.startswith("Value error, "):
-        msg = msg[len("Value error, "):]
+        msg = msg[len("Value error, ") :]
     return bad_request(f"Invalid value for '{param}': {msg}", param=param)
 
 
@@ -167,5 +171,8 @@ def now() -> int:
 
 
 def usage_dict(prompt: int, completion: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt, "completion_tokens": completion,
-            "total_tokens": prompt + completion}
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }

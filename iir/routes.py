@@ -47,14 +47,18 @@ class Router:
                     p == s or (p.startswith("{") and s) for p, s in zip(parts, segs, strict=True)
                 ):
                     methods = candidate
-                    params = {p[1:-1]: s for p, s in zip(parts, segs, strict=True)
-                              if p.startswith("{")}
+                    params = {
+                        p[1:-1]: s for p, s in zip(parts, segs, strict=True) if p.startswith("{")
+                    }
                     break
         if methods is None:
             raise ApiError(404, f"No route for {path}", code="route_not_found")
         route = methods.get(method) or (methods.get("GET") if method == "HEAD" else None)
         if route is None:
             allow = ", ".join(sorted(methods))
-            raise ApiError(405, f"Method {method} is not allowed on {path}; allowed: {allow}",
-                           headers=[("allow", allow)])
+            raise ApiError(
+                405,
+                f"Method {method} is not allowed on {path}; allowed: {allow}",
+                headers=[("allow", allow)],
+            )
         return route, params

@@ -28,18 +28,27 @@ def free_port() -> int:
 class Server:
     """One ``iir serve`` process. Its stderr (JSON log lines) is kept in a file for assertions."""
 
-    def __init__(self, env: dict[str, str] | None = None, key: str = "test-key-0123456789abcdef",
-                 data_dir: Path | None = None, args: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        env: dict[str, str] | None = None,
+        key: str = "test-key-0123456789abcdef",
+        data_dir: Path | None = None,
+        args: list[str] | None = None,
+    ) -> None:
         self.key = key
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._tmp = tempfile.TemporaryDirectory(prefix="iir-test-")
         self.data_dir = data_dir or Path(self._tmp.name) / "data"
         self.log_path = Path(self._tmp.name) / "server.log"
-        base = {k: v for k, v in os.environ.items() if not k.startswith(("IIR_", "OPENAI_",
-                                                                         "ANTHROPIC_"))}
-        base.update({"IIR_API_KEY": key, "IIR_DATA_DIR": str(self.data_dir),
-                     "IIR_SHUTDOWN_TIMEOUT": "10"})
+        base = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("IIR_", "OPENAI_", "ANTHROPIC_"))
+        }
+        base.update(
+            {"IIR_API_KEY": key, "IIR_DATA_DIR": str(self.data_dir), "IIR_SHUTDOWN_TIMEOUT": "10"}
+        )
         base.update(env or {})
         self.env = base
         self.args = args or []
@@ -49,7 +58,10 @@ class Server:
         self._log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [IIR, "serve", "--host", "127.0.0.1", "--port", str(self.port), *self.args],
-            env=self.env, stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO,
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -35,10 +35,12 @@ def test_models_lists_echo(client: openai.OpenAI, server: Server) -> None:
 def test_chat_completion_echoes_last_user_message(client: openai.OpenAI) -> None:
     r = client.chat.completions.create(
         model="iir/echo",
-        messages=[{"role": "system", "content": "be brief"},
-                  {"role": "user", "content": "first"},
-                  {"role": "assistant", "content": "ok"},
-                  {"role": "user", "content": "Hello, IIR!"}],
+        messages=[
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": "first"},
+            {"role": "assistant", "content": "ok"},
+            {"role": "user", "content": "Hello, IIR!"},
+        ],
     )
     assert r.choices[0].message.content == "Hello, IIR!"
     assert r.choices[0].finish_reason == "stop"
@@ -50,24 +52,38 @@ def test_chat_completion_echoes_last_user_message(client: openai.OpenAI) -> None
 def test_content_parts_max_tokens_stop_and_n(client: openai.OpenAI) -> None:
     r = client.chat.completions.create(
         model="iir/echo",
-        messages=[{"role": "user", "content": [{"type": "text", "text": "one two "},
-                                               {"type": "text", "text": "three four five"}]}],
-        max_tokens=3, n=2,
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "one two "},
+                    {"type": "text", "text": "three four five"},
+                ],
+            }
+        ],
+        max_tokens=3,
+        n=2,
     )
     assert [c.message.content for c in r.choices] == ["one two three"] * 2
     assert {c.finish_reason for c in r.choices} == {"length"}
     assert r.usage.completion_tokens == 6
-    r = client.chat.completions.create(model="iir/echo", stop=["STOP", "x"],
-                                       messages=[{"role": "user", "content": "abc STOP def"}])
+    r = client.chat.completions.create(
+        model="iir/echo", stop=["STOP", "x"], messages=[{"role": "user", "content": "abc STOP def"}]
+    )
     assert r.choices[0].message.content == "abc " and r.choices[0].finish_reason == "stop"
-    r = client.chat.completions.create(model="iir/echo", max_completion_tokens=1,
-                                       messages=[{"role": "user", "content": "alpha beta"}])
+    r = client.chat.completions.create(
+        model="iir/echo",
+        max_completion_tokens=1,
+        messages=[{"role": "user", "content": "alpha beta"}],
+    )
     assert r.choices[0].message.content == "alpha"
 
 
 def test_streaming_through_the_sdk(client: openai.OpenAI) -> None:
     stream = client.chat.completions.create(
-        model="iir/echo", stream=True, stream_options={"include_usage": True},
+        model="iir/echo",
+        stream=True,
+        stream_options={"include_usage": True},
         messages=[{"role": "user", "content": "stream me, please"}],
     )
     chunks = list(stream)
@@ -84,8 +100,10 @@ def test_streaming_through_the_sdk(client: openai.OpenAI) -> None:
 
 def test_sse_wire_format(server: Server) -> None:
     body = {"model": "iir/echo", "stream": True, "messages": [{"role": "user", "content": "a b"}]}
-    with server.client() as c, c.stream("POST", "/v1/chat/completions", json=body,
-                                        headers=server.auth) as r:
+    with (
+        server.client() as c,
+        c.stream("POST", "/v1/chat/completions", json=body, headers=server.auth) as r,
+    ):
         assert r.status_code == 200
         assert r.headers["content-type"] == "text/event-stream"
         assert r.headers["cache-control"] == "no-cache"
@@ -116,21 +134,27 @@ def test_request_id_is_echoed_or_generated(server: Server) -> None:
 def test_logs_are_json_without_keys_or_bodies(server: Server) -> None:
     secret_text = "very-private-prompt-text"
     with server.client() as c:
-        c.post("/v1/chat/completions", headers=server.auth,
-               json={"model": "iir/echo", "messages": [{"role": "user", "content": secret_text}]})
+        c.post(
+            "/v1/chat/completions",
+            headers=server.auth,
+            json={"model": "iir/echo", "messages": [{"role": "user", "content": secret_text}]},
+        )
     chat = server.wait_for_log(lambda ln: ln.get("route") == "/v1/chat/completions")
     text = server.logs()
     assert server.key not in text and secret_text not in text
-    assert chat and {"time", "level", "request_id", "method", "route", "status", "duration_ms",
-                     "model"} <= chat[-1].keys()
+    assert (
+        chat
+        and {"time", "level", "request_id", "method", "route", "status", "duration_ms", "model"}
+        <= chat[-1].keys()
+    )
 
 
 def test_metrics_count_requests_and_tokens(server: Server, client: openai.OpenAI) -> None:
-    client.chat.completions.create(model="iir/echo",
-                                   messages=[{"role": "user", "content": "count me"}])
+    client.chat.completions.create(
+        model="iir/echo", messages=[{"role": "user", "content": "count me"}]
+    )
     text = httpx.get(server.url + "/metrics").text
-    assert ('iir_requests_total{method="POST",route="/v1/chat/completions",status="200"}'
-            in text)
+    assert 'iir_requests_total{method="POST",route="/v1/chat/completions",status="200"}' in text
     assert 'iir_tokens_total{kind="completion",model="iir/echo"}' in text
     assert "iir_request_duration_seconds_bucket" in text and "iir_inflight_requests" in text
     assert server.key not in text
@@ -145,7 +169,8 @@ def test_openapi_document_is_valid_and_complete(server: Server) -> None:
         assert path in doc["paths"]
     chat = doc["paths"]["/v1/chat/completions"]["post"]
     assert chat["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith(
-        "ChatRequest")
+        "ChatRequest"
+    )
     assert chat["security"] == [{"bearer": []}]
 
 
@@ -154,7 +179,8 @@ def test_docs_page_is_served_offline(server: Server) -> None:
         page = c.get("/docs")
         assert page.status_code == 200 and "text/html" in page.headers["content-type"]
         assert "//" not in page.text.replace("http://www.w3", "").split("<body>")[1].replace(
-            "// ", "")  # no absolute (CDN) URLs
+            "// ", ""
+        )  # no absolute (CDN) URLs
         for asset in ("swagger-ui.css", "swagger-ui-bundle.js", "swagger-ui-standalone-preset.js"):
             r = c.get(f"/docs/assets/{asset}")
             assert r.status_code == 200 and len(r.content) > 1000, asset

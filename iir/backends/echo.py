@@ -70,8 +70,9 @@ class EchoBackend(Backend):
             await asyncio.sleep(self.delay * len(out))
         text = "".join(out)
         choices = [Choice(index=i, content=text, finish_reason=finish) for i in range(request.n)]
-        return Completion(choices=choices,
-                          usage=Usage(prompt_tokens(request), len(out) * request.n))
+        return Completion(
+            choices=choices, usage=Usage(prompt_tokens(request), len(out) * request.n)
+        )
 
     async def stream(self, request: ChatRequest, model: str) -> AsyncIterator[StreamEvent]:
         out, finish = _answer(request)
@@ -89,6 +90,8 @@ class EchoBackend(Backend):
                     yield Delta(index=c, content="", finish_reason=finish)
             yield Usage(prompt_tokens(request), len(out) * request.n)
         except (asyncio.CancelledError, GeneratorExit):
-            log.info("generation cancelled", extra={"event": "cancelled", "tokens": sent,
-                                                    "backend": self.name})
+            log.info(
+                "generation cancelled",
+                extra={"event": "cancelled", "tokens": sent, "backend": self.name},
+            )
             raise
