@@ -97,26 +97,39 @@ async def _primed(
 
 
 class ChatService:
+    """Runs chat requests; the HTTP route, async jobs and ``/infer`` all come through here."""
+
     def __init__(self, registry: ModelRegistry) -> None:
         self.registry = registry
 
     async def handle(self, req: Request) -> Response | StreamResponse:
-        chat = parse_chat_request(await req.json())
+        chat = self.parse(await req.json())
         req.state["model"] = chat.model
-        backend, target = self.registry.resolve(chat.model)
         if chat.stream:
-            events = backend.stream(chat, target)
-            try:
-                first, events = await _primed(events)
-            except BaseException:
-                await events.aclose()  # type: ignore[attr-defined]
-                raise
-            return StreamResponse(
-                self._sse(chat, backend, first, events), headers=list(SSE_HEADERS)
-            )
+            return await self.stream(chat)
+        return json_response(await self.complete(chat))
+
+    def parse(self, body: Any) -> ChatRequest:
+        """Validates a decoded JSON body into a chat request (400 naming the bad field)."""
+        return parse_chat_request(body)
+
+    async def complete(self, chat: ChatRequest) -> dict[str, Any]:
+        """Runs a request to the end and returns the ``chat.completion`` body."""
+        backend, target = self.registry.resolve(chat.model)
         completion = await backend.complete(chat, target)
         self._count(chat.model, completion.usage)
-        return json_response(completion_body(completion_id(), now(), chat.model, completion))
+        return completion_body(completion_id(), now(), chat.model, completion)
+
+    async def stream(self, chat: ChatRequest) -> StreamResponse:
+        """Starts a streamed run; failures before the first piece still get a proper status."""
+        backend, target = self.registry.resolve(chat.model)
+        events = backend.stream(chat, target)
+        try:
+            first, events = await _primed(events)
+        except BaseException:
+            await events.aclose()  # type: ignore[attr-defined]
+            raise
+        return StreamResponse(self._sse(chat, backend, first, events), headers=list(SSE_HEADERS))
 
     def _count(self, model: str, usage: Usage | None) -> None:
         if usage is not None:
