@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 from granian.rsgi import ProtocolClosed
 
-from . import __version__, metrics, openapi
+from . import __version__, metrics, openapi, registry_routes
 from .auth import KeyRing
 from .backends.echo import EchoBackend
 from .backends.vllm import VllmBackend
@@ -28,7 +28,6 @@ from .errors import ApiError
 from .hardware import register_gpu_metrics
 from .http import JSON, Request, Response, StreamResponse, json_response
 from .logs import request_id_var
-from . import registry_routes
 from .registry import ModelRegistry
 from .routes import Route, Router
 

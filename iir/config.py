@@ -156,7 +156,11 @@ def _vllm(env: Mapping[str, str]) -> VllmSettings:
     util = _float(env, "IIR_VLLM_GPU_MEMORY_UTILIZATION", -1.0, 0.0)
     if util != -1.0 and not 0.0 < util <= 1.0:
         raise ConfigError(f"IIR_VLLM_GPU_MEMORY_UTILIZATION={util:g} must be above 0 and at most 1")
-    max_len = _int(env, "IIR_VLLM_MAX_MODEL_LEN", 0, 1) if env.get("IIR_VLLM_MAX_MODEL_LEN", "").strip() else None
+    max_len = (
+        _int(env, "IIR_VLLM_MAX_MODEL_LEN", 0, 1)
+        if env.get("IIR_VLLM_MAX_MODEL_LEN", "").strip()
+        else None
+    )
     factory = env.get("IIR_VLLM_ENGINE_FACTORY", "").strip() or None
     if factory is not None:
         module, sep, attr = factory.partition(":")
@@ -168,7 +172,9 @@ def _vllm(env: Mapping[str, str]) -> VllmSettings:
         tensor_parallel_size=_int(env, "IIR_VLLM_TENSOR_PARALLEL_SIZE", 1, 1, 1024),
         pipeline_parallel_size=_int(env, "IIR_VLLM_PIPELINE_PARALLEL_SIZE", 1, 1, 1024),
         distributed_backend=_choice(env, "IIR_VLLM_DISTRIBUTED_BACKEND", ("mp", "ray")),
-        dtype=_choice(env, "IIR_VLLM_DTYPE", ("auto", "half", "float16", "bfloat16", "float", "float32")),
+        dtype=_choice(
+            env, "IIR_VLLM_DTYPE", ("auto", "half", "float16", "bfloat16", "float", "float32")
+        ),
         quantization=_word(env, "IIR_VLLM_QUANTIZATION"),
         enforce_eager=_bool(env, "IIR_VLLM_ENFORCE_EAGER", None),
         restart_backoff_s=_float(env, "IIR_VLLM_RESTART_BACKOFF_S", 1.0, 0.01),
@@ -222,7 +228,9 @@ def load_settings(
         shutdown_timeout=_float(env, "IIR_SHUTDOWN_TIMEOUT", 30.0, 0.0),
         echo_token_delay_ms=_float(env, "IIR_ECHO_TOKEN_DELAY_MS", 0.0, 0.0),
         local_models=_local_models(env),
-        model_dir=Path(env["IIR_MODEL_DIR"].strip()) if env.get("IIR_MODEL_DIR", "").strip() else None,
+        model_dir=Path(env["IIR_MODEL_DIR"].strip())
+        if env.get("IIR_MODEL_DIR", "").strip()
+        else None,
         autoload_models=bool(_bool(env, "IIR_AUTOLOAD_MODELS", False)),
         vllm=_vllm(env),
         env=env,

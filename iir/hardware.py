@@ -13,6 +13,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -91,10 +92,8 @@ class Nvml:
         """Closes the session so that the next read starts a fresh one (after a refresh)."""
         with self._lock:
             if self._ready and self._module is not None:
-                try:
+                with suppress(self._module.NVMLError):
                     self._module.nvmlShutdown()
-                except self._module.NVMLError:
-                    pass
             self._ready = False
 
     def read(self, full: bool = True) -> tuple[list[GpuFacts], dict[str, str | None], str | None]:
@@ -224,7 +223,9 @@ class GpuCollector(Collector):
                 "Share of time the GPU was busy over NVML's last sample period (0-1)",
                 labels=["gpu"],
             ),
-            GaugeMetricFamily("iir_gpu_temperature_celsius", "GPU core temperature", labels=["gpu"]),
+            GaugeMetricFamily(
+                "iir_gpu_temperature_celsius", "GPU core temperature", labels=["gpu"]
+            ),
         )
 
     def describe(self) -> Iterator[GaugeMetricFamily]:

@@ -212,12 +212,18 @@ class FakeAsyncLLM:
         reasoning_parser_kwargs: dict[str, Any] | None = None,
     ) -> AsyncGenerator[RequestOutput, None]:
         if self._dead:
-            raise EngineDeadError("EngineCore encountered an issue. See stack trace for the root cause.")
+            raise EngineDeadError(
+                "EngineCore encountered an issue. See stack trace for the root cause."
+            )
         if sampling_params.output_kind is not RequestOutputKind.DELTA:
             raise EngineGenerateError("this stand-in only streams DELTA outputs")
         if sampling_params.max_tokens is None:
             raise EngineGenerateError("max_tokens must be set")
-        ids = list(prompt["prompt_token_ids"]) if isinstance(prompt, dict) else self.tokenizer.encode(prompt)
+        ids = (
+            list(prompt["prompt_token_ids"])
+            if isinstance(prompt, dict)
+            else self.tokenizer.encode(prompt)
+        )
         text = self.tokenizer.decode(ids)
         # The "answer": the last user turn of the rendered prompt.
         last_user = text.rsplit("<|user|>", 1)[-1].split("<|", 1)[0].strip()
@@ -230,9 +236,13 @@ class FakeAsyncLLM:
         try:
             if "__die__" in last_user:
                 self._dead = True
-                raise EngineDeadError("EngineCore encountered an issue. See stack trace for the root cause.")
+                raise EngineDeadError(
+                    "EngineCore encountered an issue. See stack trace for the root cause."
+                )
             if "__fail__" in last_user:
-                raise EngineGenerateError() from RuntimeError("CUDA error: an illegal memory access")
+                raise EngineGenerateError() from RuntimeError(
+                    "CUDA error: an illegal memory access"
+                )
             sp = sampling_params
             plans = [self._plan(words, sp) for _ in range(sp.n)]
             step = 0
@@ -269,9 +279,7 @@ class FakeAsyncLLM:
                         CompletionOutput(i, "", [], None, None, "stop", None) for i in range(sp.n)
                     ]
                     done = True
-                yield RequestOutput(
-                    request_id, None, ids if step == 0 else [], None, outs, done
-                )
+                yield RequestOutput(request_id, None, ids if step == 0 else [], None, outs, done)
                 if done:
                     break
                 step += 1
@@ -289,7 +297,7 @@ class FakeAsyncLLM:
         for s in sp.stop:
             cut = text.find(s)
             if cut >= 0:
-                kept = _WORD.findall(text[:cut])
+                kept = _WORD.findall(text[:cut].rstrip())
                 if sp.max_tokens is not None and len(kept) > sp.max_tokens:
                     return kept[: sp.max_tokens], "length", None
                 return kept, "stop", s
@@ -321,7 +329,11 @@ class FakeFactory:
         _wait_gate("FAKE_VLLM_CREATE_GATE")
         log.info(
             "fake create",
-            extra={"event": "fake_create", "model": spec.served_name, "reason": repr(spec.engine_args)},
+            extra={
+                "event": "fake_create",
+                "model": spec.served_name,
+                "reason": repr(spec.engine_args),
+            },
         )
         if os.environ.get("FAKE_VLLM_FAIL_CREATE") == spec.served_name:
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")

@@ -24,7 +24,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import suppress
+from contextlib import aclosing, suppress
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -104,7 +104,9 @@ class VllmEngineFactory:
 
     def unavailable_reason(self) -> str | None:
         if importlib.util.find_spec("vllm") is None:
-            return "vLLM is not installed (install IIR with the 'vllm' extra: pip install 'iir[vllm]')"
+            return (
+                "vLLM is not installed (install IIR with the 'vllm' extra: pip install 'iir[vllm]')"
+            )
         from ..hardware import NVML
 
         gpus, _, reason = NVML.read(full=False)
@@ -247,9 +249,9 @@ class VllmBackend(Backend):
             log.warning("model directory", extra={"reason": self.model_dir_reason})
         present: dict[str, FoundModel] = {f.name: f for f in found}
         for name, lm in list(self._models.items()):
-            if lm.origin == "model_dir" and name not in present and lm.engine is None:
-                if lm.state != LOADING:
-                    del self._models[name]
+            gone = lm.origin == "model_dir" and name not in present
+            if gone and lm.engine is None and lm.state != LOADING:
+                del self._models[name]
         for f in found:
             lm = self._models.get(f.name)
             if lm is not None and (lm.origin == "configured" or lm.engine is not None):
@@ -338,10 +340,13 @@ class VllmBackend(Backend):
                 await self._load(lm)
 
     async def _load(self, lm: LocalModel, retry: bool = True) -> bool:
+        """Builds ``lm``'s engine. A restart keeps the model ``failed`` (and /health degraded)
+        until the new engine answers."""
         assert self.factory is not None
         spec = EngineSpec(lm.name, lm.model, engine_args(lm.name, lm.model, self.vllm))
         async with self._load_lock:
-            lm.state, lm.reason = LOADING, None
+            if lm.state != FAILED:
+                lm.state, lm.reason = LOADING, None
             log.info("loading local model", extra={"model": lm.name, "event": "local_loading"})
             started = time.monotonic()
             try:
@@ -494,9 +499,7 @@ class VllmBackend(Backend):
             try:
                 fields["logit_bias"] = {int(k): float(v) for k, v in request.logit_bias.items()}
             except ValueError:
-                raise bad_request(
-                    "logit_bias keys must be token ids", param="logit_bias"
-                ) from None
+                raise bad_request("logit_bias keys must be token ids", param="logit_bias") from None
         assert self.factory is not None
         try:
             return self.factory.sampling_params(**fields)
@@ -589,16 +592,16 @@ class VllmBackend(Backend):
         finish: dict[int, str] = {}
         lps: dict[int, list[dict[str, Any]]] = {}
         prompt_tokens, completion_tokens = len(ids), 0
-        async for out in self._generate(lm, ids, params):
-            if out.prompt_token_ids:
-                prompt_tokens = len(out.prompt_token_ids)
-            for c in out.outputs:
-                texts.setdefault(c.index, []).append(c.text)
-                completion_tokens += len(c.token_ids)
-                if c.finish_reason:
-                    finish[c.index] = self._finish(c.finish_reason) or "stop"
-                if request.logprobs:
-                    piece = self._logprobs(lm, c, top)
+        async with aclosing(self._generate(lm, ids, params)) as outputs:
+            async for out in outputs:
+                if out.prompt_token_ids:
+                    prompt_tokens = len(out.prompt_token_ids)
+                for c in out.outputs:
+                    texts.setdefault(c.index, []).append(c.text)
+                    completion_tokens += len(c.token_ids)
+                    if c.finish_reason:
+                        finish[c.index] = self._finish(c.finish_reason) or "stop"
+                    piece = self._logprobs(lm, c, top) if request.logprobs else None
                     if piece:
                         lps.setdefault(c.index, []).extend(piece["content"])
         choices = [
@@ -616,19 +619,20 @@ class VllmBackend(Backend):
         lm, ids, params = await self._prepare(request, model)
         top = request.top_logprobs or 0
         prompt_tokens, completion_tokens = len(ids), 0
-        async for out in self._generate(lm, ids, params):
-            if out.prompt_token_ids:
-                prompt_tokens = len(out.prompt_token_ids)
-            for c in out.outputs:
-                completion_tokens += len(c.token_ids)
-                if not c.text and not c.finish_reason:
-                    continue
-                yield Delta(
-                    index=c.index,
-                    content=c.text,
-                    finish_reason=self._finish(c.finish_reason),
-                    logprobs=self._logprobs(lm, c, top) if request.logprobs else None,
-                )
+        async with aclosing(self._generate(lm, ids, params)) as outputs:
+            async for out in outputs:
+                if out.prompt_token_ids:
+                    prompt_tokens = len(out.prompt_token_ids)
+                for c in out.outputs:
+                    completion_tokens += len(c.token_ids)
+                    if not c.text and not c.finish_reason:
+                        continue
+                    yield Delta(
+                        index=c.index,
+                        content=c.text,
+                        finish_reason=self._finish(c.finish_reason),
+                        logprobs=self._logprobs(lm, c, top) if request.logprobs else None,
+                    )
         yield Usage(prompt_tokens, completion_tokens)
 
 
@@ -637,4 +641,3 @@ def _errored(engine: Any) -> bool:
         return bool(getattr(engine, "errored", False))
     except Exception:
         return True
-
