@@ -124,6 +124,8 @@ class Nvml:
             count = call(nv.nvmlDeviceGetCount)
             if count is None:
                 return [], driver, "NVML answered but could not count the GPUs"
+            if count == 0:
+                return [], driver, "NVML reports no GPUs"
             gpus: list[GpuFacts] = []
             for i in range(count):
                 handle = call(nv.nvmlDeviceGetHandleByIndex, i)
