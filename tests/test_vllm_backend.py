@@ -424,10 +424,19 @@ def test_server_lists_local_model_and_answers_valid_bodies(local_server: Server)
     models = {m.id: m.owned_by for m in client.models.list().data}
     assert models["tiny"] == "local"
     resp = client.chat.completions.with_raw_response.create(
-        model="tiny", messages=[{"role": "user", "content": "hello local engine"}], n=2
+        model="tiny",
+        messages=[{"role": "user", "content": "hello local engine"}],
+        n=2,
+        logprobs=True,
+        top_logprobs=1,
     )
     body = orjson.loads(resp.content)
     validate(body, "CreateChatCompletionResponse")
+    lp = body["choices"][1]["logprobs"]["content"]
+    assert [t["token"] for t in lp] == [" hello", " local", " engine"]
+    assert lp[0]["top_logprobs"] == [
+        {"token": " hello", "logprob": -0.25, "bytes": list(b" hello")}
+    ]
     assert [c["message"]["content"] for c in body["choices"]] == [" hello local engine"] * 2
     assert body["usage"]["completion_tokens"] == 6 and body["model"] == "tiny"
 
