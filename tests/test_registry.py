@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import jsonschema
 import orjson
+import pytest
 
 from iir.backends.base import Backend, BackendStatus, Completion, ModelCard, ProviderStatus
 from iir.backends.echo import EchoBackend
@@ -313,3 +314,42 @@ def test_concurrent_http_refreshes_share_one_run(tmp_path: Path) -> None:
         assert len(results) == 4 and {r["refreshes"] for r in results} == {1}
         logs = srv.wait_for_log(lambda ln: ln.get("event") == "registry_refresh")
         assert len(logs) == 1
+
+
+def test_refresh_leaves_a_failing_folder_model_to_its_retry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from iir.backends.vllm import VllmBackend
+    from iir.config import load_settings
+
+    from . import fake_vllm
+    from .test_vllm_backend import until
+
+    hf_folder(tmp_path, "flaky")
+    monkeypatch.setenv("FAKE_VLLM_FAIL_CREATE", "flaky")
+    settings = load_settings(
+        {
+            "IIR_API_KEY": "k",
+            "IIR_MODEL_DIR": str(tmp_path),
+            "IIR_AUTOLOAD_MODELS": "1",
+            "IIR_VLLM_RESTART_BACKOFF_S": "30",
+        }
+    )
+
+    async def go() -> None:
+        backend = VllmBackend(settings, factory=fake_vllm.FakeFactory())
+        await backend.start()
+        try:
+            await until(backend, "flaky", "failed")
+            entry = backend._models["flaky"]
+            retry = entry.restart_task
+            assert retry is not None and not retry.done()
+            await backend.refresh()
+            await backend.refresh()
+            assert backend._models["flaky"] is entry and entry.restart_task is retry
+            assert backend.status().models[0].state == "failed"
+            assert backend._queue.empty()
+        finally:
+            await backend.close()
+
+    asyncio.run(go())

@@ -251,12 +251,14 @@ class VllmBackend(Backend):
         for name, lm in list(self._models.items()):
             gone = lm.origin == "model_dir" and name not in present
             if gone and lm.engine is None and lm.state != LOADING:
+                if lm.restart_task is not None:
+                    lm.restart_task.cancel()
                 del self._models[name]
         for f in found:
             lm = self._models.get(f.name)
-            if lm is not None and (lm.origin == "configured" or lm.engine is not None):
-                continue
-            if lm is not None and lm.state == LOADING:
+            # Configured models win over folders of the same name; a folder already being
+            # served, loaded or retried keeps its entry (and its engine) untouched.
+            if lm is not None and (lm.origin == "configured" or lm.want_loaded):
                 continue
             lm = LocalModel(f.name, str(f.path), "model_dir", context_length=f.context_length)
             if f.problem:
