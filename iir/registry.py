@@ -13,6 +13,8 @@ from .hardware import NVML, HardwareFacts, read_hardware
 
 log = logging.getLogger("iir.registry")
 
+HARDWARE_TTL_S = 2.0
+
 
 class ModelRegistry:
     def __init__(self, backends: list[Backend]) -> None:
@@ -52,7 +54,9 @@ class ModelRegistry:
     # --- status and refresh -------------------------------------------------------------------
 
     async def hardware(self, fresh: bool = False) -> HardwareFacts:
-        if self._hardware is None or fresh:
+        # Memory, utilization and temperature move: a status older than a moment is re-read.
+        stale = self._hardware is None or time.time() - self._hardware.read_at > HARDWARE_TTL_S
+        if stale or fresh:
             if fresh:
                 await asyncio.to_thread(NVML.reset)
             self._hardware = await asyncio.to_thread(read_hardware)

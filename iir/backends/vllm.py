@@ -353,6 +353,11 @@ class VllmBackend(Backend):
             started = time.monotonic()
             try:
                 engine = await asyncio.to_thread(self.factory.create, spec)
+                # Built off the event loop, AsyncLLM defers its output handler to the first
+                # request; starting it here means an engine that fails while idle is seen at once.
+                start_handler = getattr(engine, "_run_output_handler", None)
+                if callable(start_handler):
+                    start_handler()
                 tokenizer = engine.get_tokenizer()
                 if inspect.isawaitable(tokenizer):
                     tokenizer = await tokenizer
