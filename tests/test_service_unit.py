@@ -82,7 +82,9 @@ def test_runs_unprivileged_with_env_file_and_state_dir() -> None:
     assert values(ENTRIES, "EnvironmentFile") == ["/etc/iir/iir.env"]
     assert values(ENTRIES, "StateDirectory") == ["iir"]
     assert "IIR_DATA_DIR=/var/lib/iir" in values(ENTRIES, "Environment")
-    assert values(ENTRIES, "ExecStart") == ["/opt/iir/venv/bin/iir serve --env-file /etc/iir/iir.env"]
+    assert values(ENTRIES, "ExecStart") == [
+        "/opt/iir/venv/bin/iir serve --env-file /etc/iir/iir.env"
+    ]
     assert values(ENTRIES, "Restart") == ["on-failure"]
     assert values(ENTRIES, "WantedBy", section="Install") == ["multi-user.target"]
 
