@@ -333,6 +333,26 @@ def handler_from_env(
     return UdpLogHandler(value, on_drop=on_drop, on_warning=on_warning)
 
 
+def attach_from_env(
+    logger: logging.Logger,
+    formatter: logging.Formatter | None = None,
+    environ: dict[str, str] | None = None,
+    on_drop: Callable[[str], None] | None = None,
+    on_warning: Callable[[str], None] | None = None,
+) -> UdpLogHandler | None:
+    """Add the ``REMOTE_LOG_SINK`` handler to ``logger`` with the local lines' formatter.
+
+    Returns the handler (for ``dropped`` and ``close()``), or None when the variable is unset.
+    """
+    handler = handler_from_env(environ, on_drop=on_drop, on_warning=on_warning)
+    if handler is None:
+        return None
+    if formatter is not None:
+        handler.setFormatter(formatter)
+    logger.addHandler(handler)
+    return handler
+
+
 def follow(path: str, from_start: bool = False, poll: float = 0.25) -> Iterator[str]:
     """Yield lines appended to ``path`` like ``tail -F``: survives truncation and rotation."""
     handle: IO[str] = open(path, encoding="utf-8", errors="replace", newline="")  # noqa: SIM115

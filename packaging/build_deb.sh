@@ -49,7 +49,15 @@ echo "build_deb: collecting dependency wheels"
 install -m 0644 "$TOP/iir.service" "$STAGE/lib/systemd/system/iir.service"
 install -m 0755 "$HERE/iir-install.sh" "$STAGE/usr/lib/iir/iir-install.sh"
 install -m 0644 "$HERE/iir.env.template" "$SHARE/iir.env.template"
-install -m 0755 "$TOP/forward_logs_udp.py" "$SHARE/forward_logs_udp.py"
+# forward_logs_udp.pyz: the script and iir.logforward in one file that runs on any machine with
+# Python 3.8+ (copy it to the machine that receives the logs).
+mkdir -p "$WORK/pyz/iir"
+cp "$TOP/forward_logs_udp.py" "$WORK/pyz/"
+cp "$TOP/iir/logforward.py" "$WORK/pyz/iir/"
+: >"$WORK/pyz/iir/__init__.py"
+printf 'import sys\n\nfrom forward_logs_udp import main\n\nsys.exit(main())\n' >"$WORK/pyz/__main__.py"
+"$PYTHON" -m zipapp "$WORK/pyz" -p "/usr/bin/env python3" -o "$WORK/forward_logs_udp.pyz"
+install -m 0755 "$WORK/forward_logs_udp.pyz" "$SHARE/forward_logs_udp.pyz"
 install -m 0644 "$HERE/README.md" "$STAGE/usr/share/doc/iir/README.md"
 ln -s /opt/iir/venv/bin/iir "$STAGE/usr/bin/iir"
 for script in postinst prerm postrm; do

@@ -416,3 +416,22 @@ def _which(name: str) -> str | None:
     import shutil
 
     return shutil.which(name)
+
+
+def test_attach_from_env_forwards_the_loggers_lines(receiver: socket.socket) -> None:
+    port = receiver.getsockname()[1]
+    logger = logging.getLogger("iir.test.attach")
+    logger.handlers[:] = []
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    drops: list[str] = []
+    assert logforward.attach_from_env(logger, environ={}) is None
+    handler = logforward.attach_from_env(
+        logger, JsonFormatter(), {"REMOTE_LOG_SINK": f"127.0.0.1:{port}"}, on_drop=drops.append
+    )
+    assert handler is not None and handler in logger.handlers
+    logger.warning("disk %s", "low")
+    assert json.loads(recv_lines(receiver, 1)[0]) == {"level": "WARNING", "msg": "disk low"}
+    logger.removeHandler(handler)
+    handler.close()
+    assert drops == []

@@ -140,7 +140,7 @@ def test_package_contents_and_modes(deb: Path) -> None:
         "/lib/systemd/system/iir.service": "-rw-r--r--",
         "/usr/lib/iir/iir-install.sh": "-rwxr-xr-x",
         "/usr/share/iir/iir.env.template": "-rw-r--r--",
-        "/usr/share/iir/forward_logs_udp.py": "-rwxr-xr-x",
+        "/usr/share/iir/forward_logs_udp.pyz": "-rwxr-xr-x",
         "/usr/share/doc/iir/README.md": "-rw-r--r--",
     }
     for path, mode in expected.items():
@@ -295,3 +295,51 @@ def test_install_without_wheelhouse_fails_clearly(control: Path, tmp_path: Path)
     assert "no wheelhouse" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (root / "etc/iir/iir.env").exists()
+
+
+def oldest_python() -> str:
+    """Python 3.8 when this machine has one (the script's promise), else the current one."""
+    for candidate in ("/root/.pyenv/versions/3.8.18/bin/python", shutil.which("python3.8")):
+        if candidate and Path(candidate).exists():
+            return candidate
+    return sys.executable
+
+
+def test_shipped_pyz_listens_and_forwards_standalone(installed: Path, tmp_path: Path) -> None:
+    pyz = tmp_path / "forward_logs_udp.pyz"
+    shutil.copy(installed / "usr/share/iir/forward_logs_udp.pyz", pyz)  # alone, as on a laptop
+    python = oldest_python()
+    bad = subprocess.run(
+        [python, "-S", str(pyz), "--sink", "nohost"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert bad.returncode == 2 and "no port" in bad.stderr
+    listener = subprocess.Popen(
+        [python, "-S", str(pyz), "--listen", "0", "--bind", "127.0.0.1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    )
+    try:
+        assert listener.stderr is not None and listener.stdout is not None
+        banner = listener.stderr.readline()
+        port = int(banner.rsplit(":", 1)[1].split("/")[0])
+        sent = subprocess.run(
+            [python, "-S", str(pyz), "--sink", f"127.0.0.1:{port}"],
+            input='{"msg": "from the pyz"}\n',
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd=tmp_path,
+            check=False,
+        )
+        assert sent.returncode == 0, sent.stderr
+        assert listener.stdout.readline() == '{"msg": "from the pyz"}\n'
+    finally:
+        listener.terminate()
+        assert listener.wait(10) == 0
