@@ -123,7 +123,7 @@ def test_hardening_settings_present() -> None:
 def test_gpu_device_nodes_stay_reachable() -> None:
     assert values(ENTRIES, "PrivateDevices") in ([], ["no"])
     allowed = {v.split()[0] for v in values(ENTRIES, "DeviceAllow")}
-    # /dev/nvidia0.., /dev/nvidiactl and /dev/nvidia-modeset share the nvidia-frontend major;
-    # /dev/nvidia-uvm and /dev/nvidia-uvm-tools belong to nvidia-uvm.
-    assert {"char-nvidia-frontend", "char-nvidia-uvm", "char-nvidia-caps"} <= allowed
+    # /dev/nvidia0.., /dev/nvidiactl and /dev/nvidia-modeset share major 195, named "nvidia" by
+    # current drivers and "nvidia-frontend" by older ones; /dev/nvidia-uvm* belong to nvidia-uvm.
+    assert {"char-nvidia", "char-nvidia-frontend", "char-nvidia-uvm", "char-nvidia-caps"} <= allowed
     assert all(v.endswith(" rw") for v in values(ENTRIES, "DeviceAllow"))
