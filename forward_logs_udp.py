@@ -9,6 +9,7 @@ python forward_logs_udp.py --listen 9999                                       #
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import signal
 import sys
@@ -84,7 +85,12 @@ def _send(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         if args.file is not None:
             forward(follow(args.file, from_start=args.from_start), sender)
         else:
-            forward(sys.stdin, sender)
+            # Undecodable bytes must not stop the forwarder: replace them.
+            stdin = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="replace")
+            forward(stdin, sender)
+    except OSError as exc:
+        sys.stderr.write(f"forward_logs_udp.py: cannot read {args.file or 'stdin'}: {exc}\n")
+        return 1
     finally:
         sender.close(timeout=5.0)
         if sender.dropped:

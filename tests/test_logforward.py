@@ -435,3 +435,33 @@ def test_attach_from_env_forwards_the_loggers_lines(receiver: socket.socket) -> 
     logger.removeHandler(handler)
     handler.close()
     assert drops == []
+
+
+def test_sink_mode_survives_undecodable_stdin(receiver: socket.socket) -> None:
+    port = receiver.getsockname()[1]
+    proc = subprocess.run(
+        [sys.executable, "-S", str(SCRIPT), "--sink", f"127.0.0.1:{port}"],
+        input=b"bad \xff\xfe bytes\nnext\n",
+        capture_output=True,
+        timeout=WAIT,
+        cwd="/",
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert recv_lines(receiver, 2) == ["bad \ufffd\ufffd bytes\n".encode(), b"next\n"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can read any file")
+def test_unreadable_file_is_a_clear_error(tmp_path: Path) -> None:
+    log = tmp_path / "secret.log"
+    log.write_text("x\n")
+    log.chmod(0)
+    proc = subprocess.run(
+        [sys.executable, "-S", str(SCRIPT), "--sink", "127.0.0.1:9", "--file", str(log)],
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+        check=False,
+    )
+    assert proc.returncode == 1
+    assert "cannot read" in proc.stderr and "Traceback" not in proc.stderr
