@@ -39,9 +39,14 @@ fi
 ROOT="$(mktemp -d /tmp/iir-deploy.XXXXXX)"
 CTRL="$(mktemp -d /tmp/iir-deploy-ctrl.XXXXXX)"
 PID=""
+UDP_PID=""
 cleanup() {
     if [ -n "$PID" ] && kill -0 "$PID" 2>/dev/null; then
         kill -KILL "$PID" 2>/dev/null || true
+    fi
+    if [ -n "$UDP_PID" ]; then
+        kill -TERM "$UDP_PID" 2>/dev/null || true
+        wait "$UDP_PID" 2>/dev/null || true
     fi
     rm -rf "$CTRL"
     if [ "${KEEP:-0}" = 1 ]; then say "kept $ROOT"; else rm -rf "$ROOT"; fi
@@ -77,9 +82,26 @@ relocate() {
         -e "s#/var/lib/iir#$ROOT/var/lib/iir#g" -e "s#/var/cache/iir#$ROOT/var/cache/iir#g"
 }
 PORT="$("$CLIENT_PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-# Point the installed env file at a free loopback port and the relocated data directory.
+
+# A UDP log listener (the shipped forward_logs_udp.pyz) to receive REMOTE_LOG_SINK datagrams.
+UDP_OUT="$CTRL/udp.out"
+"$CLIENT_PY" "$ROOT/usr/share/iir/forward_logs_udp.pyz" --listen 0 --bind 127.0.0.1 \
+    >"$UDP_OUT" 2>"$CTRL/udp.err" &
+UDP_PID=$!
+tries=0
+until grep -q '^listening on' "$CTRL/udp.err" 2>/dev/null; do
+    [ "$tries" -lt 100 ] || fail "UDP listener did not start: $(cat "$CTRL/udp.err")"
+    sleep 0.1
+    tries=$((tries + 1))
+done
+UDP_PORT="$(sed -n 's#^listening on 127.0.0.1:\([0-9]*\)/udp#\1#p' "$CTRL/udp.err")"
+
+# Point the installed env file at a free loopback port, the relocated data directory and the
+# UDP listener.
 sed -i -e "s#^IIR_HOST=.*#IIR_HOST=127.0.0.1#" -e "s#^IIR_PORT=.*#IIR_PORT=$PORT#" \
-    -e "s#^IIR_DATA_DIR=.*#IIR_DATA_DIR=$ROOT/var/lib/iir#" "$ENV_FILE"
+    -e "s#^IIR_DATA_DIR=.*#IIR_DATA_DIR=$ROOT/var/lib/iir#" \
+    -e "s|^#REMOTE_LOG_SINK=.*|REMOTE_LOG_SINK=127.0.0.1:$UDP_PORT|" "$ENV_FILE"
+grep -q "^REMOTE_LOG_SINK=127.0.0.1:$UDP_PORT$" "$ENV_FILE" || fail "could not set REMOTE_LOG_SINK"
 
 EXEC_START="$(sed -n 's/^ExecStart=//p' "$UNIT" | relocate)"
 STOP_TIMEOUT="$(sed -n 's/^TimeoutStopSec=\([0-9]*\)$/\1/p' "$UNIT")"
@@ -173,4 +195,7 @@ set -e
 PID=""
 [ "$rc" = 0 ] || fail "server exited with status $rc after SIGTERM"
 if grep -q -- "$API_KEY" "$LOG_FILE"; then fail "API key appears in the server log"; fi
+[ -s "$UDP_OUT" ] || fail "no log line arrived at REMOTE_LOG_SINK"
+if grep -q -- "$API_KEY" "$UDP_OUT"; then fail "API key appears in a UDP log datagram"; fi
+say "REMOTE_LOG_SINK ok ($(wc -l <"$UDP_OUT") lines received, no key in them)"
 say "OK (log: $LOG_FILE)"

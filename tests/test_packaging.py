@@ -343,3 +343,30 @@ def test_shipped_pyz_listens_and_forwards_standalone(installed: Path, tmp_path: 
     finally:
         listener.terminate()
         assert listener.wait(10) == 0
+
+
+def _has_server() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("iir.cli") is not None
+
+
+@pytest.mark.skipif(not _has_server(), reason="needs the HTTP server (iir.cli), not built yet")
+def test_deploy_test_script_end_to_end(deb: Path, tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "IIR_DEB": str(deb),
+        "PYTHON": sys.executable,
+        "IIR_LOG_FILE": str(tmp_path / "deploy-test.log"),
+    }
+    result = subprocess.run(
+        [str(TOP / "packaging/deploy_test.sh")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    for step in ("/health ok", "authenticated chat", "/metrics ok", "REMOTE_LOG_SINK ok", "OK"):
+        assert step in result.stdout
