@@ -12,6 +12,7 @@ import argparse
 import io
 import os
 import signal
+import stat
 import sys
 
 from iir.logforward import (
@@ -78,8 +79,15 @@ def _send(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         host, port = parse_sink(args.sink)
     except ValueError as exc:
         parser.error(str(exc))
-    if args.file is not None and not os.path.isfile(args.file):
-        parser.error(f"--file {args.file!r}: no such file")
+    if args.file is not None:
+        try:
+            mode = os.stat(args.file).st_mode
+        except FileNotFoundError:
+            parser.error(f"--file {args.file!r}: no such file")
+        except OSError as exc:
+            parser.error(f"--file {args.file!r}: {exc.strerror}")
+        if not stat.S_ISREG(mode):
+            parser.error(f"--file {args.file!r}: not a regular file")
     sender = UdpSender((host, port))
     try:
         if args.file is not None:

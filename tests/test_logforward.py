@@ -6,10 +6,12 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -388,34 +390,33 @@ def test_script_listen_on_busy_port_is_a_clear_error() -> None:
         busy.close()
 
 
-def test_script_runs_on_oldest_supported_python() -> None:
-    candidates = [Path(p) for p in ("/root/.pyenv/versions/3.8.18/bin/python",)]
-    found = [p for p in candidates if p.exists()]
-    found += [Path(p) for p in filter(None, [_which("python3.8")])]
+def test_script_runs_on_oldest_supported_python(receiver: socket.socket) -> None:
+    candidates = ["/root/.pyenv/versions/3.8.18/bin/python", shutil.which("python3.8")]
+    found = [p for p in candidates if p and Path(p).exists()]
     if not found:
         pytest.skip("no Python 3.8 interpreter on this machine")
+    python = found[0]
+    port = receiver.getsockname()[1]
     result = subprocess.run(
-        [
-            str(found[0]),
-            "-S",
-            "-c",
-            "import sys; sys.path.insert(0, sys.argv[1]); "
-            "import iir.logforward, iir.keygen; print('ok')",
-            str(ROOT),
-        ],
+        [python, "-S", str(SCRIPT), "--sink", f"127.0.0.1:{port}"],
+        input="from python 3.8\n",
         capture_output=True,
         text=True,
         timeout=30,
+        cwd="/",
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "ok"
-
-
-def _which(name: str) -> str | None:
-    import shutil
-
-    return shutil.which(name)
+    assert recv_lines(receiver, 1) == [b"from python 3.8\n"]
+    bad = subprocess.run(
+        [python, "-S", str(SCRIPT), "--listen", "x"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd="/",
+        check=False,
+    )
+    assert bad.returncode == 2 and "--listen" in bad.stderr
 
 
 def test_attach_from_env_forwards_the_loggers_lines(receiver: socket.socket) -> None:
@@ -451,17 +452,37 @@ def test_sink_mode_survives_undecodable_stdin(receiver: socket.socket) -> None:
     assert recv_lines(receiver, 2) == ["bad \ufffd\ufffd bytes\n".encode(), b"next\n"]
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root can read any file")
-def test_unreadable_file_is_a_clear_error(tmp_path: Path) -> None:
-    log = tmp_path / "secret.log"
-    log.write_text("x\n")
-    log.chmod(0)
-    proc = subprocess.run(
-        [sys.executable, "-S", str(SCRIPT), "--sink", "127.0.0.1:9", "--file", str(log)],
-        capture_output=True,
-        text=True,
-        timeout=WAIT,
-        check=False,
-    )
-    assert proc.returncode == 1
-    assert "cannot read" in proc.stderr and "Traceback" not in proc.stderr
+def test_unreadable_file_is_a_clear_error() -> None:
+    # Root reads any file, so as root the script runs as nobody (with the system Python,
+    # which nobody can execute).
+    command = [sys.executable, "-S", str(SCRIPT)]
+    if os.geteuid() == 0:
+        if not (Path("/usr/bin/python3").exists() and shutil.which("setpriv")):
+            pytest.skip("as root this needs setpriv and /usr/bin/python3 to drop privileges")
+        command = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+        command += ["/usr/bin/python3", "-S", str(SCRIPT)]
+    folder = Path(tempfile.mkdtemp())
+    try:
+        folder.chmod(0o755)
+        log = folder / "private.log"
+        log.write_text("x\n")
+        log.chmod(0)
+        proc = subprocess.run(
+            [*command, "--sink", "127.0.0.1:9", "--file", str(log)],
+            capture_output=True,
+            text=True,
+            timeout=WAIT,
+            check=False,
+        )
+    finally:
+        shutil.rmtree(folder)
+    assert proc.returncode == 1, proc.stderr
+    assert "cannot read" in proc.stderr and "Permission denied" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_file_must_be_a_regular_file(tmp_path: Path) -> None:
+    proc = script("--sink", "127.0.0.1:9", "--file", str(tmp_path), stderr=subprocess.PIPE)
+    _, err = proc.communicate(timeout=WAIT)
+    assert proc.returncode == 2
+    assert "not a regular file" in err
