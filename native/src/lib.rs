@@ -306,6 +306,16 @@ impl PyStreamScrubber {
     }
 }
 
+/// The built-in rules as `(name, pattern)` (regex crate syntax), for documentation and for
+/// baselines that reimplement them.
+#[pyfunction]
+fn rule_patterns() -> Vec<(&'static str, String)> {
+    rules::builtin()
+        .into_iter()
+        .map(|r| (r.name, r.pattern))
+        .collect()
+}
+
 // ---------------------------------------------------------------------------------------------
 // Tokens
 
@@ -545,6 +555,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyStreamScrubber>()?;
     m.add_class::<PyRateLimiter>()?;
     m.add_class::<PyDecision>()?;
+    m.add_function(wrap_pyfunction!(rule_patterns, m)?)?;
     m.add_function(wrap_pyfunction!(count_text, m)?)?;
     m.add_function(wrap_pyfunction!(count_texts, m)?)?;
     m.add_function(wrap_pyfunction!(encode, m)?)?;
