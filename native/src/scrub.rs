@@ -40,6 +40,8 @@ pub struct Scrubber {
     /// Every match starts with one of these literals (rule triggers and literal secrets).
     triggers: AhoCorasick,
     regex: Regex,
+    /// One small regex per pattern, to resolve capture groups cheaply once a match is known.
+    per_pattern: Vec<Regex>,
     dfa: DFA,
     /// Per pattern: index into `names`, and whether placeholder checks apply.
     patterns: Vec<(usize, bool)>,
@@ -49,7 +51,8 @@ pub struct Scrubber {
 /// Per-call scratch space (caches of the lazy automata).
 pub struct Scratch {
     meta: MetaCache,
-    caps: Captures,
+    /// Captures and cache per pattern (made on first use).
+    per_pattern: Vec<Option<(MetaCache, Captures)>>,
     dfa: Option<DfaCache>,
 }
 
@@ -204,9 +207,16 @@ impl Scrubber {
             .syntax(regex_automata::util::syntax::Config::new())
             .build_many(&sources)
             .map_err(|e| BuildError(format!("invalid scrub pattern: {e}")))?;
+        let per_pattern = sources
+            .iter()
+            .map(|src| {
+                Regex::new(src).map_err(|e| BuildError(format!("invalid scrub pattern: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             triggers,
             regex,
+            per_pattern,
             dfa,
             patterns,
             names,
@@ -222,7 +232,7 @@ impl Scrubber {
     pub fn scratch(&self) -> Scratch {
         Scratch {
             meta: self.regex.create_cache(),
-            caps: self.regex.create_captures(),
+            per_pattern: (0..self.per_pattern.len()).map(|_| None).collect(),
             dfa: None,
         }
     }
@@ -232,7 +242,7 @@ impl Scrubber {
     fn find(&self, scratch: &mut Scratch, hay: &str, pos: usize, end: usize) -> Option<Found> {
         let bytes = hay.as_bytes();
         let mut p = pos;
-        loop {
+        let (pid, whole, start) = loop {
             if p >= end {
                 return None;
             }
@@ -242,21 +252,29 @@ impl Scrubber {
             let input = Input::new(bytes)
                 .span(t.start()..end)
                 .anchored(Anchored::Yes);
-            self.regex
-                .search_captures_with(&mut scratch.meta, &input, &mut scratch.caps);
-            if scratch.caps.is_match() {
-                break;
+            // The lazy DFA answers whether and where a match ends; the slower capture engine
+            // then runs only on that span, for that one pattern.
+            if let Some(half) = self.regex.search_half_with(&mut scratch.meta, &input) {
+                let pid = half.pattern().as_usize();
+                let exact = Input::new(bytes)
+                    .span(t.start()..half.offset())
+                    .anchored(Anchored::Yes);
+                let re = &self.per_pattern[pid];
+                let (cache, caps) = scratch.per_pattern[pid]
+                    .get_or_insert_with(|| (re.create_cache(), re.create_captures()));
+                re.search_captures_with(cache, &exact, caps);
+                if let Some(m) = caps.get_match() {
+                    break (pid, m.span(), t.start());
+                }
             }
             // Triggers are ASCII: the next byte is a character boundary.
             p = t.start() + 1;
-        }
-        let m = scratch.caps.get_match()?;
-        let pid = m.pattern().as_usize();
+        };
+        let caps = &scratch.per_pattern[pid].as_ref()?.1;
         let (rule, token_like) = self.patterns[pid];
-        // The value: the first capture group that took part, else the whole match.
-        let mut span = m.span();
-        for g in 1..scratch.caps.group_len() {
-            if let Some(s) = scratch.caps.get_group(g) {
+        let mut span = whole;
+        for g in 1..caps.group_len() {
+            if let Some(s) = caps.get_group(g) {
                 span = s;
                 break;
             }
@@ -272,7 +290,7 @@ impl Scrubber {
             })
         } else {
             Some(Found::Rejected {
-                start: m.start(),
+                start,
                 end: span.end,
             })
         }
