@@ -1,0 +1,110 @@
+"""Async jobs against the same request made synchronously, on ``iir/echo``, in the same run.
+
+One round is N requests at a client concurrency of 1 or 32. For jobs, each request is
+submit → poll every ``POLL_S`` until succeeded, so its latency is submit-to-complete (the poll
+interval bounds the resolution). Jobs per second is N over the round's time. The ratio of async
+to sync is printed at the end of the module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.harness import Server
+
+POLL_S = 0.005
+BODY = {
+    "model": "iir/echo",
+    "messages": [
+        {"role": "user", "content": "a short question for the benchmark, about 16 tokens"}
+    ],
+}
+ROUNDS = {1: (40, 5), 32: (256, 3)}  # concurrency: (requests per round, rounds)
+RESULTS: dict[tuple[str, int], dict[str, float]] = {}
+
+
+@pytest.fixture(scope="module")
+def server(request: pytest.FixtureRequest) -> Iterator[Server]:
+    with Server() as srv:
+        yield srv
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is None or not RESULTS:
+        return
+    reporter.write_line("")
+    reporter.write_line("async jobs vs synchronous requests (iir/echo):")
+    for conc in ROUNDS:
+        s, a = RESULTS.get(("sync", conc)), RESULTS.get(("async", conc))
+        if not s or not a:
+            continue
+        reporter.write_line(
+            f"  concurrency {conc:>2}: sync {s['rps']:8.1f} req/s p50 {s['p50'] * 1e3:6.2f} ms | "
+            f"async {a['rps']:8.1f} jobs/s p50 {a['p50'] * 1e3:6.2f} ms | "
+            f"throughput ratio {a['rps'] / s['rps']:.2f}, latency ratio {a['p50'] / s['p50']:.2f}"
+        )
+
+
+async def _sync_one(c: httpx.AsyncClient) -> float:
+    t0 = time.perf_counter()
+    r = await c.post("/v1/chat/completions", json=BODY)
+    assert r.status_code == 200, r.text
+    return time.perf_counter() - t0
+
+
+async def _async_one(c: httpx.AsyncClient) -> float:
+    t0 = time.perf_counter()
+    r = await c.post("/v1/async/chat/completions", json=BODY)
+    assert r.status_code == 202, r.text
+    url = f"/v1/async/chat/completions/{r.json()['job_id']}"
+    while True:
+        got = await c.get(url)
+        status = got.headers.get("x-iir-job-status")
+        if status == "succeeded":
+            assert got.json()["object"] == "chat.completion"
+            return time.perf_counter() - t0
+        assert status in ("pending", "running"), got.text
+        await asyncio.sleep(POLL_S)
+
+
+def _round(srv: Server, mode: str, conc: int, n: int, latencies: list[float]) -> None:
+    one = _sync_one if mode == "sync" else _async_one
+
+    async def main() -> None:
+        limits = httpx.Limits(max_connections=conc, max_keepalive_connections=conc)
+        async with httpx.AsyncClient(
+            base_url=srv.url, headers=srv.auth, limits=limits, timeout=60
+        ) as c:
+            todo = iter(range(n))
+
+            async def worker() -> None:
+                for _ in todo:
+                    latencies.append(await one(c))
+
+            await asyncio.gather(*(worker() for _ in range(conc)))
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("conc", list(ROUNDS))
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_jobs_vs_sync(benchmark: Any, server: Server, mode: str, conc: int) -> None:
+    n, rounds = ROUNDS[conc]
+    latencies: list[float] = []
+    benchmark.group = f"echo, concurrency {conc}"
+    benchmark.extra_info["requests_per_round"] = n
+    benchmark.pedantic(_round, args=(server, mode, conc, n, latencies), rounds=rounds, iterations=1)
+    assert len(latencies) == n * rounds
+    lat = sorted(latencies)
+    stats = {
+        "rps": n / benchmark.stats.stats.median,
+        "p50": statistics.median(lat),
+        "p95": lat[int(len(lat) * 0.95) - 1],
+    }
+    benchmark.extra_info.update({k: round(v, 6) for k, v in stats.items()})
+    RESULTS[(mode, conc)] = stats
