@@ -30,24 +30,30 @@ ROUNDS = {1: (40, 5), 32: (256, 3)}  # concurrency: (requests per round, rounds)
 RESULTS: dict[tuple[str, int], dict[str, float]] = {}
 
 
+class _Summary:
+    """Prints the async/sync ratios after pytest-benchmark's tables."""
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        write = terminalreporter.write_line
+        write("")
+        write("async jobs vs synchronous requests (iir/echo, same server, same run):")
+        for conc in ROUNDS:
+            s, a = RESULTS.get(("sync", conc)), RESULTS.get(("async", conc))
+            if not s or not a:
+                continue
+            write(
+                f"  concurrency {conc:>2}: sync {s['rps']:7.1f} req/s p50 {s['p50'] * 1e3:7.2f} ms"
+                f" | async {a['rps']:7.1f} jobs/s p50 {a['p50'] * 1e3:7.2f} ms"
+                f" | throughput ratio {a['rps'] / s['rps']:.2f},"
+                f" latency ratio {a['p50'] / s['p50']:.2f}"
+            )
+
+
 @pytest.fixture(scope="module")
 def server(request: pytest.FixtureRequest) -> Iterator[Server]:
+    request.config.pluginmanager.register(_Summary(), "iir-jobs-bench-summary")
     with Server() as srv:
         yield srv
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is None or not RESULTS:
-        return
-    reporter.write_line("")
-    reporter.write_line("async jobs vs synchronous requests (iir/echo):")
-    for conc in ROUNDS:
-        s, a = RESULTS.get(("sync", conc)), RESULTS.get(("async", conc))
-        if not s or not a:
-            continue
-        reporter.write_line(
-            f"  concurrency {conc:>2}: sync {s['rps']:8.1f} req/s p50 {s['p50'] * 1e3:6.2f} ms | "
-            f"async {a['rps']:8.1f} jobs/s p50 {a['p50'] * 1e3:6.2f} ms | "
-            f"throughput ratio {a['rps'] / s['rps']:.2f}, latency ratio {a['p50'] / s['p50']:.2f}"
-        )
 
 
 async def _sync_one(c: httpx.AsyncClient) -> float:

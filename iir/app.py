@@ -26,7 +26,7 @@ from .config import Settings, load_settings
 from .errors import ApiError
 from .http import JSON, Request, Response, StreamResponse, json_response
 from .infer import INFER_SCHEMAS, InferService
-from .jobs import JOB_SCHEMAS, JobPool, JobStore, db_path
+from .jobs import JOB_SCHEMAS, JobPool, JobStore, StoreError, db_path
 from .logs import request_id_var
 from .registry import ModelRegistry
 from .routes import Route, Router
@@ -133,7 +133,13 @@ class App:
                 await backend.close()
 
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        loop.run_until_complete(self.startup())
+        try:
+            loop.run_until_complete(self.startup())
+        except StoreError as exc:
+            # One clear line instead of a traceback; the parent process then exits 2.
+            applog.critical("cannot start: %s", exc, extra={"event": "job_store_refused"})
+            logging.shutdown()
+            os._exit(2)
 
     def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
         with suppress(Exception):

@@ -23,9 +23,11 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import parse_qs
 
 import orjson
 
@@ -493,6 +495,9 @@ class JobPool:
         self._reserved = 0
         self._running: dict[str, asyncio.Task[dict[str, Any]]] = {}
         self._cancel_requested: set[str] = set()
+        # Long-poll support: GET ?wait= sleeps on the job's event until the job ends.
+        self._events: dict[str, asyncio.Event] = {}
+        self._waiting: Counter[str] = Counter()
         self._tasks: list[asyncio.Task[None]] = []
         self._counts: Counter[str] = Counter()
         self._started = False
@@ -501,7 +506,10 @@ class JobPool:
 
     async def start(self) -> None:
         await self.store.open()
-        pending = await self.store.call(recover_jobs)
+        try:
+            pending = await self.store.call(recover_jobs)
+        except StoreUnavailable as exc:
+            raise StoreError(f"job database {str(self.store.path)!r}: {exc}") from None
         for job_id in pending:
             self._queue.put_nowait(job_id)
         if pending:
@@ -606,6 +614,7 @@ class JobPool:
                 task.cancel()
             elif before == "running":
                 self._cancel_requested.add(job_id)
+            self._ended(job_id)
             log.info("job cancelled", extra={"event": "job_cancelled", "job_id": job_id})
         return before
 
@@ -672,9 +681,33 @@ class JobPool:
         stored = await self._write(
             finish_job, job_id, status, result, error, self.store.clock(), self.store.ttl
         )
+        self._cancel_requested.discard(job_id)
+        self._ended(job_id)
         if stored:
             self._move("running", status)
             metrics.JOB_DURATION.labels(status).observe(time.perf_counter() - started)
+
+    def _ended(self, job_id: str) -> None:
+        event = self._events.get(job_id)
+        if event is not None:
+            event.set()
+
+    async def wait(self, owner: str, job_id: str, timeout: float) -> Job:
+        """The job once it has ended, or as it is after ``timeout`` seconds."""
+        event = self._events.setdefault(job_id, asyncio.Event())
+        self._waiting[job_id] += 1
+        try:
+            job = await self.get(owner, job_id)
+            if job.status in ACTIVE:
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(event.wait(), timeout)
+                job = await self.get(owner, job_id)
+            return job
+        finally:
+            self._waiting[job_id] -= 1
+            if self._waiting[job_id] <= 0:
+                del self._waiting[job_id]
+                self._events.pop(job_id, None)
 
     async def _execute(self, kind: str, request: bytes) -> dict[str, Any]:
         chat = parse_chat_request(orjson.loads(request))
@@ -710,7 +743,11 @@ class JobPool:
         return accepted(job_id)
 
     async def handle_get(self, req: Request, job_id: str) -> Response:
-        job = await self.get(req.key_id or "", job_id)
+        wait = _wait_param(req.query)
+        if wait and valid_job_id(job_id):
+            job = await self.wait(req.key_id or "", job_id, wait)
+        else:
+            job = await self.get(req.key_id or "", job_id)
         req.state["model"] = job.model
         headers = [("x-iir-job-status", job.status)]
         if job.status == "succeeded" and job.result is not None:
@@ -743,6 +780,25 @@ def accepted(job_id: str) -> Response:
             ("x-iir-job-status", "pending"),
         ],
     )
+
+
+MAX_WAIT = 60.0
+
+
+def _wait_param(query: str) -> float:
+    """``?wait=<seconds>``: how long GET may hold the answer for a job that has not ended."""
+    values = parse_qs(query or "", keep_blank_values=True).get("wait")
+    if not values:
+        return 0.0
+    try:
+        wait = float(values[-1])
+    except ValueError:
+        wait = -1.0
+    if not 0 <= wait <= MAX_WAIT:
+        raise bad_request(
+            f"'wait' must be a number of seconds between 0 and {MAX_WAIT:g}", param="wait"
+        )
+    return wait
 
 
 def _no_job(job_id: str) -> ApiError:

@@ -46,4 +46,14 @@ def serve(settings: Settings, env_file: str | None) -> None:
         log_access=False,
         workers_kill_timeout=max(1, math.ceil(settings.shutdown_timeout)),
     )
-    server.serve()
+    try:
+        server.serve()
+    except SystemExit as exc:
+        # Granian exits 1 when its worker dies at start-up; when the job database is the
+        # reason (it went bad after the check above), say so and exit 2 like the check would.
+        if exc.code not in (0, None):
+            try:
+                check_database(db_path(settings.data_dir), settings.job_db_timeout)
+            except StoreError as bad:
+                raise ConfigError(str(bad)) from None
+        raise

@@ -13,10 +13,12 @@ import string
 import subprocess
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx
+import jsonschema
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -83,6 +85,13 @@ def metric(srv: Server, line_start: str) -> float:
     raise AssertionError(f"{line_start} not in /metrics")
 
 
+def validate_ours(srv: Server, body: Any, name: str) -> None:
+    """Against IIR's own OpenAPI document (job status bodies have no OpenAI schema)."""
+    doc = httpx.get(srv.url + "/openapi.json").json()
+    schema = {"$ref": f"#/components/schemas/{name}", "components": doc["components"]}
+    jsonschema.Draft202012Validator(schema).validate(body)
+
+
 @pytest.fixture(scope="module")
 def srv() -> Iterator[Server]:
     with Server(env={"IIR_ALLOWED_KEYS": SECOND}) as s:
@@ -95,6 +104,7 @@ def srv() -> Iterator[Server]:
 def test_submit_poll_succeed(srv: Server) -> None:
     with srv.client() as c:
         job_id = submit(c, chat("the quick brown fox", max_tokens=50), srv.key)
+        validate_ours(srv, {"job_id": job_id, "status": "pending"}, "JobStatus")
         r = wait_status(c, job_id, srv.key, ("succeeded", "failed"))
         assert r.headers["x-iir-job-status"] == "succeeded"
         body = r.json()
@@ -117,6 +127,8 @@ def test_run_time_failure_is_stored_with_the_usual_error_shape(srv: Server) -> N
         assert set(body) == {"job_id", "status", "error"}
         assert body["job_id"] == job_id and body["status"] == "failed"
         validate(body["error"], "Error")
+        validate_ours(srv, body, "JobStatus")
+        validate_ours(srv, body, "JobResult")
         assert body["error"]["code"] == "model_not_found"
         assert "nope/missing" in body["error"]["message"]
 
@@ -182,6 +194,19 @@ def test_malformed_ids_are_404(srv: Server, job_id: str) -> None:
             validate_error(r.json())
 
 
+def test_long_poll_answers_when_the_job_ends(srv: Server) -> None:
+    with srv.client() as c:
+        job_id = submit(c, chat("wait for me"), srv.key)
+        r = c.get(f"{ASYNC}/{job_id}?wait=30", headers=srv.auth)
+        assert r.status_code == 200 and r.headers["x-iir-job-status"] == "succeeded"
+        validate(r.json(), "CreateChatCompletionResponse")
+        for bad in ("x", "-1", "61", "nan"):
+            r = c.get(f"{ASYNC}/{job_id}?wait={bad}", headers=srv.auth)
+            assert r.status_code == 400 and r.json()["error"]["param"] == "wait", bad
+        r = c.get(f"{ASYNC}/job_{'b' * 32}?wait=1", headers=srv.auth)
+        assert r.status_code == 404
+
+
 def test_cancel_of_a_finished_job_is_409(srv: Server) -> None:
     with srv.client() as c:
         job_id = submit(c, chat(), srv.key)
@@ -214,8 +239,17 @@ def test_cancel_pending_and_running_jobs() -> None:
         pending = submit(c, chat(slow), s.key)
         assert poll(c, pending, s.key).json() == {"job_id": pending, "status": "pending"}
 
-        r = c.delete(f"{ASYNC}/{pending}", headers=s.auth)
-        assert r.status_code == 200 and r.json() == {"job_id": pending, "status": "cancelled"}
+        # A long-poll on the pending job is woken by its cancel.
+        with ThreadPoolExecutor(1) as pool:
+            waiter = pool.submit(
+                lambda: s.client().get(f"{ASYNC}/{pending}?wait=50", headers=s.auth)
+            )
+            time.sleep(0.5)  # let the long-poll reach the server first
+            r = c.delete(f"{ASYNC}/{pending}", headers=s.auth)
+            assert r.status_code == 200
+            assert r.json() == {"job_id": pending, "status": "cancelled"}
+            # Well before the 50 s the poll would otherwise hold.
+            assert waiter.result(40).json() == {"job_id": pending, "status": "cancelled"}
         assert poll(c, pending, s.key).json() == {"job_id": pending, "status": "cancelled"}
         # Cancelling twice is harmless.
         assert c.delete(f"{ASYNC}/{pending}", headers=s.auth).status_code == 200
