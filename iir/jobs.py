@@ -19,6 +19,7 @@ import logging
 import re
 import secrets
 import sqlite3
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -309,20 +310,15 @@ def finish_job(
 def cancel_job(
     conn: sqlite3.Connection, job_id: str, owner: str | None, now: float, ttl: float
 ) -> str | None:
-    """Cancels a pending or running job; returns the status it had (None: no such job)."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        job = get_job(conn, job_id, owner, now)
-        if job is not None and job.status in ACTIVE:
-            conn.execute(
-                "UPDATE jobs SET status = 'cancelled', finished_at = ?, expires_at = ? "
-                "WHERE id = ?",
-                (now, now + ttl, job_id),
-            )
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
+    """Cancels a pending or running job; returns the status it had (None: no such job).
+
+    Call it inside a transaction (the server's write batches are one)."""
+    job = get_job(conn, job_id, owner, now)
+    if job is not None and job.status in ACTIVE:
+        conn.execute(
+            "UPDATE jobs SET status = 'cancelled', finished_at = ?, expires_at = ? WHERE id = ?",
+            (now, now + ttl, job_id),
+        )
     return job.status if job else None
 
 
@@ -411,13 +407,27 @@ def cancel_job_offline(data_dir: Path, job_id: str, ttl: float = 86400.0) -> str
     is running for that job, but the generation itself runs to its end."""
     conn = _operator_conn(data_dir)
     try:
-        return cancel_job(conn, job_id, None, time.time(), ttl)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            before = cancel_job(conn, job_id, None, time.time(), ttl)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return before
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(_explain(f"job database {str(db_path(data_dir))!r}", exc)) from None
     finally:
         conn.close()
 
 
 class JobStore:
-    """The server's handle on the database: one thread, one connection, async calls."""
+    """The server's handle on the database: one thread, one connection, async calls.
+
+    Writes are group-committed: those that arrive while the thread is busy go into the next
+    transaction together, so concurrent jobs share one fsync. Each write still has its own
+    savepoint, and no caller hears "done" before the transaction holding its write is durable.
+    """
 
     def __init__(
         self, path: Path, ttl: float, clock: Clock = time.time, timeout: float = 5.0
@@ -428,13 +438,18 @@ class JobStore:
         self.timeout = timeout
         self._conn: sqlite3.Connection | None = None
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="iir-jobs-db")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock = threading.Lock()
+        self._batch: list[tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]]] = []
+        self._flush_queued = False
 
     def _open(self) -> None:
         check_database(self.path, self.timeout)
         self._conn = connect(self.path, self.timeout)
 
     async def open(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._thread, self._open)
+        self._loop = asyncio.get_running_loop()
+        await self._loop.run_in_executor(self._thread, self._open)
 
     async def close(self) -> None:
         def _close() -> None:
@@ -457,6 +472,66 @@ class JobStore:
                 raise StoreUnavailable(str(exc)) from None
 
         return await asyncio.get_running_loop().run_in_executor(self._thread, run)
+
+    async def write(self, fn: Callable[..., T], *args: Any) -> T:
+        """Runs ``fn(conn, *args)`` in the next group commit; returns once that is durable."""
+        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        with self._lock:
+            self._batch.append((fn, args, fut))
+            queue = not self._flush_queued
+            self._flush_queued = True
+        if queue:
+            self._thread.submit(self._flush)
+        return await fut
+
+    def _flush(self) -> None:
+        with self._lock:
+            batch, self._batch = self._batch, []
+            self._flush_queued = False
+        if not batch:
+            return
+        outcomes: list[tuple[Any, BaseException | None]] = []
+        conn = self._conn
+        try:
+            if conn is None:
+                raise StoreUnavailable("the job database is not open")
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(str(exc)) from None
+            for fn, args, _ in batch:
+                conn.execute("SAVEPOINT op")
+                try:
+                    outcomes.append((fn(conn, *args), None))
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO op")
+                    err = StoreUnavailable(str(exc)) if isinstance(exc, sqlite3.Error) else exc
+                    outcomes.append((None, err))
+                conn.execute("RELEASE op")
+            try:
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                with suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                raise StoreUnavailable(str(exc)) from None
+        except Exception as exc:
+            failure = exc if isinstance(exc, StoreUnavailable) else StoreUnavailable(str(exc))
+            if conn is not None and conn.in_transaction:
+                with suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            outcomes = [(None, failure)] * len(batch)
+        assert self._loop is not None
+        for (_, _, fut), (value, err) in zip(batch, outcomes, strict=True):
+            self._loop.call_soon_threadsafe(_settle, fut, value, err)
+
+
+def _settle(fut: asyncio.Future[Any], value: Any, err: BaseException | None) -> None:
+    if fut.done():
+        return
+    if err is not None:
+        fut.set_exception(err)
+    else:
+        fut.set_result(value)
 
 
 def unavailable(exc: StoreUnavailable) -> ApiError:
@@ -568,7 +643,7 @@ class JobPool:
         job_id = new_job_id()
         self._reserved += 1
         try:
-            await self.store.call(
+            await self.store.write(
                 insert_job,
                 job_id,
                 owner,
@@ -602,7 +677,7 @@ class JobPool:
             raise _no_job(job_id)
         now = self.store.clock()
         try:
-            before = await self.store.call(cancel_job, job_id, owner, now, self.store.ttl)
+            before = await self.store.write(cancel_job, job_id, owner, now, self.store.ttl)
         except StoreUnavailable as exc:
             raise unavailable(exc) from None
         if before is None:
@@ -636,7 +711,7 @@ class JobPool:
         delay = 0.05
         while True:
             try:
-                return await self.store.call(fn, *args)
+                return await self.store.write(fn, *args)
             except StoreUnavailable as exc:
                 log.warning("job store unavailable; retrying", extra={"event": "job_store_retry"})
                 log.debug("job store error: %s", exc)
