@@ -11,7 +11,6 @@ import logging
 import os
 import re
 import time
-import uuid
 from contextlib import suppress
 from typing import Any
 
@@ -153,7 +152,7 @@ class App:
             return
         started = time.perf_counter()
         incoming = scope.headers.get("x-request-id")
-        rid = incoming if incoming and _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+        rid = incoming if incoming and _REQUEST_ID.fullmatch(incoming) else os.urandom(16).hex()
         token = request_id_var.set(rid)
         client = scope.client.rsplit(":", 1)[0].strip("[]") if scope.client else ""
         req = Request(scope, proto, rid, client, self.settings.max_body_bytes)
@@ -175,8 +174,7 @@ class App:
         finally:
             elapsed = time.perf_counter() - started
             metrics.INFLIGHT.dec()
-            metrics.REQUESTS.labels(req.route, req.method, str(status)).inc()
-            metrics.REQUEST_DURATION.labels(req.route).observe(elapsed)
+            metrics.observe_request(req.route, req.method, status, elapsed)
             log.info(
                 "request",
                 extra={

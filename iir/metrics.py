@@ -5,6 +5,8 @@ Labels never carry key material or raw paths: routes are templates, models are c
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -70,6 +72,23 @@ JOB_DURATION = Histogram(
     registry=REGISTRY,
 )
 JOB_QUEUE_DEPTH = Gauge("iir_job_queue_depth", "Async jobs waiting for a worker", registry=REGISTRY)
+
+
+_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+_request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+
+def observe_request(route: str, method: str, status: int, seconds: float) -> None:
+    """Counts one answered request; label children are cached, as ``labels()`` is not free."""
+    if method not in _METHODS:
+        method = "OTHER"  # a client can send any method name; labels must stay bounded
+    key = (route, method, status)
+    children = _request_children.get(key)
+    if children is None:
+        children = (REQUESTS.labels(route, method, str(status)), REQUEST_DURATION.labels(route))
+        _request_children[key] = children
+    children[0].inc()
+    children[1].observe(seconds)
 
 
 def render() -> tuple[bytes, str]:
