@@ -2,7 +2,8 @@
 
 One round is N requests at a client concurrency of 1 or 32. For jobs, each request is submit,
 then ``GET ?wait=`` (long-poll) until it has succeeded, so its latency is submit-to-complete.
-Jobs per second is N over the round's time. The async/sync ratios are printed at the end.
+Jobs per second is N over the round's time. The ratios to the synchronous baseline are in the
+closing table (``bench/conftest.py``).
 """
 
 from __future__ import annotations
@@ -10,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
 from tests.harness import Server
+
+from .conftest import record
 
 BODY = {
     "model": "iir/echo",
@@ -25,33 +27,6 @@ BODY = {
     ],
 }
 ROUNDS = {1: (40, 5), 32: (256, 3)}  # concurrency: (requests per round, rounds)
-RESULTS: dict[tuple[str, int], dict[str, float]] = {}
-
-
-class _Summary:
-    """Prints the async/sync ratios after pytest-benchmark's tables."""
-
-    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        write = terminalreporter.write_line
-        write("")
-        write("async jobs vs synchronous requests (iir/echo, same server, same run):")
-        for conc in ROUNDS:
-            s, a = RESULTS.get(("sync", conc)), RESULTS.get(("async", conc))
-            if not s or not a:
-                continue
-            write(
-                f"  concurrency {conc:>2}: sync {s['rps']:7.1f} req/s p50 {s['p50'] * 1e3:7.2f} ms"
-                f" | async {a['rps']:7.1f} jobs/s p50 {a['p50'] * 1e3:7.2f} ms"
-                f" | throughput ratio {a['rps'] / s['rps']:.2f},"
-                f" latency ratio {a['p50'] / s['p50']:.2f}"
-            )
-
-
-@pytest.fixture(scope="module")
-def server(request: pytest.FixtureRequest) -> Iterator[Server]:
-    request.config.pluginmanager.register(_Summary(), "iir-jobs-bench-summary")
-    with Server() as srv:
-        yield srv
 
 
 async def _sync_one(c: httpx.AsyncClient) -> float:
@@ -96,18 +71,21 @@ def _round(srv: Server, mode: str, conc: int, n: int, latencies: list[float]) ->
 
 @pytest.mark.parametrize("conc", list(ROUNDS))
 @pytest.mark.parametrize("mode", ["sync", "async"])
-def test_jobs_vs_sync(benchmark: Any, server: Server, mode: str, conc: int) -> None:
+def test_jobs_vs_sync(benchmark: Any, iir_server: Server, mode: str, conc: int) -> None:
     n, rounds = ROUNDS[conc]
     latencies: list[float] = []
     benchmark.group = f"echo, concurrency {conc}"
     benchmark.extra_info["requests_per_round"] = n
-    benchmark.pedantic(_round, args=(server, mode, conc, n, latencies), rounds=rounds, iterations=1)
+    benchmark.pedantic(
+        _round, args=(iir_server, mode, conc, n, latencies), rounds=rounds, iterations=1
+    )
     assert len(latencies) == n * rounds
     lat = sorted(latencies)
-    stats = {
-        "rps": n / benchmark.stats.stats.median,
-        "p50": statistics.median(lat),
-        "p95": lat[int(len(lat) * 0.95) - 1],
-    }
-    benchmark.extra_info.update({k: round(v, 6) for k, v in stats.items()})
-    RESULTS[(mode, conc)] = stats
+    name = f"jobs {mode} c={conc}"
+    record(
+        name,
+        f"jobs sync c={conc}" if mode == "async" else None,
+        rps=n / benchmark.stats.stats.median,
+        p50_us=statistics.median(lat) * 1e6,
+        p95_us=lat[int(len(lat) * 0.95) - 1] * 1e6,
+    )
