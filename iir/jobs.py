@@ -440,7 +440,10 @@ class JobStore:
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="iir-jobs-db")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
-        self._batch: list[tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]]] = []
+        self._batch: list[
+            tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any], bool]
+        ] = []
+        self._sync = "FULL"
         self._flush_queued = False
 
     def _open(self) -> None:
@@ -473,11 +476,16 @@ class JobStore:
 
         return await asyncio.get_running_loop().run_in_executor(self._thread, run)
 
-    async def write(self, fn: Callable[..., T], *args: Any) -> T:
-        """Runs ``fn(conn, *args)`` in the next group commit; returns once that is durable."""
+    async def write(self, fn: Callable[..., T], *args: Any, durable: bool = True) -> T:
+        """Runs ``fn(conn, *args)`` in the next group commit; returns once that is committed.
+
+        ``durable`` (the default) commits with ``synchronous=FULL``. Only a write whose loss in
+        a power cut changes nothing may pass False: a batch of such writes alone skips the fsync
+        (the next durable commit syncs them too, since the write-ahead log is sequential).
+        """
         fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         with self._lock:
-            self._batch.append((fn, args, fut))
+            self._batch.append((fn, args, fut, durable))
             queue = not self._flush_queued
             self._flush_queued = True
         if queue:
@@ -495,11 +503,15 @@ class JobStore:
         try:
             if conn is None:
                 raise StoreUnavailable("the job database is not open")
+            sync = "FULL" if any(item[3] for item in batch) else "NORMAL"
             try:
+                if sync != self._sync:
+                    conn.execute(f"PRAGMA synchronous={sync}")
+                    self._sync = sync
                 conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
                 raise StoreUnavailable(str(exc)) from None
-            for fn, args, _ in batch:
+            for fn, args, _, _ in batch:
                 conn.execute("SAVEPOINT op")
                 try:
                     outcomes.append((fn(conn, *args), None))
@@ -521,7 +533,7 @@ class JobStore:
                     conn.execute("ROLLBACK")
             outcomes = [(None, failure)] * len(batch)
         assert self._loop is not None
-        for (_, _, fut), (value, err) in zip(batch, outcomes, strict=True):
+        for (_, _, fut, _), (value, err) in zip(batch, outcomes, strict=True):
             self._loop.call_soon_threadsafe(_settle, fut, value, err)
 
 
@@ -706,12 +718,12 @@ class JobPool:
             except Exception:
                 log.exception("job worker error", extra={"job_id": job_id})
 
-    async def _write(self, fn: Callable[..., T], *args: Any) -> T:
+    async def _write(self, fn: Callable[..., T], *args: Any, durable: bool = True) -> T:
         """A state transition the worker must not lose: retried until the database takes it."""
         delay = 0.05
         while True:
             try:
-                return await self.store.write(fn, *args)
+                return await self.store.write(fn, *args, durable=durable)
             except StoreUnavailable as exc:
                 log.warning("job store unavailable; retrying", extra={"event": "job_store_retry"})
                 log.debug("job store error: %s", exc)
@@ -719,7 +731,9 @@ class JobPool:
                 delay = min(delay * 2, 2.0)
 
     async def _run(self, job_id: str) -> None:
-        claimed = await self._write(claim_job, job_id, self.store.clock())
+        # pending → running need not survive a power cut: a job found running at start-up is
+        # put back to pending and run again anyway, so this commit skips the fsync.
+        claimed = await self._write(claim_job, job_id, self.store.clock(), durable=False)
         if claimed is None:
             return  # cancelled (or purged) while waiting
         self._move("pending", "running")
