@@ -7,10 +7,12 @@ import asyncio
 import json
 import os
 import re
+import resource
 import signal
 import sqlite3
 import string
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +37,7 @@ from iir.jobs import (
     show_job,
 )
 
+from . import harness
 from .harness import IIR, Server, free_port
 from .schemas import validate, validate_error
 from .test_fuzz import chat_body, json_values
@@ -350,6 +353,46 @@ def test_locked_database_is_503_and_loses_nothing(tmp_path: Path) -> None:
         r = wait_status(c, accepted, s.key, ("succeeded", "failed"))
         assert r.headers["x-iir-job-status"] == "succeeded"
         later = submit(c, chat(), s.key)
+        wait_status(c, later, s.key, ("succeeded",))
+
+
+def test_full_disk_is_503_and_loses_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file-size limit on the server (RLIMIT_FSIZE) makes its writes fail as on a full disk."""
+    limit = 256 * 1024
+    wrapper = tmp_path / "iir-limited"
+    wrapper.write_text(
+        f"#!{sys.executable}\n"
+        "import os, resource, sys\n"
+        f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, resource.RLIM_INFINITY))\n"
+        f"os.execv({IIR!r}, [{IIR!r}, *sys.argv[1:]])\n"
+    )
+    wrapper.chmod(0o755)
+    monkeypatch.setattr(harness, "IIR", str(wrapper))
+    data = tmp_path / "data"
+    with Server(data_dir=data, env={"IIR_LOG_LEVEL": "warning"}) as s, s.client() as c:
+        accepted: list[str] = []
+        refused = None
+        for i in range(2000):
+            r = c.post(ASYNC, json=chat(f"fill {i} " + "z" * 2000), headers=s.auth)
+            if r.status_code != 202:
+                refused = r
+                break
+            accepted.append(r.json()["job_id"])
+        assert refused is not None, "the size limit never bit"
+        assert refused.status_code == 503, refused.text
+        validate_error(refused.json())
+        assert "job store is unavailable" in refused.json()["error"]["message"]
+        assert accepted, "nothing was accepted before the disk filled"
+        # Space comes back: lift the limit on the running processes.
+        assert s.proc is not None
+        for pid in [s.proc.pid, *_children(s.proc.pid)]:
+            resource.prlimit(pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY,) * 2)
+        for job_id in accepted:
+            r = wait_status(c, job_id, s.key, ("succeeded", "failed", "cancelled"))
+            assert r.headers["x-iir-job-status"] == "succeeded"
+        later = submit(c, chat("after"), s.key)
         wait_status(c, later, s.key, ("succeeded",))
 
 
