@@ -443,7 +443,6 @@ class JobStore:
         self._batch: list[
             tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any], bool]
         ] = []
-        self._sync = "FULL"
         self._flush_queued = False
 
     def _open(self) -> None:
@@ -500,14 +499,14 @@ class JobStore:
             return
         outcomes: list[tuple[Any, BaseException | None]] = []
         conn = self._conn
+        relaxed = False
         try:
             if conn is None:
                 raise StoreUnavailable("the job database is not open")
-            sync = "FULL" if any(item[3] for item in batch) else "NORMAL"
+            relaxed = not any(item[3] for item in batch)
             try:
-                if sync != self._sync:
-                    conn.execute(f"PRAGMA synchronous={sync}")
-                    self._sync = sync
+                if relaxed:
+                    conn.execute("PRAGMA synchronous=NORMAL")
                 conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
                 raise StoreUnavailable(str(exc)) from None
@@ -532,6 +531,10 @@ class JobStore:
                 with suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
             outcomes = [(None, failure)] * len(batch)
+        finally:
+            if relaxed and conn is not None:
+                with suppress(sqlite3.Error):
+                    conn.execute("PRAGMA synchronous=FULL")
         assert self._loop is not None
         for (_, _, fut, _), (value, err) in zip(batch, outcomes, strict=True):
             self._loop.call_soon_threadsafe(_settle, fut, value, err)
