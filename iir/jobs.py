@@ -76,6 +76,8 @@ MIGRATIONS: list[str] = [
 T = TypeVar("T")
 Clock = Callable[[], float]
 Shaper = Callable[[dict[str, Any]], dict[str, Any]]
+# The secret scrubber's signature (``iir.scrub.Scrubber.scrub``): (scrubbed object, counts).
+Scrub = Callable[[Any], tuple[Any, Any]]
 
 
 class StoreError(Exception):
@@ -97,15 +99,6 @@ def new_job_id() -> str:
 
 def valid_job_id(job_id: str) -> bool:
     return _JOB_ID.fullmatch(job_id) is not None
-
-
-def scrub_for_storage(obj: dict[str, Any]) -> dict[str, Any]:
-    """The one place a payload passes through before it is written to disk.
-
-    The secret scrubber (``iir.scrub``) is not part of this tree yet; once it is, it is applied
-    here, so that no request, result or error is stored with a secret in it.
-    """
-    return obj
 
 
 # --- the database ------------------------------------------------------------------------------
@@ -574,8 +567,10 @@ class JobPool:
         chat: ChatService,
         concurrency: int = 4,
         queue_max: int = 10000,
+        scrub: Scrub | None = None,
     ) -> None:
         self.store = store
+        self.scrub = scrub
         self.chat = chat
         self.concurrency = concurrency
         self.queue_max = queue_max
@@ -625,6 +620,16 @@ class JobPool:
             await self.store.close()
             self._started = False
 
+    def _for_storage(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """The one place a payload passes before it is written: no secret reaches the disk.
+
+        Requests, results and errors all come through here, scrubbed by ``scrub`` (the secret
+        scrubber) when the pool was given one.
+        """
+        if self.scrub is not None:
+            obj = self.scrub(obj)[0]
+        return obj
+
     # accounting
 
     def _move(self, old: str | None, new: str | None) -> None:
@@ -654,7 +659,7 @@ class JobPool:
                 code="job_queue_full",
                 headers=[("retry-after", "5")],
             )
-        payload = scrub_for_storage(chat.model_dump(mode="json", exclude_unset=True))
+        stored = self._for_storage(chat.model_dump(mode="json", exclude_unset=True))
         job_id = new_job_id()
         self._reserved += 1
         try:
@@ -663,8 +668,8 @@ class JobPool:
                 job_id,
                 owner,
                 kind,
-                chat.model,
-                orjson.dumps(payload),
+                str(stored.get("model", "")),
+                orjson.dumps(stored),
                 self.store.clock(),
             )
         except StoreUnavailable as exc:
@@ -752,7 +757,7 @@ class JobPool:
         try:
             body = await task
             status = "succeeded"
-            result = orjson.dumps(scrub_for_storage(body))
+            result = orjson.dumps(self._for_storage(body))
         except asyncio.CancelledError:
             current = asyncio.current_task()
             if current is not None and current.cancelling():
@@ -761,12 +766,12 @@ class JobPool:
             return
         except ApiError as err:
             status = "failed"
-            error = orjson.dumps(scrub_for_storage(_error_body(err)))
+            error = orjson.dumps(self._for_storage(_error_body(err)))
         except Exception:
             log.exception("job failed", extra={"job_id": job_id})
             status = "failed"
             error = orjson.dumps(
-                scrub_for_storage(_error_body(ApiError(502, "Backend error while running the job")))
+                self._for_storage(_error_body(ApiError(502, "Backend error while running the job")))
             )
         finally:
             self._running.pop(job_id, None)

@@ -21,11 +21,15 @@ from typing import Any
 
 import httpx
 import jsonschema
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from iir.backends.echo import EchoBackend
+from iir.chat import ChatService
 from iir.jobs import (
+    JobPool,
     JobStore,
     cancel_job_offline,
     claim_job,
@@ -36,6 +40,8 @@ from iir.jobs import (
     purge_jobs,
     show_job,
 )
+from iir.protocol import parse_chat_request
+from iir.registry import ModelRegistry
 
 from . import harness
 from .harness import IIR, Server, free_port
@@ -445,6 +451,43 @@ def test_store_purges_on_an_injected_clock(tmp_path: Path) -> None:
     asyncio.run(scenario())
     rows = sqlite3.connect(tmp_path / "iir.db").execute("SELECT id, status FROM jobs").fetchall()
     assert rows == [("job_" + "2" * 32, "pending")]
+
+
+def test_everything_stored_passes_the_scrubber(tmp_path: Path) -> None:
+    """The pool's storage hook on a real store and the real chat service (echo backend)."""
+    secret = "sk-proj-" + "Q" * 40
+    seen: list[Any] = []
+
+    def scrub(obj: Any) -> tuple[Any, dict[str, int]]:
+        seen.append(obj)
+        raw = orjson.dumps(obj).replace(secret.encode(), b"[REDACTED]")
+        return orjson.loads(raw), {"redacted": 1}
+
+    async def scenario() -> tuple[Any, Any]:
+        store = JobStore(tmp_path / "iir.db", ttl=3600)
+        pool = JobPool(store, ChatService(ModelRegistry([EchoBackend()])), scrub=scrub)
+        await pool.start()
+        try:
+            ok = await pool.submit("owner", "chat", parse_chat_request(chat(f"key {secret}")))
+            bad = await pool.submit(
+                "owner", "chat", parse_chat_request({**chat(secret), "model": secret})
+            )
+            done = []
+            for job_id in (ok, bad):
+                job = await pool.wait("owner", job_id, 30)
+                done.append(job)
+            return done[0], done[1]
+        finally:
+            await pool.stop()
+
+    ok, bad = asyncio.run(scenario())
+    assert ok.status == "succeeded" and bad.status == "failed"
+    assert ok.result["choices"][0]["message"]["content"] == "key [REDACTED]"
+    assert "[REDACTED]" in bad.error["message"]
+    # Request, result and error each went through it; none of the file holds the secret.
+    assert len(seen) == 4
+    raw = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("iir.db"))
+    assert secret.encode() not in raw
 
 
 # --- the database file at start-up ---------------------------------------------------------------
