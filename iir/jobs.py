@@ -431,6 +431,10 @@ class JobStore:
         self.timeout = timeout
         self._conn: sqlite3.Connection | None = None
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="iir-jobs-db")
+        # Reads get their own connection and thread: in WAL mode they never wait for a commit's
+        # fsync, so polling does not queue behind writes.
+        self._reader: sqlite3.Connection | None = None
+        self._read_thread = ThreadPoolExecutor(1, thread_name_prefix="iir-jobs-db-read")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
         self._batch: list[
@@ -446,17 +450,33 @@ class JobStore:
         self._loop = asyncio.get_running_loop()
         await self._loop.run_in_executor(self._thread, self._open)
 
+        def open_reader() -> None:
+            self._reader = connect(self.path, self.timeout)
+
+        try:
+            await self._loop.run_in_executor(self._read_thread, open_reader)
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(_explain(f"job database {str(self.path)!r}", exc)) from None
+
     async def close(self) -> None:
         def _close() -> None:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
 
-        await asyncio.get_running_loop().run_in_executor(self._thread, _close)
+        def _close_reader() -> None:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
+
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._thread, _close)
+        await loop.run_in_executor(self._read_thread, _close_reader)
         self._thread.shutdown(wait=False)
+        self._read_thread.shutdown(wait=False)
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
-        """Runs ``fn(conn, *args)`` on the database thread; SQLite failures become 503s."""
+        """Runs ``fn(conn, *args)`` on the writing connection, outside any batch (autocommit)."""
 
         def run() -> T:
             if self._conn is None:
@@ -467,6 +487,19 @@ class JobStore:
                 raise StoreUnavailable(str(exc)) from None
 
         return await asyncio.get_running_loop().run_in_executor(self._thread, run)
+
+    async def read(self, fn: Callable[..., T], *args: Any) -> T:
+        """Runs the read-only ``fn(conn, *args)`` on the reading connection."""
+
+        def run() -> T:
+            if self._reader is None:
+                raise StoreUnavailable("the job database is not open")
+            try:
+                return fn(self._reader, *args)
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(str(exc)) from None
+
+        return await asyncio.get_running_loop().run_in_executor(self._read_thread, run)
 
     async def write(self, fn: Callable[..., T], *args: Any, durable: bool = True) -> T:
         """Runs ``fn(conn, *args)`` in the next group commit; returns once that is committed.
@@ -645,7 +678,7 @@ class JobPool:
         metrics.JOB_QUEUE_DEPTH.set(self._queue.qsize())
 
     async def _refresh_counts(self) -> None:
-        self._counts = Counter(await self.store.call(count_jobs, self.store.clock()))
+        self._counts = Counter(await self.store.read(count_jobs, self.store.clock()))
         self._publish()
 
     # the API
@@ -684,7 +717,7 @@ class JobPool:
         if not valid_job_id(job_id):
             raise _no_job(job_id)
         try:
-            job = await self.store.call(get_job, job_id, owner, self.store.clock())
+            job = await self.store.read(get_job, job_id, owner, self.store.clock())
         except StoreUnavailable as exc:
             raise unavailable(exc) from None
         if job is None:
