@@ -512,6 +512,28 @@ def _refused(res: subprocess.CompletedProcess[str], words: str) -> None:
     assert "Traceback" not in res.stderr
 
 
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("IIR_JOB_CONCURRENCY", "0"),
+        ("IIR_JOB_CONCURRENCY", "four"),
+        ("IIR_JOB_QUEUE_MAX", "-1"),
+        ("IIR_JOB_TTL_SECONDS", "0"),
+        ("IIR_JOB_TTL_SECONDS", "1.5"),
+        ("IIR_JOB_DB_TIMEOUT", "soon"),
+    ],
+)
+def test_bad_job_settings_exit_2_naming_the_variable(
+    tmp_path: Path, variable: str, value: str
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IIR_")}
+    env.update({"IIR_API_KEY": "k" * 20, "IIR_DATA_DIR": str(tmp_path), variable: value})
+    res = subprocess.run([IIR, "serve"], env=env, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and variable in lines[0], res.stderr
+
+
 def test_garbage_database_file_exits_2_and_is_kept(tmp_path: Path) -> None:
     data = tmp_path / "data"
     data.mkdir()
