@@ -17,12 +17,15 @@ from typing import Any
 import orjson
 from granian.rsgi import ProtocolClosed
 
-from . import __version__, metrics, openapi
+from . import __version__, metrics, openapi, registry_routes
 from .auth import KeyRing
 from .backends.echo import EchoBackend
+from .backends.remote import remote_backends
+from .backends.vllm import VllmBackend
 from .chat import ChatService
 from .config import Settings, load_settings
 from .errors import ApiError
+from .hardware import register_gpu_metrics
 from .http import JSON, Request, Response, StreamResponse, json_response
 from .infer import INFER_SCHEMAS, InferService
 from .jobs import JOB_SCHEMAS, JobPool, JobStore, StoreError, db_path
@@ -43,8 +46,9 @@ class App:
         self.settings = settings
         self.keys = KeyRing(settings.api_keys)
         self.echo = EchoBackend(settings.echo_token_delay_ms)
-        self.registry = ModelRegistry([self.echo])
-        self.chat = ChatService(self.registry)
+        self.local = VllmBackend(settings)
+        self.registry = ModelRegistry([self.echo, self.local, *remote_backends(settings)])
+        self.chat = ChatService(self.registry, settings.upstream.fallbacks)
         self.jobs = JobPool(
             JobStore(
                 db_path(settings.data_dir),
@@ -60,6 +64,8 @@ class App:
         self._openapi: bytes | None = None
         self._docs_dir = openapi.swagger_dir()
         metrics.BUILD_INFO.labels(__version__).set(1)
+        register_gpu_metrics(metrics.REGISTRY)
+        registry_routes.document()
 
     def _routes(self) -> list[Route]:
         return [
@@ -82,6 +88,7 @@ class App:
                 self.chat.handle,
                 summary="Chat completion (OpenAI-compatible), streamed or not",
             ),
+            *registry_routes.routes(self.registry),
             *self._job_routes(),
         ]
 
@@ -240,6 +247,11 @@ class App:
     # --- handlers of the core routes ------------------------------------------------------------
 
     async def health(self, req: Request) -> Response:
+        # 503 while a local engine is dead or failed, so that a load balancer or systemd watchdog
+        # notices; everything else (echo, remote providers) is still served meanwhile.
+        problems = self.registry.degraded()
+        if problems:
+            return json_response({"status": "degraded", "reasons": problems}, status=503)
         return json_response({"status": "ok"})
 
     async def version(self, req: Request) -> Response:

@@ -7,11 +7,11 @@ Cross-cutting steps that wrap every route (rate limits, auth, metrics, logs) liv
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import aclosing
 from typing import Any
 
-from . import metrics
+from . import metrics, overhead
 from .backends.base import Backend, Completion, Delta, StreamEvent, Usage
 from .errors import ApiError
 from .http import SSE_DONE, SSE_HEADERS, Request, Response, StreamResponse, json_response, sse_frame
@@ -96,18 +96,46 @@ async def _primed(
     return first, events
 
 
-class ChatService:
-    """Runs chat requests; the HTTP route, async jobs and ``/infer`` all come through here."""
+# Errors that say "this candidate cannot serve now" (so the next one may), as opposed to errors in
+# the client's own request, which every candidate would refuse alike.
+_FALLBACK_STATUSES = frozenset({401, 403, 404, 408, 409, 429})
 
-    def __init__(self, registry: ModelRegistry) -> None:
+
+def falls_back(err: ApiError) -> bool:
+    return err.status >= 500 or err.status in _FALLBACK_STATUSES
+
+
+class ChatService:
+    """Runs chat requests; the HTTP route, async jobs and ``/infer`` all come through here.
+
+    ``fallbacks`` maps a model to the alternatives tried, in order, when it fails before any byte
+    reached the client; a routing step can instead pass its own list to :meth:`complete_from` or
+    :meth:`stream_from`.
+    """
+
+    def __init__(
+        self, registry: ModelRegistry, fallbacks: Mapping[str, Sequence[str]] | None = None
+    ) -> None:
         self.registry = registry
+        self.fallbacks = dict(fallbacks or {})
 
     async def handle(self, req: Request) -> Response | StreamResponse:
+        meter = overhead.start()
         chat = self.parse(await req.json())
         req.state["model"] = chat.model
+        resp: Response | StreamResponse
         if chat.stream:
-            return await self.stream(chat)
-        return json_response(await self.complete(chat))
+            resp = await self.stream(chat)
+        else:
+            resp = json_response(await self.complete(chat))
+        spent = meter.overhead()
+        metrics.OVERHEAD.observe(spent)
+        resp.headers.append(("x-iir-overhead-ms", f"{spent * 1000:.3f}"))
+        return resp
+
+    def candidates(self, model: str) -> list[str]:
+        """The model asked for, then its configured fallbacks."""
+        return [model, *self.fallbacks.get(model, ())]
 
     def parse(self, body: Any) -> ChatRequest:
         """Validates a decoded JSON body into a chat request (400 naming the bad field)."""
@@ -115,21 +143,53 @@ class ChatService:
 
     async def complete(self, chat: ChatRequest) -> dict[str, Any]:
         """Runs a request to the end and returns the ``chat.completion`` body."""
-        backend, target = self.registry.resolve(chat.model)
-        completion = await backend.complete(chat, target)
-        self._count(chat.model, completion.usage)
-        return completion_body(completion_id(), now(), chat.model, completion)
+        return await self.complete_from(chat, self.candidates(chat.model))
+
+    async def complete_from(self, chat: ChatRequest, candidates: Sequence[str]) -> dict[str, Any]:
+        """Tries ``candidates`` in order; the first answer wins, and names the model it came from."""
+        for i, model in enumerate(candidates):
+            try:
+                backend, target = self.registry.resolve(model)
+                completion = await backend.complete(chat, target)
+            except ApiError as err:
+                if i + 1 == len(candidates) or not falls_back(err):
+                    raise
+                self._fell_back(model, candidates[i + 1], err)
+                continue
+            self._count(model, completion.usage)
+            return completion_body(completion_id(), now(), model, completion)
+        raise ValueError("no candidate model")  # pragma: no cover - candidates is never empty
 
     async def stream(self, chat: ChatRequest) -> StreamResponse:
         """Starts a streamed run; failures before the first piece still get a proper status."""
-        backend, target = self.registry.resolve(chat.model)
-        events = backend.stream(chat, target)
-        try:
-            first, events = await _primed(events)
-        except BaseException:
-            await events.aclose()  # type: ignore[attr-defined]
-            raise
-        return StreamResponse(self._sse(chat, backend, first, events), headers=list(SSE_HEADERS))
+        return await self.stream_from(chat, self.candidates(chat.model))
+
+    async def stream_from(self, chat: ChatRequest, candidates: Sequence[str]) -> StreamResponse:
+        """Like :meth:`complete_from`: a candidate failing before its first piece yields to the next."""
+        for i, model in enumerate(candidates):
+            try:
+                backend, target = self.registry.resolve(model)
+                events = backend.stream(chat, target)
+                try:
+                    first, events = await _primed(events)
+                except BaseException:
+                    await events.aclose()  # type: ignore[attr-defined]
+                    raise
+            except ApiError as err:
+                if i + 1 == len(candidates) or not falls_back(err):
+                    raise
+                self._fell_back(model, candidates[i + 1], err)
+                continue
+            return StreamResponse(
+                self._sse(chat, model, backend, first, events), headers=list(SSE_HEADERS)
+            )
+        raise ValueError("no candidate model")  # pragma: no cover - candidates is never empty
+
+    def _fell_back(self, model: str, nxt: str, err: ApiError) -> None:
+        log.warning(
+            "model failed; trying its fallback",
+            extra={"model": model, "event": "fallback", "status": err.status, "reason": nxt},
+        )
 
     def _count(self, model: str, usage: Usage | None) -> None:
         if usage is not None:
@@ -139,11 +199,12 @@ class ChatService:
     async def _sse(
         self,
         chat: ChatRequest,
+        model: str,
         backend: Backend,
         first: StreamEvent | None,
         events: AsyncIterator[StreamEvent],
     ) -> AsyncIterator[bytes]:
-        cid, created, model = completion_id(), now(), chat.model
+        cid, created = completion_id(), now()
         yield sse_frame(
             chunk_body(
                 cid,

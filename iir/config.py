@@ -22,6 +22,37 @@ class ConfigError(Exception):
 
 
 @dataclass(frozen=True)
+class UpstreamSettings:
+    """How IIR talks to remote providers: timeouts, retries, circuit breaker, fallbacks."""
+
+    connect_timeout: float = 5.0
+    first_byte_timeout: float = 120.0
+    idle_timeout: float = 60.0
+    retries: int = 2
+    backoff_base: float = 0.25
+    backoff_max: float = 8.0
+    breaker_window: float = 30.0
+    breaker_min_requests: int = 10
+    breaker_failure_rate: float = 0.5
+    breaker_open_seconds: float = 15.0
+    models_refresh_seconds: float = 600.0
+    models_timeout: float = 5.0
+    anthropic_max_tokens: int = 4096
+    # model -> ordered alternatives tried when it fails before any byte reached the client
+    fallbacks: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+# Base URLs a provider may be pointed at; each must be an http(s) URL.
+PROVIDER_URL_VARS = (
+    "IIR_OPENAI_BASE_URL",
+    "IIR_ANTHROPIC_BASE_URL",
+    "IIR_GROK_BASE_URL",
+    "IIR_OPENROUTER_BASE_URL",
+    "IIR_OPENLLAMA_BASE_URL",
+)
+
+
+@dataclass(frozen=True)
 class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
@@ -35,9 +66,32 @@ class Settings:
     job_queue_max: int = 10000
     job_ttl_seconds: int = 86400
     job_db_timeout: float = 5.0
+    upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
+    # Local engine (vLLM in process) and the model registry; see README "Local engine and registry".
+    local_models: tuple[tuple[str, str], ...] = ()  # (served name, path or hub id)
+    model_dir: Path | None = None
+    autoload_models: bool = False
+    vllm: VllmSettings = field(default_factory=lambda: VllmSettings())
     # The merged environment (file values overlaid by the process environment): providers and the
     # secret scrubber read their own variables from here.
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+
+@dataclass(frozen=True)
+class VllmSettings:
+    """Engine arguments handed to vLLM's ``AsyncEngineArgs``; None leaves vLLM's default."""
+
+    gpu_memory_utilization: float | None = None
+    max_model_len: int | None = None
+    tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    distributed_backend: str | None = None  # "mp" or "ray"
+    dtype: str | None = None
+    quantization: str | None = None
+    enforce_eager: bool | None = None
+    restart_backoff_s: float = 1.0
+    # Tests only: "module:attr" naming a stand-in engine factory (see tests/fake_vllm.py).
+    engine_factory: str | None = None
 
 
 def read_env_file(path: str | os.PathLike[str]) -> dict[str, str]:
@@ -87,6 +141,83 @@ def _float(env: Mapping[str, str], name: str, default: float, lo: float) -> floa
     return value
 
 
+def _bool(env: Mapping[str, str], name: str, default: bool | None) -> bool | None:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}={raw!r} must be true or false (1/0, yes/no, on/off)")
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str | None:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    if raw not in choices:
+        raise ConfigError(f"{name}={raw!r} must be one of {', '.join(choices)}")
+    return raw
+
+
+def _word(env: Mapping[str, str], name: str) -> str | None:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    if not all(c.isalnum() or c in "_-." for c in raw):
+        raise ConfigError(f"{name}={raw!r} must be a single word (letters, digits, _ - .)")
+    return raw
+
+
+def _local_models(env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    raw = env.get("IIR_LOCAL_MODELS", "")
+    out: list[tuple[str, str]] = []
+    for item in (i.strip() for i in raw.split(",")):
+        if not item:
+            continue
+        name, sep, path = item.partition("=")
+        name, path = (name.strip(), path.strip()) if sep else (item, item)
+        if not name or not path:
+            raise ConfigError(
+                f"IIR_LOCAL_MODELS: {item!r} must be 'path-or-id' or 'served-name=path-or-id'"
+            )
+        if any(n == name for n, _ in out):
+            raise ConfigError(f"IIR_LOCAL_MODELS: the served name {name!r} is given twice")
+        out.append((name, path))
+    return tuple(out)
+
+
+def _vllm(env: Mapping[str, str]) -> VllmSettings:
+    util = _float(env, "IIR_VLLM_GPU_MEMORY_UTILIZATION", -1.0, 0.0)
+    if util != -1.0 and not 0.0 < util <= 1.0:
+        raise ConfigError(f"IIR_VLLM_GPU_MEMORY_UTILIZATION={util:g} must be above 0 and at most 1")
+    max_len = (
+        _int(env, "IIR_VLLM_MAX_MODEL_LEN", 0, 1)
+        if env.get("IIR_VLLM_MAX_MODEL_LEN", "").strip()
+        else None
+    )
+    factory = env.get("IIR_VLLM_ENGINE_FACTORY", "").strip() or None
+    if factory is not None:
+        module, sep, attr = factory.partition(":")
+        if not sep or not module or not attr:
+            raise ConfigError(f"IIR_VLLM_ENGINE_FACTORY={factory!r} must be 'module:attribute'")
+    return VllmSettings(
+        gpu_memory_utilization=None if util == -1.0 else util,
+        max_model_len=max_len,
+        tensor_parallel_size=_int(env, "IIR_VLLM_TENSOR_PARALLEL_SIZE", 1, 1, 1024),
+        pipeline_parallel_size=_int(env, "IIR_VLLM_PIPELINE_PARALLEL_SIZE", 1, 1, 1024),
+        distributed_backend=_choice(env, "IIR_VLLM_DISTRIBUTED_BACKEND", ("mp", "ray")),
+        dtype=_choice(
+            env, "IIR_VLLM_DTYPE", ("auto", "half", "float16", "bfloat16", "float", "float32")
+        ),
+        quantization=_word(env, "IIR_VLLM_QUANTIZATION"),
+        enforce_eager=_bool(env, "IIR_VLLM_ENFORCE_EAGER", None),
+        restart_backoff_s=_float(env, "IIR_VLLM_RESTART_BACKOFF_S", 1.0, 0.01),
+        engine_factory=factory,
+    )
+
+
 def _keys(env: Mapping[str, str]) -> tuple[str, ...]:
     keys: list[str] = []
     single = env.get("IIR_API_KEY", "").strip()
@@ -113,6 +244,58 @@ def _keys(env: Mapping[str, str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(keys))
 
 
+def _fallbacks(env: Mapping[str, str]) -> dict[str, tuple[str, ...]]:
+    """``IIR_FALLBACKS=model=alt1|alt2;other=alt3`` (whitespace around items is ignored)."""
+    raw = env.get("IIR_FALLBACKS", "").strip()
+    out: dict[str, tuple[str, ...]] = {}
+    if not raw:
+        return out
+    for rule in raw.split(";"):
+        rule = rule.strip()
+        if not rule:
+            continue
+        model, sep, alts = rule.partition("=")
+        model = model.strip()
+        chain = tuple(a.strip() for a in alts.split("|") if a.strip())
+        if not sep or not model or not chain:
+            raise ConfigError(
+                f"IIR_FALLBACKS: {rule!r} is not 'model=alternative|alternative' "
+                "(rules are separated by ';')"
+            )
+        if model in out:
+            raise ConfigError(f"IIR_FALLBACKS: {model!r} has two rules")
+        if model in chain:
+            raise ConfigError(f"IIR_FALLBACKS: {model!r} lists itself as its fallback")
+        out[model] = tuple(dict.fromkeys(chain))
+    return out
+
+
+def _upstream(env: Mapping[str, str]) -> UpstreamSettings:
+    for name in PROVIDER_URL_VARS:
+        raw = env.get(name, "").strip()
+        if raw and not (raw.startswith(("http://", "https://")) and len(raw.split("://", 1)[1])):
+            raise ConfigError(f"{name}={raw!r} must be an http:// or https:// URL")
+    rate = _float(env, "IIR_BREAKER_FAILURE_RATE", 0.5, 0.0)
+    if not 0.0 < rate <= 1.0:
+        raise ConfigError(f"IIR_BREAKER_FAILURE_RATE={rate:g} must be above 0 and at most 1")
+    return UpstreamSettings(
+        connect_timeout=_float(env, "IIR_UPSTREAM_CONNECT_TIMEOUT", 5.0, 0.001),
+        first_byte_timeout=_float(env, "IIR_UPSTREAM_FIRST_BYTE_TIMEOUT", 120.0, 0.001),
+        idle_timeout=_float(env, "IIR_UPSTREAM_IDLE_TIMEOUT", 60.0, 0.001),
+        retries=_int(env, "IIR_UPSTREAM_RETRIES", 2, 0, 10),
+        backoff_base=_float(env, "IIR_UPSTREAM_BACKOFF_BASE", 0.25, 0.0),
+        backoff_max=_float(env, "IIR_UPSTREAM_BACKOFF_MAX", 8.0, 0.0),
+        breaker_window=_float(env, "IIR_BREAKER_WINDOW", 30.0, 0.001),
+        breaker_min_requests=_int(env, "IIR_BREAKER_MIN_REQUESTS", 10, 1),
+        breaker_failure_rate=rate,
+        breaker_open_seconds=_float(env, "IIR_BREAKER_OPEN_SECONDS", 15.0, 0.001),
+        models_refresh_seconds=_float(env, "IIR_MODELS_REFRESH_SECONDS", 600.0, 1.0),
+        models_timeout=_float(env, "IIR_MODELS_TIMEOUT", 5.0, 0.001),
+        anthropic_max_tokens=_int(env, "IIR_ANTHROPIC_MAX_TOKENS", 4096, 1),
+        fallbacks=_fallbacks(env),
+    )
+
+
 def load_settings(
     environ: Mapping[str, str] | None = None,
     env_file: str | os.PathLike[str] | None = None,
@@ -136,5 +319,12 @@ def load_settings(
         job_queue_max=_int(env, "IIR_JOB_QUEUE_MAX", 10000, 1),
         job_ttl_seconds=_int(env, "IIR_JOB_TTL_SECONDS", 86400, 1),
         job_db_timeout=_float(env, "IIR_JOB_DB_TIMEOUT", 5.0, 0.0),
+        upstream=_upstream(env),
+        local_models=_local_models(env),
+        model_dir=Path(env["IIR_MODEL_DIR"].strip())
+        if env.get("IIR_MODEL_DIR", "").strip()
+        else None,
+        autoload_models=bool(_bool(env, "IIR_AUTOLOAD_MODELS", False)),
+        vllm=_vllm(env),
         env=env,
     )
