@@ -8,8 +8,9 @@ Durability rules (see README "Async jobs and /infer"):
 * the database file is never recreated behind the operator's back: a corrupt or unwritable file
   stops start-up (:func:`check_database`), a locked or full one makes requests fail with 503.
 
-Every blocking SQLite call runs on one dedicated thread with one connection, so the event loop
-never waits on the disk and writes are serialised without lock contention inside the process.
+Blocking SQLite calls never run on the event loop: writes go to one writer thread and connection
+(group-committed, so concurrent jobs share an fsync), reads to one reader thread and connection
+(in WAL mode they never wait for a commit).
 """
 
 from __future__ import annotations
@@ -415,7 +416,7 @@ def cancel_job_offline(data_dir: Path, job_id: str, ttl: float = 86400.0) -> str
 
 
 class JobStore:
-    """The server's handle on the database: one thread, one connection, async calls.
+    """The server's handle on the database: async calls onto a writer and a reader thread.
 
     Writes are group-committed: those that arrive while the thread is busy go into the next
     transaction together, so concurrent jobs share one fsync. Each write still has its own
