@@ -13,6 +13,7 @@ import sqlite3
 import string
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -336,6 +337,43 @@ def test_kill_9_then_restart_finishes_every_accepted_job(tmp_path: Path) -> None
     attempts = {j["job_id"]: j["attempts"] for j in list_jobs(data)}
     # The two that were running were run again; the others ran once.
     assert sorted(attempts.values()) == [1, 1, 1, 1, 2, 2]
+
+
+def test_kill_9_under_load_loses_no_accepted_job(tmp_path: Path) -> None:
+    """Clients keep submitting while the server is killed; every 202 they got is a real job."""
+    data = tmp_path / "data"
+    accepted: list[str] = []
+    for delay in (0.3, 0.9):
+        srv = Server(data_dir=data, env={"IIR_LOG_LEVEL": "warning"})
+        with srv:
+            stop = threading.Event()
+
+            def client(srv: Server = srv, stop: threading.Event = stop) -> None:
+                with srv.client() as c:
+                    while not stop.is_set():
+                        try:
+                            r = c.post(ASYNC, json=chat("under load"), headers=srv.auth)
+                        except httpx.HTTPError:
+                            return  # the server died mid-request: that job was never accepted
+                        if r.status_code == 202:
+                            accepted.append(r.json()["job_id"])
+
+            threads = [threading.Thread(target=client) for _ in range(4)]
+            for t in threads:
+                t.start()
+            time.sleep(delay)
+            assert srv.proc is not None
+            for pid in [*_children(srv.proc.pid), srv.proc.pid]:
+                os.kill(pid, signal.SIGKILL)
+            srv.proc.wait(10)
+            stop.set()
+            for t in threads:
+                t.join(30)
+    assert len(accepted) > 0
+    with Server(data_dir=data) as fresh, fresh.client() as c:
+        for job_id in accepted:
+            r = wait_status(c, job_id, fresh.key, ("succeeded", "failed", "cancelled"))
+            assert r.headers["x-iir-job-status"] == "succeeded", job_id
 
 
 def test_locked_database_is_503_and_loses_nothing(tmp_path: Path) -> None:
