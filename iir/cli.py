@@ -1,4 +1,4 @@
-"""The ``iir`` command: ``iir serve``, ``iir version``.
+"""The ``iir`` command: ``iir serve``, ``iir keygen``, ``iir doctor``, ``iir version``.
 
 Exit codes: 0 success, 2 bad arguments or configuration (one clear line on stderr).
 """
@@ -9,7 +9,7 @@ import argparse
 import os
 import sys
 
-from . import __version__
+from . import __version__, keygen
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -21,6 +21,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, help="port to bind (default: IIR_PORT or 8000)")
     s.add_argument("--env-file", help="env file to load; the environment wins over it")
     sub.add_parser("version", help="print the version")
+    d = sub.add_parser("doctor", help="check configuration, data, database, GPU, vLLM, providers")
+    d.add_argument("--env-file", help="env file to check and load; the environment wins over it")
+    d.add_argument("--timeout", type=float, default=3.0, help="seconds per provider probe")
+    k = sub.add_parser("keygen", help="print new API keys (from the OS's secure random source)")
+    keygen.add_arguments(k)
     return p
 
 
@@ -47,6 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "doctor":
+        from . import doctor
+
+        return doctor.main(os.environ, args.env_file, args.timeout)
+    if args.command == "keygen":
+        return keygen.run(args)
     if args.command == "version":
         print(__version__)
         return 0
