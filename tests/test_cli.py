@@ -90,3 +90,33 @@ def test_doctor_reports_bad_configuration(tmp_path: Path) -> None:
     sqlite3.connect(ok_db).execute("create table t(x)").connection.commit()
     res = _iir("doctor", env={"IIR_DATA_DIR": str(tmp_path), "IIR_API_KEY": "k" * 20})
     assert "ok    database" in res.stdout
+
+
+def test_jobs_list_show_cancel(tmp_path: Path) -> None:
+    import httpx
+
+    from .harness import Server
+
+    data = tmp_path / "data"
+    with Server(data_dir=data, env={"IIR_ECHO_TOKEN_DELAY_MS": "200"}) as srv:
+        body = {"model": "iir/echo", "messages": [{"role": "user", "content": "slow " * 50}]}
+        job_id = httpx.post(
+            srv.url + "/v1/async/chat/completions", json=body, headers=srv.auth
+        ).json()["job_id"]
+        listed = _iir("jobs", "list", "--data-dir", str(data))
+        assert listed.returncode == 0 and job_id in listed.stdout
+        assert "slow" not in listed.stdout  # summaries carry no payloads
+        shown = _iir("jobs", "show", job_id, env={"IIR_DATA_DIR": str(data)})
+        assert shown.returncode == 0 and '"request"' in shown.stdout
+        assert srv.key not in shown.stdout
+        cancelled = _iir("jobs", "cancel", job_id, "--data-dir", str(data))
+        assert cancelled.returncode == 0 and "-> cancelled" in cancelled.stdout
+        again = _iir("jobs", "cancel", job_id, "--data-dir", str(data))
+        assert "already cancelled" in again.stdout
+        status = httpx.get(srv.url + f"/v1/async/chat/completions/{job_id}", headers=srv.auth)
+        assert status.json()["status"] == "cancelled"
+    missing = _iir("jobs", "show", "job_" + "0" * 32, "--data-dir", str(data))
+    assert missing.returncode == 1 and "no job" in missing.stderr
+    bad = _iir("jobs", "list", "--status", "weird", "--data-dir", str(data))
+    assert bad.returncode == 2 and "unknown status" in bad.stderr
+    assert _iir("jobs").returncode == 2
