@@ -320,3 +320,32 @@ def test_stream_holds_back_little_for_plain_prose() -> None:
     out = s.push("The quick brown fox jumps over the lazy dog. ")
     assert out == "The quick brown fox jumps over the lazy dog. "
     assert s.finish() == ""
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=40),
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=12), children, max_size=5)
+    ),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=200)
+@given(json_values)
+def test_scrub_any_json_value_without_secrets_is_identity(value: object) -> None:
+    before = copy.deepcopy(value)
+    out, counts = SCRUBBER.scrub(value)
+    assert value == before
+    if not counts:
+        assert out is value
+
+
+@settings(max_examples=100)
+@given(json_values, rules, seeds)
+def test_scrub_planted_secret_in_any_json_value(value: object, rule: str, seed: int) -> None:
+    secret = make(rule, seed)
+    payload = {"messages": [{"role": "user", "content": f"key: {secret}"}], "extra": value}
+    out, counts = SCRUBBER.scrub(payload)
+    assert secret not in json.dumps(out)
+    assert sum(counts.values()) >= 1
