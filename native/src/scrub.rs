@@ -303,7 +303,11 @@ impl Scrubber {
         let value = &hay[span.start..span.end];
         let name = self.names[rule];
         let after = hay[span.end..].chars().next();
-        if accept(name, token_like, value, after) {
+        let before = hay[whole.start..span.start]
+            .trim_end_matches([' ', '\t'])
+            .chars()
+            .next_back();
+        if accept(name, token_like, value, before, after) {
             Some(Found::Secret {
                 start: span.start,
                 end: span.end,
@@ -487,7 +491,15 @@ const PLACEHOLDER_VALUES: &[&str] = &[
 ];
 
 /// Reject placeholders and values that only look like secrets.
-fn accept(name: &str, token_like: bool, value: &str, after: Option<char>) -> bool {
+///
+/// `before` is the character before the value (spaces skipped), `after` the one after it.
+fn accept(
+    name: &str,
+    token_like: bool,
+    value: &str,
+    before: Option<char>,
+    after: Option<char>,
+) -> bool {
     if value.is_empty() || value == REDACTED {
         return false;
     }
@@ -511,6 +523,14 @@ fn accept(name: &str, token_like: bool, value: &str, after: Option<char>) -> boo
                 return false;
             }
             if matches!(after, Some('(') | Some('[')) {
+                return false;
+            }
+            // Prose: "the secret: practice" (an unquoted plain word after a colon).
+            let word = value.trim_end_matches(['.', '!', '?']);
+            if before == Some(':')
+                && !word.is_empty()
+                && word.bytes().all(|b| b.is_ascii_lowercase())
+            {
                 return false;
             }
             if is_dotted_identifier(value) {
@@ -583,7 +603,7 @@ fn rules_env() -> &'static str {
 
 /// Whether a value found under a secret-looking key is a real value (not a placeholder).
 pub fn accept_value(rule: &str, value: &str) -> bool {
-    accept(rule, false, value, None)
+    accept(rule, false, value, None, None)
 }
 
 fn all_same(value: &str) -> bool {
