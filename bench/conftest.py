@@ -10,6 +10,19 @@ from pathlib import Path
 import pytest
 
 HERE = Path(__file__).resolve().parent
+# The benchmarks start IIR with the tests' harness; make the repository root importable.
+if str(HERE.parent) not in sys.path:
+    sys.path.insert(0, str(HERE.parent))
+
+# Lines a benchmark wants shown after the run (derived numbers such as added latency).
+SUMMARY: list[str] = []
+
+
+def pytest_terminal_summary(terminalreporter) -> None:  # type: ignore[no-untyped-def]
+    if SUMMARY:
+        terminalreporter.section("derived numbers")
+        for line in SUMMARY:
+            terminalreporter.write_line(line)
 
 
 def free_port() -> int:

@@ -187,6 +187,11 @@ class Upstream:
             settings.breaker_open_seconds,
         )
         self._session: aiohttp.ClientSession | None = None
+        self._json_timeout = aiohttp.ClientTimeout(
+            total=None,
+            sock_connect=settings.connect_timeout,
+            sock_read=settings.first_byte_timeout,
+        )
 
     # --- the pooled client ------------------------------------------------------------------------
 
@@ -288,14 +293,13 @@ class Upstream:
         t0 = time.perf_counter()
         status = "connect_error"
         try:
-            async with asyncio.timeout(self.settings.first_byte_timeout):
-                resp = await self.session().post(self.base_url + path, data=body)
-            try:
+            # aiohttp's own read timer (cheaper than asyncio.timeout): the whole answer of a
+            # non-streamed request is its first byte, so the first-byte timeout bounds each read
+            async with self.session().post(
+                self.base_url + path, data=body, timeout=self._json_timeout
+            ) as resp:
                 status = str(resp.status)
-                async with asyncio.timeout(self.settings.idle_timeout):
-                    raw = await resp.read()
-            finally:
-                resp.release()
+                raw = await resp.read()
         except TimeoutError:
             status = "timeout"
             raise self._timeout("did not answer in time") from None
@@ -348,7 +352,7 @@ class Upstream:
                     ok = True
                     return
                 except TimeoutError:
-                    status = "timeout" if not yielded else status
+                    status = "timeout"
                     ok = False
                     raise self._timeout(
                         "stalled in the middle of the stream"

@@ -377,10 +377,11 @@ class AnthropicBackend(ProviderBackend):
         tr = StreamTranslator()
         try:
             async for event, data in events:
+                if tr.done:
+                    continue  # drain to the end so the connection can be reused
                 for out in tr.feed(event, data):
                     yield out
-                if tr.done:
-                    return
         finally:
             await events.aclose()  # type: ignore[attr-defined]
-        raise bad_answer("anthropic", "the stream ended before message_stop")
+        if not tr.done:
+            raise bad_answer("anthropic", "the stream ended before message_stop")

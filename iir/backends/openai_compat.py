@@ -292,11 +292,16 @@ class OpenAICompatBackend(ProviderBackend):
 
     async def stream(self, request: ChatRequest, model: str) -> AsyncIterator[StreamEvent]:
         events = self._up().post_sse(self.chat_path, build_request(request, model, True))
-        finished = False
+        finished = done = False
         try:
+            # read to the end of the body even after [DONE], so the connection goes back to the
+            # pool instead of being closed (a new TLS handshake costs more than the wait)
             async for _, data in events:
+                if done:
+                    continue
                 if data.strip() == b"[DONE]":
-                    return
+                    done = finished = True
+                    continue
                 for ev in parse_chunk(self.name, data):
                     if isinstance(ev, Delta) and ev.finish_reason:
                         finished = True

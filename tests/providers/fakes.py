@@ -45,6 +45,9 @@ class Recorded:
     path: str
     headers: dict[str, str]
     body: Any
+    peer: Any = (
+        None  # the client's (host, port): the same for requests on one kept-alive connection
+    )
 
 
 @dataclass
@@ -56,6 +59,7 @@ class FakeProvider:
     faults: deque[Fault] = field(default_factory=deque)
     always: Fault | None = None  # applied to every chat request while set
     cancelled: int = 0  # chat handlers ended by the client going away
+    tail_delay: float = 0.0  # pause between a stream's last event and the end of its body
 
     def __post_init__(self) -> None:
         self._loop = asyncio.new_event_loop()
@@ -103,6 +107,7 @@ class FakeProvider:
         self.requests.clear()
         self.faults.clear()
         self.always = None
+        self.tail_delay = 0.0
 
     def chat_requests(self) -> list[Recorded]:
         return [r for r in self.requests if r.method == "POST"]
@@ -118,14 +123,9 @@ class FakeProvider:
     # --- handlers -------------------------------------------------------------------------------
 
     def _record(self, request: web.Request, body: Any) -> None:
-        self.requests.append(
-            Recorded(
-                request.method,
-                request.path_qs,
-                {k.lower(): v for k, v in request.headers.items()},
-                body,
-            )
-        )
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        self.requests.append(Recorded(request.method, request.path_qs, headers, body, peer))
 
     def _auth_error(self, request: web.Request) -> web.Response | None:
         if self.key is None:
@@ -253,6 +253,8 @@ class FakeProvider:
                     await resp.write(b"data: {not json\n\n")
                     continue
             await resp.write(frame)
+        if self.tail_delay:
+            await asyncio.sleep(self.tail_delay)
         await resp.write_eof()
         return resp
 

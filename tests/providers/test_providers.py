@@ -398,3 +398,23 @@ def test_anthropic_refuses_what_it_cannot_translate(
     validate_error(r.json())
     assert r.json()["error"]["param"] == param
     assert fakes["anthropic"].chat_requests() == []
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_streams_leave_the_connection_reusable(
+    provider: str, iir: Server, fakes: dict[str, FakeProvider]
+) -> None:
+    # the body ends a little after the last event: closing early would drop the connection
+    fakes[provider].tail_delay = 0.2
+    for _ in range(3):
+        r = post(
+            iir,
+            {
+                "model": model_of(provider),
+                "messages": [{"role": "user", "content": "hi"}],
+                "stream": True,
+            },
+        )
+        assert r.status_code == 200 and sse_bodies(r.text)[-1] == "[DONE]"
+    peers = {req.peer for req in fakes[provider].chat_requests()}
+    assert len(peers) == 1, peers  # one kept-alive connection served all three

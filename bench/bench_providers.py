@@ -1,0 +1,112 @@
+"""IIR's added latency on the remote-provider path, next to its baseline, in one run.
+
+The same load generator (aiohttp, one pooled session) sends the same chat request straight to a
+fake OpenAI-compatible upstream (``direct``) and through IIR to that upstream (``iir``, model
+``openai/bench-model``), at concurrency 1 and 64. Each request's latency is recorded; the added
+latency is IIR's percentile minus the direct percentile. Goal: ≤ 0.5 ms added at p50, ≤ 2 ms at
+p99. Run: ``make bench PYTEST_ARGS=-k bench_providers`` (or ``pytest bench/bench_providers.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from collections.abc import Iterator
+
+import aiohttp
+import orjson
+import pytest
+from conftest import SUMMARY
+
+from tests.harness import Server
+
+REQUESTS = {1: 500, 64: 3000}
+ROUNDS = 3
+_direct: dict[int, list[float]] = {}
+
+
+@pytest.fixture(scope="module")
+def iir(fake_upstream: str) -> Iterator[Server]:
+    env = {"OPENAI_API_KEY": "bench-upstream-key", "IIR_OPENAI_BASE_URL": fake_upstream}
+    with Server(env=env) as srv:
+        yield srv
+
+
+def _pct(xs: list[float], q: float) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+async def _load(
+    url: str, headers: dict[str, str], body: bytes, concurrency: int, n: int
+) -> tuple[list[float], float]:
+    lat: list[float] = []
+    left = n
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency + 4)) as s:
+
+        async def one() -> None:
+            t0 = time.perf_counter()
+            async with s.post(url, data=body, headers=headers) as r:
+                raw = await r.read()
+                assert r.status == 200, raw[:200]
+            lat.append(time.perf_counter() - t0)
+
+        for _ in range(min(n, 2 * concurrency)):  # warm the pool and both servers
+            await one()
+        lat.clear()
+
+        async def worker() -> None:
+            nonlocal left
+            while left > 0:
+                left -= 1
+                await one()
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - t0
+    return lat, wall
+
+
+@pytest.mark.parametrize(
+    ("concurrency", "target"),
+    [(1, "direct"), (1, "iir"), (64, "direct"), (64, "iir")],
+    ids=["c1-direct", "c1-iir", "c64-direct", "c64-iir"],
+)
+def test_provider_path(
+    benchmark, fake_upstream: str, iir: Server, concurrency: int, target: str
+) -> None:  # type: ignore[no-untyped-def]
+    if target == "direct":
+        url = fake_upstream + "/chat/completions"
+        headers = {"authorization": "Bearer bench-upstream-key", "content-type": "application/json"}
+        model = "bench-model"
+    else:
+        url = iir.url + "/v1/chat/completions"
+        headers = {**iir.auth, "content-type": "application/json"}
+        model = "openai/bench-model"
+    body = orjson.dumps({"model": model, "messages": [{"role": "user", "content": "Hello there"}]})
+    n = REQUESTS[concurrency]
+    lat: list[float] = []
+    walls: list[float] = []
+
+    def round_() -> None:
+        got, wall = asyncio.run(_load(url, headers, body, concurrency, n))
+        lat.extend(got)
+        walls.append(wall)
+
+    benchmark.group = f"provider path c={concurrency} ({n} requests a round)"
+    benchmark.pedantic(round_, rounds=ROUNDS, iterations=1)
+    p50, p99 = _pct(lat, 0.50), _pct(lat, 0.99)
+    rps = n * len(walls) / sum(walls)
+    info = benchmark.extra_info
+    info.update(p50_ms=p50 * 1e3, p99_ms=p99 * 1e3, mean_ms=statistics.fmean(lat) * 1e3, rps=rps)
+    line = f"c={concurrency:<3} {target:<6} p50 {p50 * 1e3:7.3f} ms  p99 {p99 * 1e3:7.3f} ms  {rps:8.0f} req/s"
+    if target == "direct":
+        _direct[concurrency] = lat
+    elif concurrency in _direct:
+        base = _direct[concurrency]
+        add50 = (p50 - _pct(base, 0.50)) * 1e3
+        add99 = (p99 - _pct(base, 0.99)) * 1e3
+        info.update(added_p50_ms=add50, added_p99_ms=add99)
+        line += f"  added: p50 {add50:+.3f} ms, p99 {add99:+.3f} ms"
+    SUMMARY.append(line)
