@@ -2,7 +2,8 @@
 
 The same load generator (aiohttp, one pooled session) sends the same chat request straight to a
 fake OpenAI-compatible upstream (``direct``) and through IIR to that upstream (``iir``, model
-``openai/bench-model``), at concurrency 1 and 64. Each request's latency is recorded; the added
+``openai/bench-model``), at concurrency 1 and 64; ``echo`` (IIR's built-in model, no upstream)
+shows the floor of IIR's own HTTP path on the same machine. Each request's latency is recorded; the added
 latency is IIR's percentile minus the direct percentile. Goal: ≤ 0.5 ms added at p50, ≤ 2 ms at
 p99. Run: ``make bench PYTEST_ARGS=-k bench_providers`` (or ``pytest bench/bench_providers.py``).
 """
@@ -70,8 +71,8 @@ async def _load(
 
 @pytest.mark.parametrize(
     ("concurrency", "target"),
-    [(1, "direct"), (1, "iir"), (64, "direct"), (64, "iir")],
-    ids=["c1-direct", "c1-iir", "c64-direct", "c64-iir"],
+    [(1, "direct"), (1, "iir"), (1, "echo"), (64, "direct"), (64, "iir"), (64, "echo")],
+    ids=["c1-direct", "c1-iir", "c1-echo", "c64-direct", "c64-iir", "c64-echo"],
 )
 def test_provider_path(
     benchmark, fake_upstream: str, iir: Server, concurrency: int, target: str
@@ -83,7 +84,8 @@ def test_provider_path(
     else:
         url = iir.url + "/v1/chat/completions"
         headers = {**iir.auth, "content-type": "application/json"}
-        model = "openai/bench-model"
+        # echo: IIR's own floor (HTTP, auth, validation, logging) with no upstream at all
+        model = "openai/bench-model" if target == "iir" else "iir/echo"
     body = orjson.dumps({"model": model, "messages": [{"role": "user", "content": "Hello there"}]})
     n = REQUESTS[concurrency]
     lat: list[float] = []
@@ -103,7 +105,7 @@ def test_provider_path(
     line = f"c={concurrency:<3} {target:<6} p50 {p50 * 1e3:7.3f} ms  p99 {p99 * 1e3:7.3f} ms  {rps:8.0f} req/s"
     if target == "direct":
         _direct[concurrency] = lat
-    elif concurrency in _direct:
+    elif target == "iir" and concurrency in _direct:
         base = _direct[concurrency]
         add50 = (p50 - _pct(base, 0.50)) * 1e3
         add99 = (p99 - _pct(base, 0.99)) * 1e3
