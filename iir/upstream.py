@@ -22,7 +22,7 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -47,8 +47,10 @@ class CircuitBreaker:
         min_requests: int,
         failure_rate: float,
         open_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.provider = provider
+        self.clock = clock
         self.window = window
         self.min_requests = min_requests
         self.failure_rate = failure_rate
@@ -74,7 +76,7 @@ class CircuitBreaker:
         """Lets an attempt through, or raises 503 while the circuit is open."""
         if self.state == CLOSED:
             return
-        now = time.monotonic()
+        now = self.clock()
         if self.state == OPEN and now - self._opened_at >= self.open_seconds:
             self._set(HALF_OPEN)
         if self.state == HALF_OPEN and not self._probing:
@@ -99,12 +101,12 @@ class CircuitBreaker:
                 self._failures = 0
                 self._set(CLOSED)
             else:
-                self._opened_at = time.monotonic()
+                self._opened_at = self.clock()
                 self._set(OPEN)
             return
         if ok is None or self.state != CLOSED:
             return
-        now = time.monotonic()
+        now = self.clock()
         self._events.append((now, ok))
         if not ok:
             self._failures += 1
@@ -231,6 +233,8 @@ class Upstream:
     def _status_error(self, status: int, raw: bytes, headers: Mapping[str, str]) -> _Retry:
         """Turns a non-2xx answer into the error to raise; retryable ones come wrapped."""
         msg = self._scrub(upstream_message(raw))
+        if status < 400:  # redirects are not followed: a provider API does not move per request
+            raise self._failed(f"unexpected HTTP {status}")
         if status == 429:
             wait = _retry_after(headers.get("retry-after"))
             extra = [("retry-after", headers["retry-after"])] if headers.get("retry-after") else []
@@ -296,7 +300,10 @@ class Upstream:
             # aiohttp's own read timer (cheaper than asyncio.timeout): the whole answer of a
             # non-streamed request is its first byte, so the first-byte timeout bounds each read
             async with self.session().post(
-                self.base_url + path, data=body, timeout=self._json_timeout
+                self.base_url + path,
+                data=body,
+                timeout=self._json_timeout,
+                allow_redirects=False,
             ) as resp:
                 status = str(resp.status)
                 raw = await resp.read()
@@ -333,7 +340,9 @@ class Upstream:
             try:
                 try:
                     async with asyncio.timeout(self.settings.first_byte_timeout):
-                        resp = await self.session().post(self.base_url + path, data=body)
+                        resp = await self.session().post(
+                            self.base_url + path, data=body, allow_redirects=False
+                        )
                         status = str(resp.status)
                         if resp.status >= 300:
                             raw = await resp.read()
@@ -439,5 +448,8 @@ async def _sse_events(content: aiohttp.StreamReader) -> AsyncIterator[tuple[str,
             elif line.startswith(b"event:"):
                 event = line[6:].strip().decode("utf-8", "replace")
             # comments (":") and other fields (id, retry) carry nothing IIR uses
+    tail = buf.rstrip(b"\r")
+    if tail.startswith(b"data:"):  # a last line without its newline
+        data.append(tail[6:] if tail.startswith(b"data: ") else tail[5:])
     if data:
         yield event, b"\n".join(data)
