@@ -11,9 +11,11 @@ p99. Run: ``make bench PYTEST_ARGS=-k bench_providers`` (or ``pytest bench/bench
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import aiohttp
 import orjson
@@ -32,6 +34,23 @@ def iir(fake_upstream: str) -> Iterator[Server]:
     env = {"OPENAI_API_KEY": "bench-upstream-key", "IIR_OPENAI_BASE_URL": fake_upstream}
     with Server(env=env) as srv:
         yield srv
+
+
+def _cpu_seconds(root: int) -> float:
+    """CPU time (user + system) of a process and its children, from /proc (Linux)."""
+    total = 0.0
+    pids = [root]
+    children = Path(f"/proc/{root}/task/{root}/children")
+    if children.exists():
+        pids += [int(p) for p in children.read_text().split()]
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -91,8 +110,13 @@ def test_provider_path(
     lat: list[float] = []
     walls: list[float] = []
 
+    cpu: list[float] = []
+    assert iir.proc is not None
+
     def round_() -> None:
+        c0 = _cpu_seconds(iir.proc.pid)  # type: ignore[union-attr]
         got, wall = asyncio.run(_load(url, headers, body, concurrency, n))
+        cpu.append(_cpu_seconds(iir.proc.pid) - c0)  # type: ignore[union-attr]
         lat.extend(got)
         walls.append(wall)
 
@@ -102,7 +126,12 @@ def test_provider_path(
     rps = n * len(walls) / sum(walls)
     info = benchmark.extra_info
     info.update(p50_ms=p50 * 1e3, p99_ms=p99 * 1e3, mean_ms=statistics.fmean(lat) * 1e3, rps=rps)
+    # IIR's CPU per request (includes the warm-up requests; none for the direct baseline)
+    per_req_cpu = sum(cpu) / (len(cpu) * (n + min(n, 2 * concurrency))) * 1e6
+    info.update(iir_cpu_us_per_request=per_req_cpu)
     line = f"c={concurrency:<3} {target:<6} p50 {p50 * 1e3:7.3f} ms  p99 {p99 * 1e3:7.3f} ms  {rps:8.0f} req/s"
+    if target != "direct":
+        line += f"  IIR CPU {per_req_cpu:5.0f} us/req"
     if target == "direct":
         _direct[concurrency] = lat
     elif target == "iir" and concurrency in _direct:

@@ -189,6 +189,10 @@ class Upstream:
             settings.breaker_open_seconds,
         )
         self._session: aiohttp.ClientSession | None = None
+        # metric children resolved once: a label lookup per request is measurable on this path
+        self._latency = metrics.UPSTREAM_LATENCY.labels(provider)
+        self._ttft = metrics.UPSTREAM_TTFT.labels(provider)
+        self._counters: dict[str, Any] = {}
         self._json_timeout = aiohttp.ClientTimeout(
             total=None,
             sock_connect=settings.connect_timeout,
@@ -210,6 +214,14 @@ class Upstream:
                 raise_for_status=False,
             )
         return self._session
+
+    def _count(self, status: str) -> None:
+        counter = self._counters.get(status)
+        if counter is None:
+            counter = self._counters[status] = metrics.UPSTREAM_REQUESTS.labels(
+                self.provider, status
+            )
+        counter.inc()
 
     async def close(self) -> None:
         if self._session is not None and not self._session.closed:
@@ -313,14 +325,14 @@ class Upstream:
         except aiohttp.ClientError as exc:
             raise _Retry(self._failed(f"connection failed ({type(exc).__name__})")) from None
         finally:
-            metrics.UPSTREAM_REQUESTS.labels(self.provider, status).inc()
-            metrics.UPSTREAM_LATENCY.labels(self.provider).observe(time.perf_counter() - t0)
+            self._count(status)
+            self._latency.observe(time.perf_counter() - t0)
         if resp.status >= 300:
             raise self._status_error(resp.status, raw, resp.headers)
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError:
-            metrics.UPSTREAM_REQUESTS.labels(self.provider, "bad_response").inc()
+            self._count("bad_response")
             raise self._failed("the answer is not valid JSON") from None
 
     async def post_sse(self, path: str, body: bytes) -> AsyncIterator[tuple[str, bytes]]:
@@ -349,7 +361,7 @@ class Upstream:
                             raise self._status_error(resp.status, raw, resp.headers)
                         events = _sse_events(resp.content)
                         first = await anext(events, None)
-                    metrics.UPSTREAM_TTFT.labels(self.provider).observe(time.perf_counter() - t0)
+                    self._ttft.observe(time.perf_counter() - t0)
                     overhead.add_wait(time.perf_counter() - t0)
                     idle = self.settings.idle_timeout
                     event = first
@@ -386,8 +398,8 @@ class Upstream:
                 finally:
                     if resp is not None:
                         resp.close() if ok is not True else resp.release()
-                    metrics.UPSTREAM_REQUESTS.labels(self.provider, status).inc()
-                    metrics.UPSTREAM_LATENCY.labels(self.provider).observe(time.perf_counter() - t0)
+                    self._count(status)
+                    self._latency.observe(time.perf_counter() - t0)
                     self.breaker.record(ok)
             except _Retry as retry:
                 attempt += 1
