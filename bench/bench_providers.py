@@ -60,8 +60,9 @@ def _pct(xs: list[float], q: float) -> float:
 
 async def _load(
     url: str, headers: dict[str, str], body: bytes, concurrency: int, n: int
-) -> tuple[list[float], float]:
+) -> tuple[list[float], float, list[float]]:
     lat: list[float] = []
+    own: list[float] = []  # x-iir-overhead-ms of each answer (IIR's own time), when present
     left = n
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency + 4)) as s:
 
@@ -70,11 +71,14 @@ async def _load(
             async with s.post(url, data=body, headers=headers) as r:
                 raw = await r.read()
                 assert r.status == 200, raw[:200]
+                if "x-iir-overhead-ms" in r.headers:
+                    own.append(float(r.headers["x-iir-overhead-ms"]) / 1e3)
             lat.append(time.perf_counter() - t0)
 
         for _ in range(min(n, 2 * concurrency)):  # warm the pool and both servers
             await one()
         lat.clear()
+        own.clear()
 
         async def worker() -> None:
             nonlocal left
@@ -85,7 +89,7 @@ async def _load(
         t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         wall = time.perf_counter() - t0
-    return lat, wall
+    return lat, wall, own
 
 
 @pytest.mark.parametrize(
@@ -111,11 +115,13 @@ def test_provider_path(
     walls: list[float] = []
 
     cpu: list[float] = []
+    own: list[float] = []
     assert iir.proc is not None
 
     def round_() -> None:
         c0 = _cpu_seconds(iir.proc.pid)  # type: ignore[union-attr]
-        got, wall = asyncio.run(_load(url, headers, body, concurrency, n))
+        got, wall, mine = asyncio.run(_load(url, headers, body, concurrency, n))
+        own.extend(mine)
         cpu.append(_cpu_seconds(iir.proc.pid) - c0)  # type: ignore[union-attr]
         lat.extend(got)
         walls.append(wall)
@@ -132,6 +138,10 @@ def test_provider_path(
     line = f"c={concurrency:<3} {target:<6} p50 {p50 * 1e3:7.3f} ms  p99 {p99 * 1e3:7.3f} ms  {rps:8.0f} req/s"
     if target != "direct":
         line += f"  IIR CPU {per_req_cpu:5.0f} us/req"
+    if own:
+        o50, o99 = _pct(own, 0.5) * 1e3, _pct(own, 0.99) * 1e3
+        info.update(overhead_header_p50_ms=o50, overhead_header_p99_ms=o99)
+        line += f"  x-iir-overhead-ms p50 {o50:.3f} p99 {o99:.3f}"
     if target == "direct":
         _direct[concurrency] = lat
     elif target == "iir" and concurrency in _direct:
