@@ -6,10 +6,11 @@ Cross-cutting steps that wrap every route (rate limits, auth, metrics, logs) liv
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import aclosing
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
+from contextlib import aclosing, suppress
+from typing import Any, TypeVar
 
 from . import metrics, overhead
 from .backends.base import Backend, Completion, Delta, StreamEvent, Usage
@@ -19,6 +20,8 @@ from .protocol import ChatRequest, completion_id, now, parse_chat_request, usage
 from .registry import ModelRegistry
 
 log = logging.getLogger("iir.chat")
+
+T = TypeVar("T")
 
 
 def completion_body(cid: str, created: int, model: str, completion: Completion) -> dict[str, Any]:
@@ -105,6 +108,25 @@ def falls_back(err: ApiError) -> bool:
     return err.status >= 500 or err.status in _FALLBACK_STATUSES
 
 
+async def _while_connected(req: Request, work: Awaitable[T]) -> T:
+    """Runs ``work`` but cancels it as soon as the client goes away: a provider still generating
+    an answer nobody will read costs tokens (streams are watched the same way by the app)."""
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(req.proto.client_disconnect())
+    try:
+        await asyncio.wait((task, gone), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not task.done():
+            task.cancel()
+            with suppress(asyncio.CancelledError):
+                await task
+    if task.cancelled():
+        log.info("client disconnected; request cancelled", extra={"event": "disconnect"})
+        raise ApiError(499, "The client closed the request", code="client_closed_request")
+    return task.result()
+
+
 class ChatService:
     """Runs chat requests; the HTTP route, async jobs and ``/infer`` all come through here.
 
@@ -125,9 +147,9 @@ class ChatService:
         req.state["model"] = chat.model
         resp: Response | StreamResponse
         if chat.stream:
-            resp = await self.stream(chat)
+            resp = await _while_connected(req, self.stream(chat))
         else:
-            resp = json_response(await self.complete(chat))
+            resp = json_response(await _while_connected(req, self.complete(chat)))
         spent = meter.overhead()
         metrics.OVERHEAD.observe(spent)
         resp.headers.append(("x-iir-overhead-ms", f"{spent * 1000:.3f}"))

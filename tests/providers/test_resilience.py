@@ -369,3 +369,26 @@ def test_keys_never_in_logs_metrics_or_answers(iir: Server, fakes: dict[str, Fak
     assert '"event":"retry"' in iir.logs()  # the log saw the upstream failure...
     for key in KEYS.values():
         assert key not in seen  # ...and no key
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_disconnect_while_waiting_for_the_answer_cancels_upstream(
+    breaker_env: tuple[Server, FakeProvider], stream: bool
+) -> None:
+    # this server keeps the default 120 s first-byte timeout: only the disconnect can end it
+    srv, fake = breaker_env
+    fake.reset()
+    deadline = time.monotonic() + 10  # an earlier test may have left the circuit open
+    while post(srv, chat("openai/gpt-4o")).status_code != 200 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    before = fake.cancelled
+    fake.faults.append(Fault("stall_before"))
+    with httpx.Client(base_url=srv.url, timeout=0.5) as c, pytest.raises(httpx.ReadTimeout):
+        c.post("/v1/chat/completions", json=chat("openai/gpt-4o", stream), headers=srv.auth)
+    assert fake.wait_cancelled(before + 1)
+    assert srv.wait_for_log(lambda ln: ln.get("msg") == "client disconnected; request cancelled")
+    with srv.client() as c:  # and the server is fine afterwards
+        assert (
+            c.post("/v1/chat/completions", json=chat("openai/gpt-4o"), headers=srv.auth).status_code
+            == 200
+        )
