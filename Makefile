@@ -49,6 +49,7 @@ test: install lint  ## lint, Rust unit tests, then the Python suite against real
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 bench: install  ## benchmarks (pytest-benchmark); see README for the numbers
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq wrk >/dev/null; } || echo "wrk missing: throughput benchmarks will be skipped"
 	$(BIN)/pytest bench -q --benchmark-only --benchmark-columns=min,median,mean,ops,rounds $(PYTEST_ARGS)
 
 clean:

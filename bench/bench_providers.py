@@ -20,8 +20,8 @@ from pathlib import Path
 import aiohttp
 import orjson
 import pytest
-from conftest import SUMMARY
 
+from bench.conftest import record
 from tests.harness import Server
 
 REQUESTS = {1: 500, 64: 3000}
@@ -135,19 +135,18 @@ def test_provider_path(
     # IIR's CPU per request (includes the warm-up requests; none for the direct baseline)
     per_req_cpu = sum(cpu) / (len(cpu) * (n + min(n, 2 * concurrency))) * 1e6
     info.update(iir_cpu_us_per_request=per_req_cpu)
-    line = f"c={concurrency:<3} {target:<6} p50 {p50 * 1e3:7.3f} ms  p99 {p99 * 1e3:7.3f} ms  {rps:8.0f} req/s"
+    values = {"p50_us": p50 * 1e6, "p99_us": p99 * 1e6, "rps": rps}
     if target != "direct":
-        line += f"  IIR CPU {per_req_cpu:5.0f} us/req"
+        values["iir_cpu_us"] = per_req_cpu
     if own:
-        o50, o99 = _pct(own, 0.5) * 1e3, _pct(own, 0.99) * 1e3
-        info.update(overhead_header_p50_ms=o50, overhead_header_p99_ms=o99)
-        line += f"  x-iir-overhead-ms p50 {o50:.3f} p99 {o99:.3f}"
+        values["own_p50_us"] = _pct(own, 0.5) * 1e6  # x-iir-overhead-ms: IIR's own time
+        values["own_p99_us"] = _pct(own, 0.99) * 1e6
     if target == "direct":
         _direct[concurrency] = lat
     elif target == "iir" and concurrency in _direct:
         base = _direct[concurrency]
-        add50 = (p50 - _pct(base, 0.50)) * 1e3
-        add99 = (p99 - _pct(base, 0.99)) * 1e3
-        info.update(added_p50_ms=add50, added_p99_ms=add99)
-        line += f"  added: p50 {add50:+.3f} ms, p99 {add99:+.3f} ms"
-    SUMMARY.append(line)
+        values["added_p50_us"] = (p50 - _pct(base, 0.50)) * 1e6
+        values["added_p99_us"] = (p99 - _pct(base, 0.99)) * 1e6
+    info.update(values)
+    baseline = f"providers c={concurrency} direct" if target != "direct" else None
+    record(f"providers c={concurrency} {target}", baseline, **values)

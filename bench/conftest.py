@@ -1,3 +1,5 @@
+"""Shared fixtures for the benchmarks, and a closing table of every result next to its baseline."""
+
 from __future__ import annotations
 
 import socket
@@ -5,30 +7,63 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
+import httpx
 import pytest
 
-HERE = Path(__file__).resolve().parent
-# The benchmarks start IIR with the tests' harness; make the repository root importable.
-if str(HERE.parent) not in sys.path:
-    sys.path.insert(0, str(HERE.parent))
+from tests.harness import REPO, Server, free_port
 
-# Lines a benchmark wants shown after the run (derived numbers such as added latency).
-SUMMARY: list[str] = []
+# name -> measured values; filled by the benchmarks, printed at the end as ratios to the baseline.
+RESULTS: dict[str, dict[str, float]] = {}
+BASELINES: dict[str, str] = {}
 
 
-def pytest_terminal_summary(terminalreporter) -> None:  # type: ignore[no-untyped-def]
-    if SUMMARY:
-        terminalreporter.section("derived numbers")
-        for line in SUMMARY:
-            terminalreporter.write_line(line)
+def record(name: str, baseline: str | None = None, **values: float) -> None:
+    RESULTS[name] = values
+    if baseline:
+        BASELINES[name] = baseline
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+@pytest.fixture(scope="session")
+def iir_server() -> Iterator[Server]:
+    with Server(env={"IIR_LOG_LEVEL": "warning"}) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="session")
+def bare_port() -> Iterator[int]:
+    """The floor: the same Granian, one worker, RSGI, an app that only answers fixed JSON."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "granian",
+            "--interface",
+            "rsgi",
+            "--workers",
+            "1",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-log",
+            "bench.bare_app:app",
+        ],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/", timeout=1)
+            break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    yield port
+    proc.terminate()
+    proc.wait(10)
 
 
 @pytest.fixture(scope="session")
@@ -36,7 +71,8 @@ def fake_upstream() -> Iterator[str]:
     """The bench upstream in its own process; yields its base URL (ending in /v1)."""
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, str(HERE / "fake_upstream.py"), str(port)], stdout=subprocess.PIPE
+        [sys.executable, str(REPO / "bench" / "fake_upstream.py"), str(port)],
+        stdout=subprocess.PIPE,
     )
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == b"ready"
@@ -50,3 +86,27 @@ def fake_upstream() -> Iterator[str]:
     yield f"http://127.0.0.1:{port}/v1"
     proc.terminate()
     proc.wait(10)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not RESULTS:
+        return
+    w = terminalreporter
+    w.section("IIR benchmark summary (ratios against the baseline measured in the same run)")
+    keys = sorted({k for v in RESULTS.values() for k in v})
+    w.write_line("| benchmark | " + " | ".join(keys) + " | baseline | ratios |")
+    w.write_line("|---" * (len(keys) + 3) + "|")
+    for name, values in RESULTS.items():
+        base = BASELINES.get(name)
+        ratios = ""
+        if base and base in RESULTS:
+            parts = []
+            for k, v in values.items():
+                b = RESULTS[base].get(k)
+                if b:
+                    parts.append(f"{k} x{v / b:.2f}")
+            if "p50_us" in values and "p50_us" in RESULTS[base]:
+                parts.append(f"added p50 {values['p50_us'] - RESULTS[base]['p50_us']:.0f} us")
+            ratios = ", ".join(parts)
+        cells = " | ".join(f"{values[k]:.1f}" if k in values else "" for k in keys)
+        w.write_line(f"| {name} | {cells} | {base or ''} | {ratios} |")

@@ -11,21 +11,24 @@ import logging
 import os
 import re
 import time
-import uuid
 from contextlib import suppress
 from typing import Any
 
 import orjson
 from granian.rsgi import ProtocolClosed
 
-from . import __version__, metrics, openapi
+from . import __version__, metrics, openapi, registry_routes
 from .auth import KeyRing
 from .backends.echo import EchoBackend
 from .backends.remote import remote_backends
+from .backends.vllm import VllmBackend
 from .chat import ChatService
 from .config import Settings, load_settings
 from .errors import ApiError
+from .hardware import register_gpu_metrics
 from .http import JSON, Request, Response, StreamResponse, json_response
+from .infer import INFER_SCHEMAS, InferService
+from .jobs import JOB_SCHEMAS, JobPool, JobStore, StoreError, db_path
 from .logs import request_id_var
 from .registry import ModelRegistry
 from .routes import Route, Router
@@ -43,12 +46,26 @@ class App:
         self.settings = settings
         self.keys = KeyRing(settings.api_keys)
         self.echo = EchoBackend(settings.echo_token_delay_ms)
-        self.registry = ModelRegistry([self.echo, *remote_backends(settings)])
+        self.local = VllmBackend(settings)
+        self.registry = ModelRegistry([self.echo, self.local, *remote_backends(settings)])
         self.chat = ChatService(self.registry, settings.upstream.fallbacks)
+        self.jobs = JobPool(
+            JobStore(
+                db_path(settings.data_dir),
+                settings.job_ttl_seconds,
+                timeout=settings.job_db_timeout,
+            ),
+            self.chat,
+            settings.job_concurrency,
+            settings.job_queue_max,
+        )
+        self.infer = InferService(self.chat, self.jobs)
         self.router = Router(self._routes())
         self._openapi: bytes | None = None
         self._docs_dir = openapi.swagger_dir()
         metrics.BUILD_INFO.labels(__version__).set(1)
+        register_gpu_metrics(metrics.REGISTRY)
+        registry_routes.document()
 
     def _routes(self) -> list[Route]:
         return [
@@ -71,6 +88,40 @@ class App:
                 self.chat.handle,
                 summary="Chat completion (OpenAI-compatible), streamed or not",
             ),
+            *registry_routes.routes(self.registry),
+            *self._job_routes(),
+        ]
+
+    def _job_routes(self) -> list[Route]:
+        job = "/v1/async/chat/completions/{job_id}"
+        openapi.register_operation(
+            "POST",
+            "/v1/async/chat/completions",
+            {"request": "ChatRequest", "ok": "JobStatus", "ok_status": 202},
+            {**JOB_SCHEMAS, **INFER_SCHEMAS},
+        )
+        openapi.register_operation("GET", job, {"ok": "JobResult"})
+        openapi.register_operation("DELETE", job, {"ok": "JobStatus"})
+        openapi.register_operation(
+            "POST", "/infer", {"request": "InferRequest", "ok": "InferResponse"}
+        )
+        return [
+            Route(
+                "POST",
+                "/v1/async/chat/completions",
+                self.jobs.handle_submit,
+                summary="Submit a chat completion job (202 once it is stored)",
+            ),
+            Route("GET", job, self.jobs.handle_get, summary="Status or result of a job"),
+            Route(
+                "DELETE", job, self.jobs.handle_cancel, summary="Cancel a pending or running job"
+            ),
+            Route(
+                "POST",
+                "/infer",
+                self.infer.handle,
+                summary="Direct inference on a named model (optionally as a job)",
+            ),
         ]
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -78,14 +129,23 @@ class App:
     async def startup(self) -> None:
         for backend in self.registry.backends:
             await backend.start()
+        await self.jobs.start()
 
     async def shutdown(self) -> None:
+        with suppress(Exception):
+            await self.jobs.stop()
         for backend in self.registry.backends:
             with suppress(Exception):
                 await backend.close()
 
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        loop.run_until_complete(self.startup())
+        try:
+            loop.run_until_complete(self.startup())
+        except StoreError as exc:
+            # One clear line instead of a traceback; the parent process then exits 2.
+            applog.critical("cannot start: %s", exc, extra={"event": "job_store_refused"})
+            logging.shutdown()
+            os._exit(2)
 
     def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
         with suppress(Exception):
@@ -99,7 +159,7 @@ class App:
             return
         started = time.perf_counter()
         incoming = scope.headers.get("x-request-id")
-        rid = incoming if incoming and _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+        rid = incoming if incoming and _REQUEST_ID.fullmatch(incoming) else os.urandom(16).hex()
         token = request_id_var.set(rid)
         client = scope.client.rsplit(":", 1)[0].strip("[]") if scope.client else ""
         req = Request(scope, proto, rid, client, self.settings.max_body_bytes)
@@ -121,8 +181,7 @@ class App:
         finally:
             elapsed = time.perf_counter() - started
             metrics.INFLIGHT.dec()
-            metrics.REQUESTS.labels(req.route, req.method, str(status)).inc()
-            metrics.REQUEST_DURATION.labels(req.route).observe(elapsed)
+            metrics.observe_request(req.route, req.method, status, elapsed)
             log.info(
                 "request",
                 extra={
@@ -188,6 +247,11 @@ class App:
     # --- handlers of the core routes ------------------------------------------------------------
 
     async def health(self, req: Request) -> Response:
+        # 503 while a local engine is dead or failed, so that a load balancer or systemd watchdog
+        # notices; everything else (echo, remote providers) is still served meanwhile.
+        problems = self.registry.degraded()
+        if problems:
+            return json_response({"status": "degraded", "reasons": problems}, status=503)
         return json_response({"status": "ok"})
 
     async def version(self, req: Request) -> Response:

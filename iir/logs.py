@@ -32,14 +32,25 @@ _FIELDS = (
     "provider",
     "reason",
     "error",
+    "count",
 )
 
 
 class JsonFormatter(logging.Formatter):
+    _second: int = -1
+    _stamp: str = ""
+
+    def _time(self, record: logging.LogRecord) -> str:
+        # strftime costs more than the rest of a line; it only changes once a second.
+        second = int(record.created)
+        if second != self._second:
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
+        return f"{self._stamp}.{int(record.msecs):03d}Z"
+
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "time": self._time(record),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
