@@ -62,6 +62,10 @@ class CircuitBreaker:
         self._probing = False
         metrics.CIRCUIT_STATE.labels(provider).set(CLOSED)
 
+    @property
+    def state_name(self) -> str:
+        return ("closed", "open", "half_open")[self.state]
+
     def _set(self, state: int) -> None:
         if state != self.state:
             log.warning(

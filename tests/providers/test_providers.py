@@ -418,3 +418,21 @@ def test_streams_leave_the_connection_reusable(
         assert r.status_code == 200 and sse_bodies(r.text)[-1] == "[DONE]"
     peers = {req.peer for req in fakes[provider].chat_requests()}
     assert len(peers) == 1, peers  # one kept-alive connection served all three
+
+
+def test_registry_status_and_refresh(iir: Server, fakes: dict[str, FakeProvider]) -> None:
+    with iir.client() as c:
+        body = c.get("/v1/registry/status", headers=iir.auth).json()
+        providers = {p["name"]: p for p in body["providers"]}
+        assert set(providers) == set(PROVIDERS)
+        for p in providers.values():
+            assert p["configured"] is True and p["circuit"] == "closed" and p["reason"] is None
+        fakes["grok"].models = ["grok-next"]
+        try:
+            c.post("/v1/registry/refresh", headers=iir.auth).raise_for_status()
+            ids = {m["id"] for m in c.get("/v1/models", headers=iir.auth).json()["data"]}
+        finally:
+            fakes["grok"].models = ["fake-large", "fake-small"]
+        assert "grok/grok-next" in ids and "grok/fake-large" not in ids
+        assert any(r.method == "GET" and r.path == "/v1/models" for r in fakes["grok"].requests)
+        c.post("/v1/registry/refresh", headers=iir.auth).raise_for_status()

@@ -264,6 +264,10 @@ def test_unconfigured_provider_is_404_naming_the_variable() -> None:
             assert r.status_code == 404
             validate_error(r.json())
             assert variable in r.json()["detail"] and r.json()["error"]["code"] == "model_not_found"
+        status = c.get("/v1/registry/status", headers=srv.auth).json()
+        reasons = {p["name"]: p["reason"] for p in status["providers"] if not p["configured"]}
+        assert reasons["openllama"] == "set IIR_OPENLLAMA_BASE_URL"
+        assert reasons["grok"] == "set XAI_API_KEY or GROK_API_KEY"
 
 
 # --- the circuit breaker ----------------------------------------------------------------------------
@@ -321,6 +325,18 @@ def test_failed_probe_reopens(breaker_env: tuple[Server, FakeProvider]) -> None:
     time.sleep(1.2)
     assert post(srv, chat("openai/gpt-4o")).status_code == 502  # the probe, failing
     assert circuit_state(srv) == 1
+    with srv.client() as c:
+        (openai_status,) = [
+            p
+            for p in c.get("/v1/registry/status", headers=srv.auth).json()["providers"]
+            if p["name"] == "openai"
+        ]
+    assert openai_status == {
+        "name": "openai",
+        "configured": True,
+        "circuit": "open",
+        "reason": None,
+    }
     assert post(srv, chat("openai/gpt-4o")).status_code == 503
     fake.reset()
 
