@@ -31,7 +31,11 @@ _direct: dict[int, list[float]] = {}
 
 @pytest.fixture(scope="module")
 def iir(fake_upstream: str) -> Iterator[Server]:
-    env = {"OPENAI_API_KEY": "bench-upstream-key", "IIR_OPENAI_BASE_URL": fake_upstream}
+    env = {
+        "OPENAI_API_KEY": "bench-upstream-key",
+        "IIR_OPENAI_BASE_URL": fake_upstream,
+        "IIR_RATE_LIMIT_PER_IP": "0",  # measure the proxy path, not the limiter refusing it
+    }
     with Server(env=env) as srv:
         yield srv
 
