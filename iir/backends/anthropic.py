@@ -74,12 +74,13 @@ def _content_blocks(msg: Message, where: str) -> list[dict[str, Any]]:
     if msg.content is None:
         return []
     if isinstance(msg.content, str):
-        return [{"type": "text", "text": msg.content}] if msg.content else []
+        # the API refuses empty and whitespace-only text blocks
+        return [{"type": "text", "text": msg.content}] if msg.content.strip() else []
     blocks: list[dict[str, Any]] = []
     for j, part in enumerate(msg.content):
         at = f"{where}.content[{j}]"
         if part.type in ("text", "refusal"):
-            if part.text:
+            if part.text and part.text.strip():
                 blocks.append({"type": "text", "text": part.text})
         elif part.type == "image_url":
             blocks.append(_image_block(part, at))

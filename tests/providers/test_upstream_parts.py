@@ -230,3 +230,54 @@ def test_anthropic_translator_ignores_what_has_no_counterpart() -> None:
     with pytest.raises(ApiError) as err:
         tr.feed("message", b"{broken")
     assert err.value.status == 502
+
+
+_text = st.text(max_size=20)
+_message = st.one_of(
+    st.builds(lambda t: {"role": "system", "content": t}, _text),
+    st.builds(lambda t: {"role": "developer", "content": t}, _text),
+    st.builds(lambda t: {"role": "user", "content": t}, _text),
+    st.builds(
+        lambda t: {"role": "user", "content": [{"type": "text", "text": t}]},
+        _text,
+    ),
+    st.builds(lambda t: {"role": "assistant", "content": t}, _text),
+    st.builds(
+        lambda args: {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "f", "arguments": args}}
+            ],
+        },
+        st.sampled_from(['{"a": 1}', "", "{broken", "[1]", "{}"]),
+    ),
+    st.builds(lambda t: {"role": "tool", "tool_call_id": "c1", "content": t}, _text),
+)
+
+
+@given(
+    messages=st.lists(_message, min_size=1, max_size=8),
+    stop=st.sampled_from([None, "x", ["a", "b"]]),
+)
+def test_anthropic_translation_never_breaks(
+    messages: list[dict[str, object]], stop: object
+) -> None:
+    from iir.backends import anthropic
+    from iir.protocol import parse_chat_request
+
+    chat = parse_chat_request({"model": "anthropic/m", "messages": messages, "stop": stop})
+    try:
+        body = orjson.loads(anthropic.build_request(chat, "m", False, 1000))
+    except ApiError as err:  # refused: a clear 400 naming the field
+        assert err.status == 400 and err.param
+        return
+    turns = body["messages"]
+    assert turns and all(t["content"] for t in turns)
+    assert all(a["role"] != b["role"] for a, b in itertools.pairwise(turns))  # alternating
+    assert {t["role"] for t in turns} <= {"user", "assistant"}
+    results = sum(1 for t in turns for b in t["content"] if b["type"] == "tool_result")
+    assert results == sum(1 for m in messages if m["role"] == "tool")
+    assert body["max_tokens"] == 1000
+    if stop:
+        assert body["stop_sequences"] == ([stop] if isinstance(stop, str) else stop)
