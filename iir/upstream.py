@@ -213,7 +213,6 @@ class Upstream:
                     total=None, sock_connect=self.settings.connect_timeout
                 ),
                 headers=self.headers,
-                json_serialize=lambda o: orjson.dumps(o).decode(),
                 auto_decompress=True,
                 raise_for_status=False,
             )
