@@ -20,7 +20,19 @@ from ..config import UpstreamSettings
 from ..errors import ApiError
 from ..protocol import ChatRequest
 from ..upstream import Upstream
-from .base import Backend, Choice, Completion, Delta, ModelCard, StreamEvent, Usage
+from .base import (
+    READY,
+    Backend,
+    BackendStatus,
+    Choice,
+    Completion,
+    Delta,
+    ModelCard,
+    ModelStatus,
+    ProviderStatus,
+    StreamEvent,
+    Usage,
+)
 
 log = logging.getLogger("iir.providers")
 
@@ -86,6 +98,22 @@ class ProviderBackend(Backend):
                 404, f"The model '{name}' names no {self.name} model", code="model_not_found"
             )
         return target
+
+    def status(self) -> BackendStatus:
+        """The registry's view: the listed models, and whether the provider is usable now."""
+        if self.upstream is None:
+            provider = ProviderStatus(self.name, False, reason=f"set {self.missing}")
+        else:
+            provider = ProviderStatus(self.name, True, self.upstream.breaker.state_name)
+        models = [
+            ModelStatus(c.id, self.name, READY, context_length=c.context_length)
+            for c in self.models()
+        ]
+        return BackendStatus(models=models, provider=provider)
+
+    async def refresh(self) -> None:
+        if self.configured and self.models_path:
+            await self.refresh_models()
 
     def _up(self) -> Upstream:
         assert self.upstream is not None  # resolve() refused the request otherwise
@@ -292,11 +320,16 @@ class OpenAICompatBackend(ProviderBackend):
 
     async def stream(self, request: ChatRequest, model: str) -> AsyncIterator[StreamEvent]:
         events = self._up().post_sse(self.chat_path, build_request(request, model, True))
-        finished = False
+        finished = done = False
         try:
+            # read to the end of the body even after [DONE], so the connection goes back to the
+            # pool instead of being closed (a new TLS handshake costs more than the wait)
             async for _, data in events:
+                if done:
+                    continue
                 if data.strip() == b"[DONE]":
-                    return
+                    done = finished = True
+                    continue
                 for ev in parse_chunk(self.name, data):
                     if isinstance(ev, Delta) and ev.finish_reason:
                         finished = True
