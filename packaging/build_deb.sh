@@ -58,7 +58,7 @@ cp "$TOP/iir/logforward.py" "$WORK/pyz/iir/"
 printf 'import sys\n\nfrom forward_logs_udp import main\n\nsys.exit(main())\n' >"$WORK/pyz/__main__.py"
 "$PYTHON" -m zipapp "$WORK/pyz" -p "/usr/bin/env python3" -o "$WORK/forward_logs_udp.pyz"
 install -m 0755 "$WORK/forward_logs_udp.pyz" "$SHARE/forward_logs_udp.pyz"
-install -m 0644 "$HERE/README.md" "$STAGE/usr/share/doc/iir/README.md"
+install -m 0644 "$TOP/README.md" "$STAGE/usr/share/doc/iir/README.md"
 ln -s /opt/iir/venv/bin/iir "$STAGE/usr/bin/iir"
 for script in postinst prerm postrm; do
     install -m 0755 "$HERE/debian/$script" "$STAGE/DEBIAN/$script"

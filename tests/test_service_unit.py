@@ -68,9 +68,9 @@ def test_security_exposure_matches_readme(tmp_path: Path) -> None:
     result = security(root)
     assert result.returncode == 0, result.stderr
     score = exposure(result.stdout)
-    readme = (ROOT / "packaging/README.md").read_text()
+    readme = (ROOT / "README.md").read_text()
     match = re.search(r"exposure level for iir\.service: ([0-9.]+)", readme)
-    assert match, "packaging/README.md must record the systemd-analyze security score"
+    assert match, "README.md must record the systemd-analyze security score"
     assert float(match.group(1)) == score
     # --threshold is on the 0-100 scale: the unit must stay "OK" (below 2.0).
     assert security(root, threshold=19).returncode == 0
