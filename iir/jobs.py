@@ -438,9 +438,7 @@ class JobStore:
         self._read_thread = ThreadPoolExecutor(1, thread_name_prefix="iir-jobs-db-read")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
-        self._batch: list[
-            tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any], bool]
-        ] = []
+        self._batch: list[tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]]] = []
         self._flush_queued = False
 
     def _open(self) -> None:
@@ -502,16 +500,12 @@ class JobStore:
 
         return await asyncio.get_running_loop().run_in_executor(self._read_thread, run)
 
-    async def write(self, fn: Callable[..., T], *args: Any, durable: bool = True) -> T:
-        """Runs ``fn(conn, *args)`` in the next group commit; returns once that is committed.
-
-        ``durable`` (the default) commits with ``synchronous=FULL``. Only a write whose loss in
-        a power cut changes nothing may pass False: a batch of such writes alone skips the fsync
-        (the next durable commit syncs them too, since the write-ahead log is sequential).
-        """
+    async def write(self, fn: Callable[..., T], *args: Any) -> T:
+        """Runs ``fn(conn, *args)`` in the next group commit; returns once that is committed
+        (``synchronous=FULL``: on disk, not just in the operating system's cache)."""
         fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         with self._lock:
-            self._batch.append((fn, args, fut, durable))
+            self._batch.append((fn, args, fut))
             queue = not self._flush_queued
             self._flush_queued = True
         if queue:
@@ -526,18 +520,14 @@ class JobStore:
             return
         outcomes: list[tuple[Any, BaseException | None]] = []
         conn = self._conn
-        relaxed = False
         try:
             if conn is None:
                 raise StoreUnavailable("the job database is not open")
-            relaxed = not any(item[3] for item in batch)
             try:
-                if relaxed:
-                    conn.execute("PRAGMA synchronous=NORMAL")
                 conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
                 raise StoreUnavailable(str(exc)) from None
-            for fn, args, _, _ in batch:
+            for fn, args, _ in batch:
                 conn.execute("SAVEPOINT op")
                 try:
                     outcomes.append((fn(conn, *args), None))
@@ -558,12 +548,8 @@ class JobStore:
                 with suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
             outcomes = [(None, failure)] * len(batch)
-        finally:
-            if relaxed and conn is not None:
-                with suppress(sqlite3.Error):
-                    conn.execute("PRAGMA synchronous=FULL")
         assert self._loop is not None
-        for (_, _, fut, _), (value, err) in zip(batch, outcomes, strict=True):
+        for (_, _, fut), (value, err) in zip(batch, outcomes, strict=True):
             self._loop.call_soon_threadsafe(_settle, fut, value, err)
 
 
@@ -760,12 +746,12 @@ class JobPool:
             except Exception:
                 log.exception("job worker error", extra={"job_id": job_id})
 
-    async def _write(self, fn: Callable[..., T], *args: Any, durable: bool = True) -> T:
+    async def _write(self, fn: Callable[..., T], *args: Any) -> T:
         """A state transition the worker must not lose: retried until the database takes it."""
         delay = 0.05
         while True:
             try:
-                return await self.store.write(fn, *args, durable=durable)
+                return await self.store.write(fn, *args)
             except StoreUnavailable as exc:
                 log.warning("job store unavailable; retrying", extra={"event": "job_store_retry"})
                 log.debug("job store error: %s", exc)
@@ -773,9 +759,7 @@ class JobPool:
                 delay = min(delay * 2, 2.0)
 
     async def _run(self, job_id: str) -> None:
-        # pending → running need not survive a power cut: a job found running at start-up is
-        # put back to pending and run again anyway, so this commit skips the fsync.
-        claimed = await self._write(claim_job, job_id, self.store.clock(), durable=False)
+        claimed = await self._write(claim_job, job_id, self.store.clock())
         if claimed is None:
             return  # cancelled (or purged) while waiting
         self._move("pending", "running")
