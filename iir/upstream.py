@@ -288,13 +288,7 @@ class Upstream:
                 overhead.add_wait(time.perf_counter() - t0)
                 self.breaker.record(None if retry.error.status == 429 else False)
                 attempt += 1
-                delay = self._backoff(attempt, retry.delay)
-                if delay is None:
-                    raise retry.error from None
-                self._log_retry(attempt, retry.error, delay)
-                t1 = time.perf_counter()
-                await asyncio.sleep(delay)
-                overhead.add_wait(time.perf_counter() - t1)
+                await self._wait_before_retry(attempt, retry)
                 continue
             except ApiError as err:
                 overhead.add_wait(time.perf_counter() - t0)
@@ -406,13 +400,7 @@ class Upstream:
                     self.breaker.record(ok)
             except _Retry as retry:
                 attempt += 1
-                delay = self._backoff(attempt, retry.delay)
-                if delay is None:
-                    raise retry.error from None
-                self._log_retry(attempt, retry.error, delay)
-                t1 = time.perf_counter()
-                await asyncio.sleep(delay)
-                overhead.add_wait(time.perf_counter() - t1)
+                await self._wait_before_retry(attempt, retry)
 
     async def get_json(self, path: str, timeout: float) -> Any:
         """A plain GET (model lists): no retries, no breaker, bounded by ``timeout``."""
@@ -422,6 +410,16 @@ class Upstream:
                 if resp.status != 200:
                     raise self._failed(f"HTTP {resp.status}: {self._scrub(upstream_message(raw))}")
         return orjson.loads(raw)
+
+    async def _wait_before_retry(self, attempt: int, retry: _Retry) -> None:
+        """Sleeps the back-off before attempt ``attempt + 1``, or gives up with the error."""
+        delay = self._backoff(attempt, retry.delay)
+        if delay is None:
+            raise retry.error from None
+        self._log_retry(attempt, retry.error, delay)
+        t1 = time.perf_counter()
+        await asyncio.sleep(delay)
+        overhead.add_wait(time.perf_counter() - t1)  # waiting, not IIR's own time
 
     def _log_retry(self, attempt: int, err: ApiError, delay: float) -> None:
         log.info(
