@@ -27,6 +27,9 @@ from .http import JSON, Request, Response, StreamResponse, json_response
 from .logs import request_id_var
 from .registry import ModelRegistry
 from .routes import Route, Router
+from .routing import api as routing_api
+from .routing.policy import load_policy
+from .routing.router import Router as ModelRouter
 
 log = logging.getLogger("iir.access")
 applog = logging.getLogger("iir")
@@ -42,7 +45,13 @@ class App:
         self.keys = KeyRing(settings.api_keys)
         self.echo = EchoBackend(settings.echo_token_delay_ms)
         self.registry = ModelRegistry([self.echo])
-        self.chat = ChatService(self.registry)
+        self.routing = ModelRouter(
+            settings.routing_policy or load_policy(settings.routing_file),
+            self.registry,
+            settings.routing_strategy,
+            settings.local_max_queue,
+        )
+        self.chat = ChatService(self.registry, self.routing, settings.default_model)
         self.router = Router(self._routes())
         self._openapi: bytes | None = None
         self._docs_dir = openapi.swagger_dir()
@@ -69,6 +78,7 @@ class App:
                 self.chat.handle,
                 summary="Chat completion (OpenAI-compatible), streamed or not",
             ),
+            *routing_api.routes(self.chat),
         ]
 
     # --- lifecycle ----------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from .errors import ApiError
 from .http import SSE_DONE, SSE_HEADERS, Request, Response, StreamResponse, json_response, sse_frame
 from .protocol import ChatRequest, completion_id, now, parse_chat_request, usage_dict
 from .registry import ModelRegistry
+from .routing.router import Decision, Router, check_strategy, is_auto
 
 log = logging.getLogger("iir.chat")
 
@@ -96,40 +97,108 @@ async def _primed(
     return first, events
 
 
+def _can_fall_back(exc: Exception) -> bool:
+    """Failures another model may not share: the backend's own trouble, not the request's."""
+    if isinstance(exc, ApiError):
+        return exc.status >= 500 or exc.status in (404, 408, 429)
+    return True
+
+
+def _fell_back(name: str, nxt: str, exc: Exception) -> None:
+    why = exc.message if isinstance(exc, ApiError) else type(exc).__name__
+    log.warning(
+        "model failed before the first byte; trying the next candidate",
+        extra={"event": "fallback", "model": name, "next": nxt, "error": why},
+    )
+    metrics.FALLBACKS.labels(name, nxt).inc()
+
+
 class ChatService:
     """Runs chat requests; the HTTP route, async jobs and ``/infer`` all come through here."""
 
-    def __init__(self, registry: ModelRegistry) -> None:
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        router: Router | None = None,
+        default_model: str | None = None,
+    ) -> None:
         self.registry = registry
+        self.router = router
+        self.default_model = default_model
 
     async def handle(self, req: Request) -> Response | StreamResponse:
         chat = self.parse(await req.json())
         req.state["model"] = chat.model
+        decision = self.route(chat, req.header("x-iir-strategy"))
         if chat.stream:
-            return await self.stream(chat)
-        return json_response(await self.complete(chat))
+            return await self.stream(chat, decision)
+        body = await self.complete(chat, decision)
+        headers = decision.headers(body["model"]) if decision is not None else []
+        return json_response(body, headers=headers)
 
     def parse(self, body: Any) -> ChatRequest:
         """Validates a decoded JSON body into a chat request (400 naming the bad field)."""
+        if self.default_model and isinstance(body, dict) and body.get("model") is None:
+            body = {**body, "model": self.default_model}
         return parse_chat_request(body)
 
-    async def complete(self, chat: ChatRequest) -> dict[str, Any]:
-        """Runs a request to the end and returns the ``chat.completion`` body."""
-        backend, target = self.registry.resolve(chat.model)
-        completion = await backend.complete(chat, target)
-        self._count(chat.model, completion.usage)
-        return completion_body(completion_id(), now(), chat.model, completion)
+    def route(self, chat: ChatRequest, strategy: str | None = None) -> Decision | None:
+        """Where ``chat`` runs: routed for ``auto``; for a named model, the model itself first and
+        routed fallbacks after it (a name nothing serves is 404 here, before any routing)."""
+        if self.router is None:
+            return None
+        chosen = check_strategy(strategy, self.router.strategy)
+        if is_auto(chat.model):
+            return self.router.decide(chat, chosen)
+        self.registry.resolve(chat.model)
+        return self.router.decide(chat, chosen, explicit=chat.model)
 
-    async def stream(self, chat: ChatRequest) -> StreamResponse:
-        """Starts a streamed run; failures before the first piece still get a proper status."""
-        backend, target = self.registry.resolve(chat.model)
-        events = backend.stream(chat, target)
-        try:
-            first, events = await _primed(events)
-        except BaseException:
-            await events.aclose()  # type: ignore[attr-defined]
-            raise
-        return StreamResponse(self._sse(chat, backend, first, events), headers=list(SSE_HEADERS))
+    def _candidates(self, chat: ChatRequest, decision: Decision | None) -> list[str]:
+        if decision is None and is_auto(chat.model) and self.router is not None:
+            decision = self.router.decide(chat)
+        return decision.candidates if decision is not None else [chat.model]
+
+    async def complete(self, chat: ChatRequest, decision: Decision | None = None) -> dict[str, Any]:
+        """Runs a request to the end and returns the ``chat.completion`` body; when a candidate
+        fails, the next one is tried (nothing has reached the client yet)."""
+        candidates = self._candidates(chat, decision)
+        for i, name in enumerate(candidates):
+            last = i == len(candidates) - 1
+            try:
+                backend, target = self.registry.resolve(name)
+                completion = await backend.complete(chat, target)
+            except Exception as exc:
+                if last or not _can_fall_back(exc):
+                    raise
+                _fell_back(name, candidates[i + 1], exc)
+                continue
+            self._count(name, completion.usage)
+            return completion_body(completion_id(), now(), name, completion)
+        raise AssertionError("unreachable: the candidate list is never empty")
+
+    async def stream(self, chat: ChatRequest, decision: Decision | None = None) -> StreamResponse:
+        """Starts a streamed run; failures before the first piece still get a proper status, and
+        move on to the next candidate while there is one."""
+        candidates = self._candidates(chat, decision)
+        for i, name in enumerate(candidates):
+            last = i == len(candidates) - 1
+            events: AsyncIterator[StreamEvent] | None = None
+            try:
+                backend, target = self.registry.resolve(name)
+                events = backend.stream(chat, target)
+                first, events = await _primed(events)
+            except BaseException as exc:
+                if events is not None:
+                    await events.aclose()  # type: ignore[attr-defined]
+                if last or not isinstance(exc, Exception) or not _can_fall_back(exc):
+                    raise
+                _fell_back(name, candidates[i + 1], exc)
+                continue
+            headers = list(SSE_HEADERS)
+            if decision is not None:
+                headers += decision.headers(name)
+            return StreamResponse(self._sse(chat, backend, first, events, name), headers=headers)
+        raise AssertionError("unreachable: the candidate list is never empty")
 
     def _count(self, model: str, usage: Usage | None) -> None:
         if usage is not None:
@@ -142,8 +211,9 @@ class ChatService:
         backend: Backend,
         first: StreamEvent | None,
         events: AsyncIterator[StreamEvent],
+        model: str,
     ) -> AsyncIterator[bytes]:
-        cid, created, model = completion_id(), now(), chat.model
+        cid, created = completion_id(), now()
         yield sse_frame(
             chunk_body(
                 cid,

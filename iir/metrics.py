@@ -63,6 +63,27 @@ STREAM_DISCONNECTS = Counter(
     registry=REGISTRY,
 )
 
+# Routing for model "auto" (iir.routing). ``target`` is the first candidate, or "none" when no
+# model could serve (503); models are configured names, so the label set stays bounded.
+ROUTE_DECISIONS = Counter(
+    "iir_route_decisions",
+    "Routing decisions, by strategy, task category and chosen model",
+    ["strategy", "category", "target"],
+    registry=REGISTRY,
+)
+ROUTE_DECISION_SECONDS = Histogram(
+    "iir_route_decision_seconds",
+    "Time to decide where a request runs (features, classifier, policy)",
+    buckets=(0.00002, 0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01),
+    registry=REGISTRY,
+)
+FALLBACKS = Counter(
+    "iir_fallbacks",
+    "Requests moved to the next candidate model after a failure before the first byte",
+    ["model", "next"],
+    registry=REGISTRY,
+)
+
 
 _METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 _request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}

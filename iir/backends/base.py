@@ -64,10 +64,24 @@ class Delta:
 StreamEvent = Delta | Usage
 
 
+@dataclass(slots=True, frozen=True)
+class Load:
+    """Live state routing reads before picking a model (see :meth:`Backend.load`)."""
+
+    circuit: str = "closed"  # closed | open | half_open (remote providers' breaker)
+    queue: int = 0  # requests waiting or running on this model here (the local engine)
+    latency_s: float | None = None  # recent typical time to first byte, when measured
+
+
+IDLE = Load()
+
+
 class Backend(abc.ABC):
     """A place a chat request can run. ``name`` labels metrics and logs (never a secret)."""
 
     name: str = "backend"
+    # True for backends that run on this box's own GPU: routing's "@local" stands for their models.
+    local: bool = False
 
     @abc.abstractmethod
     def models(self) -> list[ModelCard]:
@@ -90,3 +104,7 @@ class Backend(abc.ABC):
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Called once at shutdown; release connections and engines here."""
+
+    def load(self, model: str) -> Load:
+        """Circuit state, queue depth and recent latency of ``model`` here, for routing."""
+        return IDLE

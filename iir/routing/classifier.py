@@ -1,0 +1,317 @@
+"""The task category of a prompt, from weighted cues in several languages.
+
+Explainable by construction: every point a category scores comes from a named cue (a word, a word
+stem, a two-word phrase, a CJK keyword or a structural pattern such as a code fence), and the
+decision reports the cues that won. Cost is linear in the (bounded) text the features kept: one
+word split, a few dictionary look-ups per word and a handful of regular expressions, so a decision
+takes tens of microseconds.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from itertools import pairwise
+
+from .features import Features
+
+CHAT = "chat"
+QA = "qa"
+CODING = "coding"
+MATH = "math"
+REASONING = "reasoning"
+CREATIVE = "creative"
+SUMMARIZATION = "summarization"
+TRANSLATION = "translation"
+EXTRACTION = "extraction"
+
+CATEGORIES: tuple[str, ...] = (
+    CHAT,
+    QA,
+    CODING,
+    MATH,
+    REASONING,
+    CREATIVE,
+    SUMMARIZATION,
+    TRANSLATION,
+    EXTRACTION,
+)
+
+
+class ClassifierError(Exception):
+    """The classifier could not decide (answered as 503 ``Classifier error: ...``)."""
+
+
+# --- cue tables ----------------------------------------------------------------------------------
+# Each line: ``weight: cue cue cue``. A cue ending in ``*`` is a word stem (matches any word that
+# starts with it, at least 4 letters before the star); a cue with ``_`` is a two-word phrase
+# (``how_are`` matches "how are"); everything else is a whole word.
+
+_LATIN: dict[str, str] = {
+    CHAT: """
+        3: hi hello hey hiya howdy yo hallo servus moin bonjour salut coucou hola buenas oi olá ciao
+        3: thanks thank danke merci gracias obrigado obrigada grazie bye goodbye tschüss adieu adiós
+        3: how_are how's_it what's_up good_morning good_night good_evening guten_morgen guten_tag
+        3: wie_geht's wie_gehts ça_va comment_vas qué_tal como_vai tudo_bem buenos_días bom_dia
+        3: nice_to who_are are_you
+        2: bored chat chatting lol haha weekend mood feeling tired
+        1: yourself your_name
+    """,
+    QA: """
+        2: what_is what_are what_was who_was who_is when_did when_was where_is where_are
+        2: was_ist wer_war wann_wurde wo_liegt qu'est-ce qui_était où_se quién_fue qué_es dónde_está
+        2: o_que quem_foi onde_fica quando_foi capital population history historical definition
+        2: define meaning difference_between how_does how_do why_is why_do why_does explain
+        2: erkläre erklär explique explica hauptstadt capitale capitalé definición
+        1: who what when where why which wer wann warum pourquoi quand quién cuándo porque
+        1: invented discovered founded climate planet vitamin disease symptoms
+    """,
+    CODING: """
+        3: python javascript typescript java golang rust c++ c# kotlin swift php ruby bash shell
+        3: sql postgres postgresql mysql sqlite regex regexp html css json_schema dockerfile
+        3: docker kubernetes kubectl git npm pip react django flask fastapi pandas numpy
+        3: function funktion fonction función função method methode class klasse compile compiler
+        3: debug debugging bug bugs traceback stacktrace exception segfault nullpointerexception
+        3: refactor* implement* algorithm* recursion recursive async await endpoint api
+        3: unit_test unit_tests code codes coding programm* programa* programme* script scripts
+        3: variable variables array arrays hashmap dictionary linked_list binary_search quicksort
+        3: syntax typeerror valueerror keyerror indexerror undefined null pointer loop
+        2: query queries database index server client library framework deploy repository
+        2: frontend backend microservice lambda thread threads mutex deadlock memory_leak
+        2: import export boolean integer string strings parse parser cli
+    """,
+    MATH: """
+        4: integral integrate derivative differentiate ableitung intégrale dérivée integrale derivada
+        4: equation equations gleichung équation ecuación equação solve löse résous resuelve resolva
+        3: calculate berechne calcule calcula calcular compute sum product factor* polynomial
+        3: probability wahrscheinlichkeit probabilité probabilidad probabilidade matrix matrices
+        3: eigenvalue* vector vectors prime primes divisible logarithm log sin cos tan sqrt
+        3: percent percentage prozent pourcentage porcentaje porcentagem fraction fractions
+        3: geometry triangle circle radius area volume hypotenuse theorem lemma algebra calculus
+        2: average mean median variance deviation statistics interest compound
+        2: multiply multiplied divide divided plus minus times squared cubed
+        2: how_much how_many wie_viel combien cuánto quanto
+    """,
+    REASONING: """
+        4: riddle rätsel énigme acertijo enigma charada puzzle logic_puzzle brain_teaser
+        3: step_by by_step schritt_für étape_par paso_a passo_a think_through reason_through
+        3: trade-offs tradeoffs trade_offs pros_and pros_cons advantages_and disadvantages
+        3: should_i should_we sollte_ich devrais-je debería dilemma decide decision
+        3: compare contrast vergleiche compare* compara* evaluate assess analyze analyse analyze*
+        3: implications consequences hypothetical scenario argue argument counterargument
+        3: logically deduce deduction infer inference paradox fallacy syllogism
+        2: heavier lighter taller shorter older younger faster slower liar truth-teller
+        2: strategy strategic plan prioritize weigh justify because therefore if_all all_are
+        2: which_is which_one better worse
+    """,
+    CREATIVE: """
+        4: poem poems poetry haiku sonnet limerick lyrics gedicht poème poema poesía poesia
+        4: story stories tale fable fairy geschichte märchen histoire conte cuento historia
+        3: write_a write_me schreibe_ein écris écris-moi escribe escreva compose imagine
+        3: fiction fictional novel chapter character characters plot villain hero dragon
+        3: slogan tagline jingle rap song verse verses rhyme rhymes screenplay dialogue monologue
+        3: creative kreativ créatif creativo criativo funny humorous joke witty
+        2: once_upon il_était érase_una era_uma es_war toast speech birthday wedding
+    """,
+    SUMMARIZATION: """
+        5: summarize summarise summary summarization zusammenfassen zusammenfassung fasse
+        5: résume résumer résumé resume resumir resumen resuma resumo tl;dr tldr sintetiza
+        4: key_points main_points kernaussagen points_clés puntos_clave pontos_principais
+        4: condense shorten recap gist overview brief_summary in_short nutshell
+        3: bullet_points few_sentences one_sentence one_paragraph abstract takeaways
+        2: article text paragraph report meeting transcript notes email passage
+    """,
+    TRANSLATION: """
+        5: translate translation translator übersetze übersetzen übersetzung traduis traduire
+        5: traduction traduce traducir traducción traduza traduzir tradução traduci tradurre
+        4: into_english into_german into_french into_spanish into_portuguese into_chinese
+        4: into_japanese into_italian ins_englische ins_deutsche en_anglais en_français
+        4: en_espagnol en_allemand al_inglés al_español al_francés para_o para_inglês
+        3: in_english auf_englisch auf_deutsch en_inglés em_inglês
+    """,
+    EXTRACTION: """
+        5: extract extraction extrahiere extrahieren extrais extraire extrae extraer extraia extrair
+        4: pull_out list_all find_all identify_all extract_all all_emails
+        4: json_object as_json in_json json_format csv_format key-value entities
+        4: names_of emails phone_numbers email_addresses dates_mentioned fields
+        3: parse_the structured_data table_of named_entities entity invoice_number
+        2: json csv yaml table field columns
+    """,
+}
+
+_CJK: dict[str, str] = {
+    CHAT: "3: 你好 您好 嗨 谢谢 早上好 晚上好 再见 こんにちは こんばんは おはよう ありがとう よろしく 元気 最近怎么样 你是谁",
+    QA: "2: 什么是 是什么 为什么 谁 哪里 哪个 何ですか とは なぜ どこ 誰 いつ 首都 历史 歴史 解释 説明",
+    CODING: "3: 代码 函数 编程 程序 报错 错误 python java javascript sql コード 関数 プログラム バグ エラー 実装 正規表現 算法 アルゴリズム",
+    MATH: "4: 方程 积分 导数 计算 求解 概率 方程式 積分 微分 計算 確率 解いて 等于 平方",
+    REASONING: "3: 谜题 推理 逻辑 利弊 优缺点 应该 比较 分析 パズル 論理 推論 メリット デメリット 比較 分析 べきか",
+    CREATIVE: "4: 写一首 诗 故事 小说 歌词 詩 物語 小説 歌詞 俳句 创作 書いて",
+    SUMMARIZATION: "5: 总结 摘要 概括 要约 要約 まとめて まとめ 概要 要点",
+    TRANSLATION: "5: 翻译 译成 翻成 翻訳 訳して 英語に 中文 英文 日本語に",
+    EXTRACTION: "5: 提取 抽出 抽取 找出所有 列出所有 取り出 json",
+}
+
+# Literal markers found with ``in`` (fast, no word boundaries needed): code and notation.
+_MARKERS: dict[str, tuple[tuple[str, float, str], ...]] = {
+    CODING: (
+        ("```", 4.0, "code block"),
+        ("def ", 2.0, "code syntax"),
+        ("=>", 2.0, "code syntax"),
+        ("#include", 4.0, "code syntax"),
+        ("console.log", 4.0, "code syntax"),
+        ("public static", 4.0, "code syntax"),
+        ("();", 3.0, "code syntax"),
+        ("traceback (most recent", 4.0, "error output"),
+        ("error:", 2.0, "error output"),
+    ),
+    MATH: (
+        ("\\frac", 4.0, "math notation"),
+        ("\\int", 4.0, "math notation"),
+        ("∫", 4.0, "math notation"),
+        ("√", 4.0, "math notation"),
+        ("∑", 4.0, "math notation"),
+        ("d/dx", 4.0, "math notation"),
+    ),
+    SUMMARIZATION: (("tl;dr", 5.0, "tl;dr"),),
+}
+_PATTERNS: tuple[tuple[str, re.Pattern[str], float, str], ...] = (
+    # Each pattern starts with a digit or a literal, so the regex engine skips ahead cheaply.
+    (
+        MATH,
+        re.compile(r"\d(?:\s*[*/\u00d7\u00f7=]\s*\(?-?\d|\s+[-+]\s+\(?\d|\+\d)|\^\d"),
+        3.0,
+        "arithmetic",
+    ),
+    (
+        CODING,
+        re.compile(r"\b(?:def|function|fn|func) \w+\(|\bimport [\w.]+$|\bselect \S.* from "),
+        3.0,
+        "code syntax",
+    ),
+    (EXTRACTION, re.compile(r"\{\s*\"\w+\"\s*:"), 2.0, "json template"),
+)
+
+_HEAD_WEIGHT = 1.0
+_TAIL_WEIGHT = 1.0
+_SYSTEM_WEIGHT = 0.5
+# Below this best score the request has no clear cue: short small talk or a plain question.
+_MIN_SCORE = 2.0
+_SHORT_CHARS = 25
+
+
+def _parse_tables() -> tuple[
+    dict[str, tuple[tuple[str, float], ...]],
+    dict[str, tuple[tuple[str, float], ...]],
+    tuple[tuple[str, str, float], ...],
+]:
+    words: dict[str, list[tuple[str, float]]] = {}
+    stems: dict[str, list[tuple[str, float]]] = {}
+    for cat, spec in _LATIN.items():
+        for line in spec.strip().splitlines():
+            weight_s, _, cues = line.strip().partition(":")
+            weight = float(weight_s)
+            for cue in cues.split():
+                if cue.count("_") > 1 or (cue.endswith("*") and len(cue) < 5):
+                    raise ValueError(f"bad cue {cue!r}: phrases have two words, stems 4+ letters")
+                cue = cue.replace("_", " ")
+                if cue.endswith("*"):
+                    stems.setdefault(cue[:-1], []).append((cat, weight))
+                else:
+                    words.setdefault(cue, []).append((cat, weight))
+    cjk: list[tuple[str, str, float]] = []
+    for cat, spec in _CJK.items():
+        weight_s, _, cues = spec.partition(":")
+        cjk.extend((cue, cat, float(weight_s)) for cue in cues.split())
+    return (
+        {k: tuple(v) for k, v in words.items()},
+        {k: tuple(v) for k, v in stems.items()},
+        tuple(cjk),
+    )
+
+
+_WORDS, _STEMS, _CJK_CUES = _parse_tables()
+_WORD_KEYS = frozenset(k for k in _WORDS if " " not in k)
+_PHRASE_KEYS = frozenset(k for k in _WORDS if " " in k)
+_STEM_RE = re.compile(
+    r"\b(" + "|".join(re.escape(s) for s in sorted(_STEMS, key=len, reverse=True)) + r")"
+)
+_TOKEN = re.compile(r"\w[\w'+#\-]*")
+_WIDE = re.compile(r"[\u3040-\u30ff\u4e00-\u9fff]")
+
+
+@dataclass(slots=True, frozen=True)
+class Category:
+    name: str
+    confidence: float  # share of the winner in all points scored, 0..1
+    cues: tuple[str, ...]  # the winner's strongest cues, for the human reason
+
+    def to_dict(self) -> dict[str, object]:
+        return {"name": self.name, "confidence": round(self.confidence, 3), "cues": list(self.cues)}
+
+
+def _score_text(
+    text: str, weight: float, scores: dict[str, float], cues: dict[str, list[tuple[float, str]]]
+) -> None:
+    if not text:
+        return
+    tokens = _TOKEN.findall(text)
+    found = set(tokens) & _WORD_KEYS
+    if len(tokens) > 1:
+        found |= set(map(" ".join, pairwise(tokens))) & _PHRASE_KEYS
+    for key in found:
+        for cat, w in _WORDS[key]:
+            scores[cat] += w * weight
+            cues[cat].append((w * weight, key))
+    for stem in set(_STEM_RE.findall(text)):
+        for cat, w in _STEMS[stem]:
+            scores[cat] += w * weight
+            cues[cat].append((w * weight, stem + "*"))
+    if _WIDE.search(text):
+        for cue, cat, w in _CJK_CUES:
+            if cue in text:
+                scores[cat] += w * weight
+                cues[cat].append((w * weight, cue))
+    for cat, markers in _MARKERS.items():
+        for marker, w, label in markers:
+            if marker in text:
+                scores[cat] += w * weight
+                cues[cat].append((w * weight, label))
+    for cat, pattern, w, label in _PATTERNS:
+        if pattern.search(text):
+            scores[cat] += w * weight
+            cues[cat].append((w * weight, label))
+
+
+def classify(features: Features) -> Category:
+    """The task category of the request whose features are given."""
+    try:
+        scores = dict.fromkeys(CATEGORIES, 0.0)
+        cues: dict[str, list[tuple[float, str]]] = {c: [] for c in CATEGORIES}
+        _score_text(features.head, _HEAD_WEIGHT, scores, cues)
+        _score_text(features.tail, _TAIL_WEIGHT, scores, cues)
+        _score_text(features.system, _SYSTEM_WEIGHT, scores, cues)
+        # Long material with an instruction to shorten it is the summarization signature.
+        if features.chars > 1500 and scores[SUMMARIZATION] > 0:
+            scores[SUMMARIZATION] += 2.0
+            cues[SUMMARIZATION].append((2.0, "long input"))
+        best = max(CATEGORIES, key=scores.__getitem__)
+        top = scores[best]
+    except Exception as exc:  # a bug here must not become a 500 without a reason
+        raise ClassifierError(f"{type(exc).__name__}: {exc}") from exc
+    if top < _MIN_SCORE:
+        text = features.head.strip()
+        if top > 0:
+            name = best
+        elif len(text) <= _SHORT_CHARS and not text.endswith(("?", "\uff1f")):
+            name = CHAT
+        else:
+            name = QA
+        reason = "no clear cue, short message" if name == CHAT else "no clear cue"
+        return Category(name, 0.5 if top > 0 else 0.3, (reason,) if top == 0 else _top(cues[name]))
+    total = sum(scores.values())
+    return Category(best, top / total, _top(cues[best]))
+
+
+def _top(found: list[tuple[float, str]]) -> tuple[str, ...]:
+    found.sort(key=lambda x: -x[0])
+    return tuple(dict.fromkeys(label for _, label in found))[:3]

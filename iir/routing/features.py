@@ -1,0 +1,106 @@
+"""The cheap facts about a chat request that routing decides on.
+
+Everything here is linear in the prompt and allocation-light, because it runs before every routed
+request; the text the classifier reads is bounded (:data:`HEAD_CHARS`, :data:`TAIL_CHARS`) so that
+a 100 KB prompt costs no more to classify than a 3 KB one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..protocol import ChatRequest
+from .language import detect
+
+# The classifier reads the start and the end of the last user message: instructions sit there
+# ("Summarize this: <article>", "<code> Why does this fail?"); the middle is mostly material.
+HEAD_CHARS = 500
+TAIL_CHARS = 250
+
+
+@dataclass(slots=True, frozen=True)
+class Features:
+    prompt_tokens: int
+    output_tokens: int | None  # what the client asked for (max_tokens), None when unbounded
+    needs_tools: bool
+    needs_vision: bool
+    needs_structured: bool  # response_format json_object / json_schema
+    turns: int  # messages in the conversation
+    language: str  # ISO 639-1 code, or "und" when unknown
+    head: str  # start of the last user message, lower-cased
+    tail: str  # end of the last user message (empty when the message is short), lower-cased
+    system: str  # start of the system/developer prompt, lower-cased
+    chars: int  # length of the last user message
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "output_tokens": self.output_tokens,
+            "needs_tools": self.needs_tools,
+            "needs_vision": self.needs_vision,
+            "needs_structured": self.needs_structured,
+            "turns": self.turns,
+            "language": self.language,
+            "chars": self.chars,
+        }
+
+
+def estimate_tokens_fallback(text: str) -> int:
+    """Rough count used only until the Rust counter (``iir.tokens``) is available: ~4 chars/token
+    for Latin scripts, ~1 token per CJK character."""
+    n = len(text)
+    if text.isascii():
+        return (n + 3) // 4
+    wide = (len(text.encode("utf-8")) - n) // 2  # a CJK character is 3 bytes in UTF-8
+    return (max(n - wide, 0) + 3) // 4 + wide
+
+
+def count_prompt_tokens(chat: ChatRequest) -> int:
+    total = 3
+    for m in chat.messages:
+        total += 4 + estimate_tokens_fallback(m.text())
+    return total
+
+
+def _needs_vision(chat: ChatRequest) -> bool:
+    for m in chat.messages:
+        if isinstance(m.content, list):
+            for part in m.content:
+                if part.type == "image_url":
+                    return True
+    return False
+
+
+def _needs_structured(chat: ChatRequest) -> bool:
+    fmt = chat.response_format
+    return isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema")
+
+
+def extract(chat: ChatRequest) -> Features:
+    last = ""
+    system = ""
+    for m in chat.messages:
+        if m.role == "user":
+            last = m.text()
+        elif m.role in ("system", "developer") and not system:
+            system = m.text()[:HEAD_CHARS]
+    n = len(last)
+    if n <= HEAD_CHARS + TAIL_CHARS:
+        head, tail = last.lower(), ""
+    else:
+        head, tail = last[:HEAD_CHARS].lower(), last[-TAIL_CHARS:].lower()
+    tools = bool(chat.tools) and chat.tool_choice != "none"
+    return Features(
+        prompt_tokens=count_prompt_tokens(chat),
+        output_tokens=chat.output_limit,
+        needs_tools=tools,
+        needs_vision=_needs_vision(chat),
+        needs_structured=_needs_structured(chat),
+        turns=len(chat.messages),
+        language=detect(head),
+        head=head,
+        tail=tail,
+        system=system.lower(),
+        chars=n,
+    )
