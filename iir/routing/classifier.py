@@ -77,30 +77,34 @@ _LATIN: dict[str, str] = {
         3: variable variables array arrays hashmap dictionary linked_list binary_search quicksort
         3: syntax typeerror valueerror keyerror indexerror undefined null pointer loop
         2: query queries database index server client library framework deploy repository
-        2: frontend backend microservice lambda thread threads mutex deadlock memory_leak
+        3: thread threads struct structs mutex deadlock memory_leak
+        2: frontend backend microservice lambda process processes
         2: import export boolean integer string strings parse parser cli
     """,
     MATH: """
         4: integral integrate derivative differentiate ableitung intégrale dérivée integrale derivada
-        4: equation equations gleichung équation ecuación equação solve löse résous resuelve resolva
-        3: calculate berechne calcule calcula calcular compute sum product factor* polynomial
+        4: equation equations gleichung équation ecuación equação equazione
+        2: solve löse résous resuelve resolva risolvi
+        3: calculate berechne calcule calcula calcular calcola compute sum factor* polynomial prove
+        3: irrational square_root angle angles hexagon polygon perimeter diagonal
+        1: product
         3: probability wahrscheinlichkeit probabilité probabilidad probabilidade matrix matrices
         3: eigenvalue* vector vectors prime primes divisible logarithm log sin cos tan sqrt
         3: percent percentage prozent pourcentage porcentaje porcentagem fraction fractions
         3: geometry triangle circle radius area volume hypotenuse theorem lemma algebra calculus
         2: average mean median variance deviation statistics interest compound
         2: multiply multiplied divide divided plus minus times squared cubed
-        2: how_much how_many wie_viel combien cuánto quanto
+        1: how_much how_many wie_viel combien cuánto quanto
     """,
     REASONING: """
         4: riddle rätsel énigme acertijo enigma charada puzzle logic_puzzle brain_teaser
         3: step_by by_step schritt_für étape_par paso_a passo_a think_through reason_through
-        3: trade-offs tradeoffs trade_offs pros_and pros_cons advantages_and disadvantages
+        3: trade-offs tradeoffs trade_offs pros_and pros_cons advantages_and disadvantages pros cons prós contras
         3: should_i should_we sollte_ich devrais-je debería dilemma decide decision
         3: compare contrast vergleiche compare* compara* evaluate assess analyze analyse analyze*
         3: implications consequences hypothetical scenario argue argument counterargument
         3: logically deduce deduction infer inference paradox fallacy syllogism
-        2: heavier lighter taller shorter older younger faster slower liar truth-teller
+        2: heavier lighter taller shorter older younger faster slower liar liars lies truth scenarios consider
         2: strategy strategic plan prioritize weigh justify because therefore if_all all_are
         2: which_is which_one better worse
     """,
@@ -110,16 +114,17 @@ _LATIN: dict[str, str] = {
         3: write_a write_me schreibe_ein écris écris-moi escribe escreva compose imagine
         3: fiction fictional novel chapter character characters plot villain hero dragon
         3: slogan tagline jingle rap song verse verses rhyme rhymes screenplay dialogue monologue
-        3: creative kreativ créatif creativo criativo funny humorous joke witty
+        4: joke jokes
+        3: creative kreativ créatif creativo criativo funny humorous witty whimsical scrivi
         2: once_upon il_était érase_una era_uma es_war toast speech birthday wedding
     """,
     SUMMARIZATION: """
         5: summarize summarise summary summarization zusammenfassen zusammenfassung fasse
-        5: résume résumer résumé resume resumir resumen resuma resumo tl;dr tldr sintetiza
+        5: résume résumer résumé resume resumir resumen resuma resumo tl;dr tldr sintetiza riassumi riassunto
         4: key_points main_points kernaussagen points_clés puntos_clave pontos_principais
         4: condense shorten recap gist overview brief_summary in_short nutshell
-        3: bullet_points few_sentences one_sentence one_paragraph abstract takeaways
-        2: article text paragraph report meeting transcript notes email passage
+        3: bullet_points few_sentences one_sentence one_line one_paragraph abstract takeaways
+        1: article text paragraph report meeting transcript notes email passage
     """,
     TRANSLATION: """
         5: translate translation translator übersetze übersetzen übersetzung traduis traduire
@@ -127,15 +132,20 @@ _LATIN: dict[str, str] = {
         4: into_english into_german into_french into_spanish into_portuguese into_chinese
         4: into_japanese into_italian ins_englische ins_deutsche en_anglais en_français
         4: en_espagnol en_allemand al_inglés al_español al_francés para_o para_inglês
-        3: in_english auf_englisch auf_deutsch en_inglés em_inglês
+        3: in_english auf_englisch auf_deutsch en_inglés em_inglês in_german in_french in_spanish
+        3: in_japanese in_chinese in_portuguese in_italian to_english to_german to_french to_spanish
+        3: to_japanese to_chinese to_portuguese to_italian
+        2: you_say
+        1: english german french spanish portuguese chinese japanese italian
     """,
     EXTRACTION: """
         5: extract extraction extrahiere extrahieren extrais extraire extrae extraer extraia extrair
         4: pull_out list_all find_all identify_all extract_all all_emails
-        4: json_object as_json in_json json_format csv_format key-value entities
+        4: json_object json_format csv_format key-value entities action_items
+        2: as_json in_json hashtag hashtags urls
         4: names_of emails phone_numbers email_addresses dates_mentioned fields
-        3: parse_the structured_data table_of named_entities entity invoice_number
-        2: json csv yaml table field columns
+        3: parse_the parse_this structured_data table_of named_entities entity invoice_number
+        1: json csv yaml table field columns
     """,
 }
 
@@ -179,9 +189,10 @@ _PATTERNS: tuple[tuple[str, re.Pattern[str], float, str], ...] = (
     (
         MATH,
         re.compile(r"\d(?:\s*[*/\u00d7\u00f7=]\s*\(?-?\d|\s+[-+]\s+\(?\d|\+\d)|\^\d"),
-        3.0,
+        4.0,
         "arithmetic",
     ),
+    (MATH, re.compile(r"\d\s?%"), 2.0, "percentage"),
     (
         CODING,
         re.compile(r"\b(?:def|function|fn|func) \w+\(|\bimport [\w.]+$|\bselect \S.* from "),
@@ -196,6 +207,11 @@ _TAIL_WEIGHT = 1.0
 _SYSTEM_WEIGHT = 0.5
 # Below this best score the request has no clear cue: short small talk or a plain question.
 _MIN_SCORE = 2.0
+_SECTION_CAP = 9.0
+_LEAD_BONUS = 1.5
+_END_BONUS = 1.0
+_SMALL_TALK_CHARS = 120
+_CLAUSE_END = re.compile(r"[:\n\u3002\uff1a?\uff1f!]|\.\s")
 _SHORT_CHARS = 25
 
 
@@ -250,12 +266,19 @@ class Category:
 
 
 def _score_text(
-    text: str, weight: float, scores: dict[str, float], cues: dict[str, list[tuple[float, str]]]
+    text: str, weight: float, total: dict[str, float], cues: dict[str, list[tuple[float, str]]]
 ) -> None:
+    """Adds the points ``text`` scores, each category capped at :data:`_SECTION_CAP` times the
+    weight: a category is as strong as its few strongest cues, so a long text full of one
+    topic's words (material) cannot outvote the instruction about what to do with it."""
     if not text:
         return
+    scores = dict.fromkeys(CATEGORIES, 0.0)
     tokens = _TOKEN.findall(text)
-    found = set(tokens) & _WORD_KEYS
+    words = set(tokens)
+    if "'" in text:  # elisions: l'area, d'une, qu'il; keep the whole token too (what's)
+        words.update(t.rpartition("'")[2] for t in tokens if "'" in t)
+    found = words & _WORD_KEYS
     if len(tokens) > 1:
         found |= set(map(" ".join, pairwise(tokens))) & _PHRASE_KEYS
     for key in found:
@@ -280,6 +303,10 @@ def _score_text(
         if pattern.search(text):
             scores[cat] += w * weight
             cues[cat].append((w * weight, label))
+    cap = _SECTION_CAP * weight
+    for cat, v in scores.items():
+        if v:
+            total[cat] += min(v, cap)
 
 
 def classify(features: Features) -> Category:
@@ -287,9 +314,22 @@ def classify(features: Features) -> Category:
     try:
         scores = dict.fromkeys(CATEGORIES, 0.0)
         cues: dict[str, list[tuple[float, str]]] = {c: [] for c in CATEGORIES}
-        _score_text(features.head, _HEAD_WEIGHT, scores, cues)
-        _score_text(features.tail, _TAIL_WEIGHT, scores, cues)
+        head, tail = features.head, features.tail
+        _score_text(head, _HEAD_WEIGHT, scores, cues)
+        _score_text(tail, _TAIL_WEIGHT, scores, cues)
         _score_text(features.system, _SYSTEM_WEIGHT, scores, cues)
+        # The instruction is the first clause or the last line; the rest is mostly material
+        # (an article to summarize, code to translate), so those two count extra.
+        m = _CLAUSE_END.search(head, 0, 200)
+        if m is not None and m.end() < len(head.rstrip()):
+            _score_text(head[: m.end()], _LEAD_BONUS, scores, cues)
+            last = (tail or head).rstrip()
+            cut = max(last.rfind("\n"), last.rfind(". "))
+            if cut > 0:
+                _score_text(last[cut:], _END_BONUS, scores, cues)
+        # Small talk is short: greetings and thanks inside a long text are material.
+        if features.chars > _SMALL_TALK_CHARS:
+            scores[CHAT] *= 0.3
         # Long material with an instruction to shorten it is the summarization signature.
         if features.chars > 1500 and scores[SUMMARIZATION] > 0:
             scores[SUMMARIZATION] += 2.0
@@ -299,15 +339,16 @@ def classify(features: Features) -> Category:
     except Exception as exc:  # a bug here must not become a 500 without a reason
         raise ClassifierError(f"{type(exc).__name__}: {exc}") from exc
     if top < _MIN_SCORE:
+        # Weak cues: a question is general Q&A, a short remark small talk.
         text = features.head.strip()
-        if top > 0:
-            name = best
-        elif len(text) <= _SHORT_CHARS and not text.endswith(("?", "\uff1f")):
+        if text.endswith(("?", "\uff1f")):
+            name = QA
+        elif len(text) <= _SHORT_CHARS:
             name = CHAT
         else:
-            name = QA
-        reason = "no clear cue, short message" if name == CHAT else "no clear cue"
-        return Category(name, 0.5 if top > 0 else 0.3, (reason,) if top == 0 else _top(cues[name]))
+            name = best if top > 0 else QA
+        found = _top(cues[name])
+        return Category(name, 0.5 if found else 0.3, found or ("no clear cue",))
     total = sum(scores.values())
     return Category(best, top / total, _top(cues[best]))
 
