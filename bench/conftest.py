@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import time
@@ -61,6 +62,28 @@ def bare_port() -> Iterator[int]:
         except httpx.HTTPError:
             time.sleep(0.1)
     yield port
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def fake_upstream() -> Iterator[str]:
+    """The bench upstream in its own process; yields its base URL (ending in /v1)."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "bench" / "fake_upstream.py"), str(port)],
+        stdout=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == b"ready"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}/v1"
     proc.terminate()
     proc.wait(10)
 

@@ -20,6 +20,7 @@ from granian.rsgi import ProtocolClosed
 from . import __version__, metrics, openapi
 from .auth import KeyRing
 from .backends.echo import EchoBackend
+from .backends.remote import remote_backends
 from .chat import ChatService
 from .config import Settings, load_settings
 from .errors import ApiError
@@ -44,14 +45,16 @@ class App:
         self.settings = settings
         self.keys = KeyRing(settings.api_keys)
         self.echo = EchoBackend(settings.echo_token_delay_ms)
-        self.registry = ModelRegistry([self.echo])
+        self.registry = ModelRegistry([self.echo, *remote_backends(settings)])
         self.routing = ModelRouter(
             settings.routing_policy or load_policy(settings.routing_file),
             self.registry,
             settings.routing_strategy,
             settings.local_max_queue,
         )
-        self.chat = ChatService(self.registry, self.routing, settings.default_model)
+        self.chat = ChatService(
+            self.registry, settings.upstream.fallbacks, self.routing, settings.default_model
+        )
         self.router = Router(self._routes())
         self._openapi: bytes | None = None
         self._docs_dir = openapi.swagger_dir()

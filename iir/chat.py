@@ -7,11 +7,11 @@ Cross-cutting steps that wrap every route (rate limits, auth, metrics, logs) liv
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import aclosing
 from typing import Any
 
-from . import metrics
+from . import metrics, overhead
 from .backends.base import Backend, Completion, Delta, StreamEvent, Usage
 from .errors import ApiError
 from .http import SSE_DONE, SSE_HEADERS, Request, Response, StreamResponse, json_response, sse_frame
@@ -97,54 +97,60 @@ async def _primed(
     return first, events
 
 
-def _can_fall_back(exc: Exception) -> bool:
-    """Failures another model may not share: the backend's own trouble, not the request's."""
-    if isinstance(exc, ApiError):
-        return exc.status >= 500 or exc.status in (404, 408, 429)
-    return True
+# Errors that say "this candidate cannot serve now" (so the next one may), as opposed to errors in
+# the client's own request, which every candidate would refuse alike.
+_FALLBACK_STATUSES = frozenset({401, 403, 404, 408, 409, 429})
 
 
-def _fell_back(name: str, nxt: str, exc: Exception) -> None:
-    why = exc.message if isinstance(exc, ApiError) else type(exc).__name__
-    log.warning(
-        "model failed before the first byte; trying the next candidate",
-        extra={"event": "fallback", "model": name, "next": nxt, "error": why},
-    )
-    metrics.FALLBACKS.labels(name, nxt).inc()
+def falls_back(err: ApiError) -> bool:
+    return err.status >= 500 or err.status in _FALLBACK_STATUSES
 
 
 class ChatService:
-    """Runs chat requests; the HTTP route, async jobs and ``/infer`` all come through here."""
+    """Runs chat requests; the HTTP route, async jobs and ``/infer`` all come through here.
+
+    ``fallbacks`` maps a model to the alternatives tried, in order, when it fails before any byte
+    reached the client; a routing step can instead pass its own list to :meth:`complete_from` or
+    :meth:`stream_from`. ``router`` decides for ``model: "auto"`` (and adds its fallbacks after a
+    named model's); ``default_model`` fills in a request that names no model.
+    """
 
     def __init__(
         self,
         registry: ModelRegistry,
+        fallbacks: Mapping[str, Sequence[str]] | None = None,
         router: Router | None = None,
         default_model: str | None = None,
     ) -> None:
         self.registry = registry
+        self.fallbacks = dict(fallbacks or {})
         self.router = router
         self.default_model = default_model
 
     async def handle(self, req: Request) -> Response | StreamResponse:
+        meter = overhead.start()
         chat = self.parse(await req.json())
         req.state["model"] = chat.model
         decision = self.route(chat, req.header("x-iir-strategy"))
+        candidates = self.plan(chat, decision)
+        resp: Response | StreamResponse
         if chat.stream:
-            return await self.stream(chat, decision)
-        body = await self.complete(chat, decision)
-        headers = decision.headers(body["model"]) if decision is not None else []
-        return json_response(body, headers=headers)
+            resp = await self.stream_from(chat, candidates, decision)
+        else:
+            body = await self.complete_from(chat, candidates)
+            resp = json_response(body, headers=decision.headers(body["model"]) if decision else [])
+        spent = meter.overhead()
+        metrics.OVERHEAD.observe(spent)
+        resp.headers.append(("x-iir-overhead-ms", f"{spent * 1000:.3f}"))
+        return resp
 
-    def parse(self, body: Any) -> ChatRequest:
-        """Validates a decoded JSON body into a chat request (400 naming the bad field)."""
-        if self.default_model and isinstance(body, dict) and body.get("model") is None:
-            body = {**body, "model": self.default_model}
-        return parse_chat_request(body)
+    def candidates(self, model: str) -> list[str]:
+        """The model asked for, then its configured fallbacks."""
+        return [model, *self.fallbacks.get(model, ())]
 
     def route(self, chat: ChatRequest, strategy: str | None = None) -> Decision | None:
-        """Where ``chat`` runs: routed for ``auto``; for a named model, the model itself first and
-        routed fallbacks after it (a name nothing serves is 404 here, before any routing)."""
+        """Where ``chat`` runs: routed for ``auto``; a named model runs first, with the routed
+        candidates as its fallbacks (a name nothing serves is 404 here, before any routing)."""
         if self.router is None:
             return None
         chosen = check_strategy(strategy, self.router.strategy)
@@ -153,52 +159,74 @@ class ChatService:
         self.registry.resolve(chat.model)
         return self.router.decide(chat, chosen, explicit=chat.model)
 
-    def _candidates(self, chat: ChatRequest, decision: Decision | None) -> list[str]:
-        if decision is None and is_auto(chat.model) and self.router is not None:
+    def plan(self, chat: ChatRequest, decision: Decision | None = None) -> list[str]:
+        """The ordered candidate models: the decision's, after a named model's own fallbacks."""
+        if decision is None and self.router is not None and is_auto(chat.model):
             decision = self.router.decide(chat)
-        return decision.candidates if decision is not None else [chat.model]
+        if decision is None:
+            return self.candidates(chat.model)
+        if not decision.explicit:
+            return decision.candidates
+        return list(dict.fromkeys([*self.candidates(chat.model), *decision.candidates[1:]]))
 
-    async def complete(self, chat: ChatRequest, decision: Decision | None = None) -> dict[str, Any]:
-        """Runs a request to the end and returns the ``chat.completion`` body; when a candidate
-        fails, the next one is tried (nothing has reached the client yet)."""
-        candidates = self._candidates(chat, decision)
-        for i, name in enumerate(candidates):
-            last = i == len(candidates) - 1
+    def parse(self, body: Any) -> ChatRequest:
+        """Validates a decoded JSON body into a chat request (400 naming the bad field)."""
+        if self.default_model and isinstance(body, dict) and body.get("model") is None:
+            body = {**body, "model": self.default_model}
+        return parse_chat_request(body)
+
+    async def complete(self, chat: ChatRequest) -> dict[str, Any]:
+        """Runs a request to the end and returns the ``chat.completion`` body."""
+        return await self.complete_from(chat, self.plan(chat))
+
+    async def complete_from(self, chat: ChatRequest, candidates: Sequence[str]) -> dict[str, Any]:
+        """Tries ``candidates`` in order; the first answer wins, and names the model it came from."""
+        for i, model in enumerate(candidates):
             try:
-                backend, target = self.registry.resolve(name)
+                backend, target = self.registry.resolve(model)
                 completion = await backend.complete(chat, target)
-            except Exception as exc:
-                if last or not _can_fall_back(exc):
+            except ApiError as err:
+                if i + 1 == len(candidates) or not falls_back(err):
                     raise
-                _fell_back(name, candidates[i + 1], exc)
+                self._fell_back(model, candidates[i + 1], err)
                 continue
-            self._count(name, completion.usage)
-            return completion_body(completion_id(), now(), name, completion)
-        raise AssertionError("unreachable: the candidate list is never empty")
+            self._count(model, completion.usage)
+            return completion_body(completion_id(), now(), model, completion)
+        raise ValueError("no candidate model")  # pragma: no cover - candidates is never empty
 
-    async def stream(self, chat: ChatRequest, decision: Decision | None = None) -> StreamResponse:
-        """Starts a streamed run; failures before the first piece still get a proper status, and
-        move on to the next candidate while there is one."""
-        candidates = self._candidates(chat, decision)
-        for i, name in enumerate(candidates):
-            last = i == len(candidates) - 1
-            events: AsyncIterator[StreamEvent] | None = None
+    async def stream(self, chat: ChatRequest) -> StreamResponse:
+        """Starts a streamed run; failures before the first piece still get a proper status."""
+        return await self.stream_from(chat, self.plan(chat))
+
+    async def stream_from(
+        self, chat: ChatRequest, candidates: Sequence[str], decision: Decision | None = None
+    ) -> StreamResponse:
+        """Like :meth:`complete_from`: a candidate failing before its first piece yields to the next."""
+        for i, model in enumerate(candidates):
             try:
-                backend, target = self.registry.resolve(name)
+                backend, target = self.registry.resolve(model)
                 events = backend.stream(chat, target)
-                first, events = await _primed(events)
-            except BaseException as exc:
-                if events is not None:
+                try:
+                    first, events = await _primed(events)
+                except BaseException:
                     await events.aclose()  # type: ignore[attr-defined]
-                if last or not isinstance(exc, Exception) or not _can_fall_back(exc):
                     raise
-                _fell_back(name, candidates[i + 1], exc)
+            except ApiError as err:
+                if i + 1 == len(candidates) or not falls_back(err):
+                    raise
+                self._fell_back(model, candidates[i + 1], err)
                 continue
             headers = list(SSE_HEADERS)
             if decision is not None:
-                headers += decision.headers(name)
-            return StreamResponse(self._sse(chat, backend, first, events, name), headers=headers)
-        raise AssertionError("unreachable: the candidate list is never empty")
+                headers += decision.headers(model)
+            return StreamResponse(self._sse(chat, model, backend, first, events), headers=headers)
+        raise ValueError("no candidate model")  # pragma: no cover - candidates is never empty
+
+    def _fell_back(self, model: str, nxt: str, err: ApiError) -> None:
+        log.warning(
+            "model failed; trying its fallback",
+            extra={"model": model, "event": "fallback", "status": err.status, "reason": nxt},
+        )
 
     def _count(self, model: str, usage: Usage | None) -> None:
         if usage is not None:
@@ -208,10 +236,10 @@ class ChatService:
     async def _sse(
         self,
         chat: ChatRequest,
+        model: str,
         backend: Backend,
         first: StreamEvent | None,
         events: AsyncIterator[StreamEvent],
-        model: str,
     ) -> AsyncIterator[bytes]:
         cid, created = completion_id(), now()
         yield sse_frame(

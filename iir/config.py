@@ -23,6 +23,37 @@ class ConfigError(Exception):
 
 
 @dataclass(frozen=True)
+class UpstreamSettings:
+    """How IIR talks to remote providers: timeouts, retries, circuit breaker, fallbacks."""
+
+    connect_timeout: float = 5.0
+    first_byte_timeout: float = 120.0
+    idle_timeout: float = 60.0
+    retries: int = 2
+    backoff_base: float = 0.25
+    backoff_max: float = 8.0
+    breaker_window: float = 30.0
+    breaker_min_requests: int = 10
+    breaker_failure_rate: float = 0.5
+    breaker_open_seconds: float = 15.0
+    models_refresh_seconds: float = 600.0
+    models_timeout: float = 5.0
+    anthropic_max_tokens: int = 4096
+    # model -> ordered alternatives tried when it fails before any byte reached the client
+    fallbacks: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+# Base URLs a provider may be pointed at; each must be an http(s) URL.
+PROVIDER_URL_VARS = (
+    "IIR_OPENAI_BASE_URL",
+    "IIR_ANTHROPIC_BASE_URL",
+    "IIR_GROK_BASE_URL",
+    "IIR_OPENROUTER_BASE_URL",
+    "IIR_OPENLLAMA_BASE_URL",
+)
+
+
+@dataclass(frozen=True)
 class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
@@ -40,6 +71,7 @@ class Settings:
     local_max_queue: int = 8
     default_model: str | None = None
     routing_policy: Any = field(default=None, repr=False)  # iir.routing.policy.Policy
+    upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
     # The merged environment (file values overlaid by the process environment): providers and the
     # secret scrubber read their own variables from here.
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
@@ -144,6 +176,58 @@ def _routing(env: Mapping[str, str]) -> dict[str, object]:
     }
 
 
+def _fallbacks(env: Mapping[str, str]) -> dict[str, tuple[str, ...]]:
+    """``IIR_FALLBACKS=model=alt1|alt2;other=alt3`` (whitespace around items is ignored)."""
+    raw = env.get("IIR_FALLBACKS", "").strip()
+    out: dict[str, tuple[str, ...]] = {}
+    if not raw:
+        return out
+    for rule in raw.split(";"):
+        rule = rule.strip()
+        if not rule:
+            continue
+        model, sep, alts = rule.partition("=")
+        model = model.strip()
+        chain = tuple(a.strip() for a in alts.split("|") if a.strip())
+        if not sep or not model or not chain:
+            raise ConfigError(
+                f"IIR_FALLBACKS: {rule!r} is not 'model=alternative|alternative' "
+                "(rules are separated by ';')"
+            )
+        if model in out:
+            raise ConfigError(f"IIR_FALLBACKS: {model!r} has two rules")
+        if model in chain:
+            raise ConfigError(f"IIR_FALLBACKS: {model!r} lists itself as its fallback")
+        out[model] = tuple(dict.fromkeys(chain))
+    return out
+
+
+def _upstream(env: Mapping[str, str]) -> UpstreamSettings:
+    for name in PROVIDER_URL_VARS:
+        raw = env.get(name, "").strip()
+        if raw and not (raw.startswith(("http://", "https://")) and len(raw.split("://", 1)[1])):
+            raise ConfigError(f"{name}={raw!r} must be an http:// or https:// URL")
+    rate = _float(env, "IIR_BREAKER_FAILURE_RATE", 0.5, 0.0)
+    if not 0.0 < rate <= 1.0:
+        raise ConfigError(f"IIR_BREAKER_FAILURE_RATE={rate:g} must be above 0 and at most 1")
+    return UpstreamSettings(
+        connect_timeout=_float(env, "IIR_UPSTREAM_CONNECT_TIMEOUT", 5.0, 0.001),
+        first_byte_timeout=_float(env, "IIR_UPSTREAM_FIRST_BYTE_TIMEOUT", 120.0, 0.001),
+        idle_timeout=_float(env, "IIR_UPSTREAM_IDLE_TIMEOUT", 60.0, 0.001),
+        retries=_int(env, "IIR_UPSTREAM_RETRIES", 2, 0, 10),
+        backoff_base=_float(env, "IIR_UPSTREAM_BACKOFF_BASE", 0.25, 0.0),
+        backoff_max=_float(env, "IIR_UPSTREAM_BACKOFF_MAX", 8.0, 0.0),
+        breaker_window=_float(env, "IIR_BREAKER_WINDOW", 30.0, 0.001),
+        breaker_min_requests=_int(env, "IIR_BREAKER_MIN_REQUESTS", 10, 1),
+        breaker_failure_rate=rate,
+        breaker_open_seconds=_float(env, "IIR_BREAKER_OPEN_SECONDS", 15.0, 0.001),
+        models_refresh_seconds=_float(env, "IIR_MODELS_REFRESH_SECONDS", 600.0, 1.0),
+        models_timeout=_float(env, "IIR_MODELS_TIMEOUT", 5.0, 0.001),
+        anthropic_max_tokens=_int(env, "IIR_ANTHROPIC_MAX_TOKENS", 4096, 1),
+        fallbacks=_fallbacks(env),
+    )
+
+
 def load_settings(
     environ: Mapping[str, str] | None = None,
     env_file: str | os.PathLike[str] | None = None,
@@ -164,5 +248,6 @@ def load_settings(
         shutdown_timeout=_float(env, "IIR_SHUTDOWN_TIMEOUT", 30.0, 0.0),
         echo_token_delay_ms=_float(env, "IIR_ECHO_TOKEN_DELAY_MS", 0.0, 0.0),
         **_routing(env),
+        upstream=_upstream(env),
         env=env,
     )

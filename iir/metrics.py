@@ -77,10 +77,53 @@ ROUTE_DECISION_SECONDS = Histogram(
     buckets=(0.00002, 0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01),
     registry=REGISTRY,
 )
-FALLBACKS = Counter(
-    "iir_fallbacks",
-    "Requests moved to the next candidate model after a failure before the first byte",
-    ["model", "next"],
+
+UPSTREAM_REQUESTS = Counter(
+    "iir_upstream_requests",
+    "Attempts sent to remote providers, by provider and outcome (HTTP status, or "
+    "connect_error|timeout|bad_response)",
+    ["provider", "status"],
+    registry=REGISTRY,
+)
+UPSTREAM_LATENCY = Histogram(
+    "iir_upstream_latency_seconds",
+    "Time of one upstream attempt, from sending the request to the last byte of the answer",
+    ["provider"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+UPSTREAM_TTFT = Histogram(
+    "iir_upstream_ttft_seconds",
+    "Time from sending a streamed request upstream to its first event",
+    ["provider"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+CIRCUIT_STATE = Gauge(
+    "iir_circuit_state",
+    "Circuit breaker per provider: 0 closed, 1 open (failing fast), 2 half-open (probing)",
+    ["provider"],
+    registry=REGISTRY,
+)
+OVERHEAD = Histogram(
+    "iir_overhead_seconds",
+    "Time a chat request spends in IIR itself, up to the response start, excluding the time "
+    "spent waiting on a remote provider",
+    buckets=(
+        0.00005,
+        0.0001,
+        0.00025,
+        0.0005,
+        0.001,
+        0.002,
+        0.005,
+        0.01,
+        0.025,
+        0.05,
+        0.1,
+        0.5,
+        1.0,
+    ),
     registry=REGISTRY,
 )
 

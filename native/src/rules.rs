@@ -1,0 +1,112 @@
+//! The table of secret formats: one stable rule name per pattern.
+//!
+//! Each pattern either redacts its whole match or, when it has a capture group, only the first
+//! group that took part (the password in a URL, the value of an assignment). Patterns are tried
+//! leftmost-first; at the same start position an earlier rule wins.
+
+/// ASCII word boundary: the lazy DFA supports it on any input, unlike the Unicode one.
+const B: &str = r"(?-u:\b)";
+
+/// A rule: its metrics name and its regular expression.
+pub struct Rule {
+    pub name: &'static str,
+    pub pattern: String,
+    /// Token formats are checked for placeholders (`EXAMPLE`, `xxxx`, low variety) after matching.
+    pub token_like: bool,
+}
+
+fn rule(name: &'static str, pattern: String, token_like: bool) -> Rule {
+    Rule {
+        name,
+        pattern,
+        token_like,
+    }
+}
+
+/// Keys whose value is a secret in `key = value`, `"key": "value"`, `key: value`, `?key=value`.
+pub const SECRET_KEY: &str = r"(?i:[a-z0-9_.-]{0,40}?(?:password|passwd|secret|api[_-]?key|apikey|access[_-]?key|private[_-]?key|auth[_-]?token|access[_-]?token|refresh[_-]?token|session[_-]?token|id[_-]?token|bearer[_-]?token|token))";
+
+/// The built-in rules, in priority order.
+pub fn builtin() -> Vec<Rule> {
+    let tok = |name, p: &str| rule(name, format!("{B}{p}"), true);
+    vec![
+        rule(
+            "pem_private_key",
+            r"-----BEGIN[ A-Z0-9]{0,40}PRIVATE KEY(?: BLOCK)?-----[\s\S]{1,16384}?-----END[ A-Z0-9]{0,40}PRIVATE KEY(?: BLOCK)?-----".to_string(),
+            false,
+        ),
+        tok("age_secret_key", r"AGE-SECRET-KEY-1[02-9AC-HJ-NP-Z]{58}"),
+        tok("anthropic_key", r"sk-ant-(?:api|admin|sid|oat)[0-9]{2}-[A-Za-z0-9_-]{20,256}"),
+        tok("openrouter_key", r"sk-or-v1-[0-9a-f]{64}"),
+        tok("openai_key", r"sk-(?:proj|svcacct|admin|None)-[A-Za-z0-9_-]{20,256}"),
+        tok("openai_key", r"sk-[A-Za-z0-9_-]{20,256}"),
+        tok("stripe_secret_key", r"(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{20,247}"),
+        tok("xai_key", r"xai-[A-Za-z0-9]{40,128}"),
+        tok("groq_key", r"gsk_[A-Za-z0-9]{40,64}"),
+        tok("huggingface_token", r"hf_[A-Za-z0-9]{30,40}"),
+        tok("replicate_token", r"r8_[A-Za-z0-9]{30,40}"),
+        tok("perplexity_key", r"pplx-[A-Za-z0-9]{40,64}"),
+        tok("github_token", r"(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{22,255})"),
+        tok("gitlab_token", r"glpat-[A-Za-z0-9_-]{20,64}"),
+        tok("slack_token", r"xox[abposr]-[A-Za-z0-9-]{10,250}"),
+        rule(
+            "slack_webhook",
+            r"https://hooks\.slack\.com/((?:services|workflows|triggers)/[A-Za-z0-9+/_-]{20,200})".to_string(),
+            false,
+        ),
+        tok("google_api_key", r"AIza[0-9A-Za-z_-]{35}"),
+        tok("google_oauth_token", r"ya29\.[0-9A-Za-z_-]{20,2048}"),
+        tok("aws_access_key_id", &format!(r"(?:AKIA|ASIA|ABIA|ACCA|A3T[A-Z0-9])[A-Z0-9]{{16}}{B}")),
+        rule(
+            "aws_secret_key",
+            format!(
+                r#"{B}(?i:aws)[A-Za-z0-9_ .-]{{0,24}}(?i:secret)[A-Za-z0-9_ .-]{{0,24}}["']?\s*(?:[:=]|=>|\s)\s*["']?([A-Za-z0-9/+]{{40}}){B}"#
+            ),
+            true,
+        ),
+        tok("npm_token", r"npm_[A-Za-z0-9]{36}"),
+        tok("pypi_token", r"pypi-AgEIcHlwaS5vcmc[A-Za-z0-9_-]{50,512}"),
+        tok("sendgrid_key", r"SG\.[A-Za-z0-9_-]{22}\.[A-Za-z0-9_-]{43}"),
+        tok("digitalocean_token", r"do[por]_v1_[a-f0-9]{64}"),
+        tok("databricks_token", r"dapi[a-f0-9]{32}(?:-[0-9])?"),
+        tok("vault_token", r"hv[sbr]\.[A-Za-z0-9_-]{24,512}"),
+        tok("twilio_key", &format!(r"SK[0-9a-f]{{32}}{B}")),
+        tok("shopify_token", r"shp(?:at|ca|pa|ss)_[a-fA-F0-9]{32}"),
+        tok("linear_key", r"lin_api_[A-Za-z0-9]{40}"),
+        tok(
+            "jwt",
+            r"eyJ[A-Za-z0-9_-]{10,4096}\.eyJ[A-Za-z0-9_-]{10,8192}\.[A-Za-z0-9_-]{10,4096}",
+        ),
+        rule(
+            "bearer",
+            format!(
+                r#"{B}(?i:authorization|proxy-authorization)["']?\s*[:=]\s*["']?(?i:bearer|token)\s+([A-Za-z0-9._~+/-]{{8,4096}}=*)"#
+            ),
+            false,
+        ),
+        rule(
+            "basic_auth",
+            format!(r#"{B}(?i:basic)\s+([A-Za-z0-9+/]{{8,1024}}={{0,2}}){B}"#),
+            false,
+        ),
+        rule(
+            "bearer",
+            format!(r"{B}(?i:bearer)\s+([A-Za-z0-9._~+/-]{{16,4096}}=*)"),
+            true,
+        ),
+        rule(
+            "url_password",
+            format!(
+                r#"{B}[A-Za-z][A-Za-z0-9+.-]{{1,20}}://[^\s:/?#@"'<>\[\]]{{1,128}}:([^\s/?#@"'<>]{{1,256}})@"#
+            ),
+            false,
+        ),
+        rule(
+            "assignment",
+            format!(
+                r#"{B}{SECRET_KEY}["']?[ \t]*(?:=|:|=>|:=)[ \t]*(?:"([^"\r\n]{{1,512}})"|'([^'\r\n]{{1,512}})'|([^\s"'&,;<>(){{}}\[\]]{{1,512}}))"#
+            ),
+            false,
+        ),
+    ]
+}

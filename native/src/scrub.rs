@@ -1,0 +1,546 @@
+//! Secret scrubbing: one leftmost-first pass of a multi-pattern regex over the text.
+//!
+//! The same search procedure drives the one-shot and the streaming scrubber, so that a stream,
+//! however it is chunked, yields exactly the one-shot output. A stream holds back only the text
+//! from the earliest position where some rule is still alive (its anchored automaton is not dead
+//! at the end of the buffer).
+
+use std::borrow::Cow;
+
+use base64::Engine as _;
+use regex_automata::hybrid::dfa::{Cache as DfaCache, DFA};
+use regex_automata::meta::{Cache as MetaCache, Regex};
+use regex_automata::util::captures::Captures;
+use regex_automata::{Anchored, Input, MatchKind};
+
+use crate::rules::{self, Rule};
+
+/// The replacement for every secret.
+pub const REDACTED: &str = "REDACTED";
+
+/// Rule name for the values of the process's own secret environment variables.
+pub const ENV_SECRET: &str = "env_secret";
+
+/// Shortest value of a secret environment variable that is matched.
+pub const MIN_ENV_SECRET_LEN: usize = 8;
+
+/// Error building a scrubber.
+#[derive(Debug)]
+pub struct BuildError(pub String);
+
+impl std::fmt::Display for BuildError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A compiled set of rules.
+pub struct Scrubber {
+    regex: Regex,
+    dfa: DFA,
+    /// Per pattern: index into `names`, and whether placeholder checks apply.
+    patterns: Vec<(usize, bool)>,
+    names: Vec<&'static str>,
+}
+
+/// Per-call scratch space (caches of the lazy automata).
+pub struct Scratch {
+    meta: MetaCache,
+    caps: Captures,
+    dfa: Option<DfaCache>,
+}
+
+/// What the search found at one position.
+enum Found {
+    /// A secret: the byte span to replace and the rule index.
+    Secret { start: usize, end: usize, rule: usize },
+    /// A match that turned out to be a placeholder: skip one character at `start`.
+    /// `end` is where the checks looked (the byte after the value).
+    Rejected { start: usize, end: usize },
+}
+
+/// Names of the environment variables whose values are secrets.
+pub fn is_secret_env_name(name: &str) -> bool {
+    let upper = name.to_ascii_uppercase();
+    [
+        "KEY",
+        "TOKEN",
+        "SECRET",
+        "PASSWORD",
+        "PASSWD",
+        "CREDENTIAL",
+        "AUTH",
+    ]
+    .iter()
+    .any(|w| upper.contains(w))
+}
+
+/// The forms in which a literal secret is matched: as is, JSON-escaped, URL-encoded, base64.
+pub fn literal_forms(value: &str) -> Vec<String> {
+    let mut forms = vec![value.to_string()];
+    let mut json = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '"' => json.push_str("\\\""),
+            '\\' => json.push_str("\\\\"),
+            '/' => json.push_str("\\/"),
+            '\n' => json.push_str("\\n"),
+            '\r' => json.push_str("\\r"),
+            '\t' => json.push_str("\\t"),
+            c if (c as u32) < 0x20 => json.push_str(&format!("\\u{:04x}", c as u32)),
+            c => json.push(c),
+        }
+    }
+    forms.push(json.replace("\\/", "/"));
+    forms.push(json);
+    forms.push(
+        percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC).to_string(),
+    );
+    forms.push(
+        percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC)
+            .to_string()
+            .replace("%2D", "-")
+            .replace("%2E", ".")
+            .replace("%5F", "_")
+            .replace("%7E", "~"),
+    );
+    let b64 = base64::engine::general_purpose::STANDARD.encode(value.as_bytes());
+    forms.push(b64.trim_end_matches('=').to_string());
+    forms.push(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(value.as_bytes()));
+    forms.retain(|f| f.len() >= MIN_ENV_SECRET_LEN && f != REDACTED);
+    forms.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+    forms.dedup();
+    forms
+}
+
+fn escape_literal(s: &str) -> String {
+    regex_syntax_escape(s)
+}
+
+fn regex_syntax_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 2);
+    for c in s.chars() {
+        if "\\.+*?()|[]{}^$#&-~ \t\n\r\x0b\x0c".contains(c) {
+            if c.is_whitespace() {
+                out.push_str(&format!("\\x{{{:x}}}", c as u32));
+            } else {
+                out.push('\\');
+                out.push(c);
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+impl Scrubber {
+    /// Build from the built-in rules plus literal secrets (already filtered by the caller).
+    pub fn new<S: AsRef<str>>(secrets: &[S]) -> Result<Self, BuildError> {
+        let mut literals: Vec<String> = Vec::new();
+        for s in secrets {
+            let s = s.as_ref();
+            if s.chars().count() < MIN_ENV_SECRET_LEN && s.len() < MIN_ENV_SECRET_LEN {
+                continue;
+            }
+            literals.extend(literal_forms(s));
+        }
+        literals.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+        literals.dedup();
+        let builtin: Vec<Rule> = rules::builtin();
+        let mut names: Vec<&'static str> = vec![ENV_SECRET];
+        let mut patterns: Vec<(usize, bool)> = Vec::new();
+        let mut sources: Vec<String> = Vec::new();
+        if !literals.is_empty() {
+            let alt: Vec<String> = literals.iter().map(|l| escape_literal(l)).collect();
+            sources.push(format!("(?:{})", alt.join("|")));
+            patterns.push((0, false));
+        }
+        for r in builtin {
+            let idx = match names.iter().position(|n| *n == r.name) {
+                Some(i) => i,
+                None => {
+                    names.push(r.name);
+                    names.len() - 1
+                }
+            };
+            sources.push(r.pattern);
+            patterns.push((idx, r.token_like));
+        }
+        let regex = Regex::builder()
+            .configure(
+                Regex::config()
+                    .match_kind(MatchKind::LeftmostFirst)
+                    .hybrid_cache_capacity(8 << 20),
+            )
+            .build_many(&sources)
+            .map_err(|e| BuildError(format!("invalid scrub pattern: {e}")))?;
+        let dfa = DFA::builder()
+            .configure(
+                DFA::config()
+                    .match_kind(MatchKind::LeftmostFirst)
+                    .cache_capacity(8 << 20),
+            )
+            .syntax(regex_automata::util::syntax::Config::new())
+            .build_many(&sources)
+            .map_err(|e| BuildError(format!("invalid scrub pattern: {e}")))?;
+        Ok(Self {
+            regex,
+            dfa,
+            patterns,
+            names,
+        })
+    }
+
+    /// Rule names, indexed like the counts.
+    pub fn rule_names(&self) -> &[&'static str] {
+        &self.names
+    }
+
+    /// Fresh scratch space for this scrubber.
+    pub fn scratch(&self) -> Scratch {
+        Scratch {
+            meta: self.regex.create_cache(),
+            caps: self.regex.create_captures(),
+            dfa: None,
+        }
+    }
+
+    /// Find the next match at or after `pos` in `hay[..end]` (context outside stays visible).
+    fn find(&self, scratch: &mut Scratch, hay: &str, pos: usize, end: usize) -> Option<Found> {
+        let input = Input::new(hay.as_bytes()).span(pos..end);
+        self.regex
+            .search_captures_with(&mut scratch.meta, &input, &mut scratch.caps);
+        let m = scratch.caps.get_match()?;
+        let pid = m.pattern().as_usize();
+        let (rule, token_like) = self.patterns[pid];
+        // The value: the first capture group that took part, else the whole match.
+        let mut span = m.span();
+        for g in 1..scratch.caps.group_len() {
+            if let Some(s) = scratch.caps.get_group(g) {
+                span = s;
+                break;
+            }
+        }
+        let value = &hay[span.start..span.end];
+        let name = self.names[rule];
+        let after = hay[span.end..].chars().next();
+        if accept(name, token_like, value, after) {
+            Some(Found::Secret {
+                start: span.start,
+                end: span.end,
+                rule,
+            })
+        } else {
+            Some(Found::Rejected {
+                start: m.start(),
+                end: span.end,
+            })
+        }
+    }
+
+    /// Scrub a whole text. Returns `Cow::Borrowed` when nothing matched.
+    pub fn scrub<'a>(
+        &self,
+        scratch: &mut Scratch,
+        text: &'a str,
+        counts: &mut [u64],
+    ) -> Cow<'a, str> {
+        let mut out: Option<String> = None;
+        let mut pos = 0;
+        let mut copied = 0;
+        while pos <= text.len() {
+            match self.find(scratch, text, pos, text.len()) {
+                None => break,
+                Some(Found::Rejected { start, .. }) => pos = next_char(text, start),
+                Some(Found::Secret { start, end, rule }) => {
+                    let o = out.get_or_insert_with(|| String::with_capacity(text.len()));
+                    o.push_str(&text[copied..start]);
+                    o.push_str(REDACTED);
+                    counts[rule] += 1;
+                    copied = end;
+                    pos = end.max(next_char(text, start));
+                }
+            }
+        }
+        match out {
+            None => Cow::Borrowed(text),
+            Some(mut o) => {
+                o.push_str(&text[copied..]);
+                Cow::Owned(o)
+            }
+        }
+    }
+
+    /// Whether some rule could still match starting at `s` once more text arrives.
+    fn alive_at(&self, cache: &mut DfaCache, hay: &[u8], s: usize) -> bool {
+        let input = Input::new(hay).span(s..hay.len()).anchored(Anchored::Yes);
+        let Ok(mut sid) = self.dfa.start_state_forward(cache, &input) else {
+            return true;
+        };
+        if sid.is_dead() {
+            return false;
+        }
+        for &b in &hay[s..] {
+            match self.dfa.next_state(cache, sid, b) {
+                Ok(next) => sid = next,
+                Err(_) => return true,
+            }
+            if sid.is_dead() {
+                return false;
+            }
+            if sid.is_quit() {
+                return true;
+            }
+        }
+        true
+    }
+
+    /// Earliest position at or after `from` (a char boundary) where a rule is still alive.
+    fn first_alive(&self, scratch: &mut Scratch, hay: &str, from: usize) -> usize {
+        let cache = scratch
+            .dfa
+            .get_or_insert_with(|| DfaCache::new(&self.dfa));
+        let bytes = hay.as_bytes();
+        let mut s = from;
+        while s < bytes.len() {
+            if self.alive_at(cache, bytes, s) {
+                return s;
+            }
+            s = next_char(hay, s);
+        }
+        bytes.len()
+    }
+}
+
+fn next_char(text: &str, i: usize) -> usize {
+    let mut j = i + 1;
+    while j < text.len() && !text.is_char_boundary(j) {
+        j += 1;
+    }
+    j
+}
+
+const PLACEHOLDER_VALUES: &[&str] = &[
+    "true",
+    "false",
+    "null",
+    "none",
+    "nil",
+    "undefined",
+    "empty",
+    "required",
+    "optional",
+    "string",
+    "str",
+    "bytes",
+    "secretstr",
+    "int",
+    "bool",
+    "password",
+    "secret",
+    "token",
+    "changeme",
+];
+
+/// Reject placeholders and values that only look like secrets.
+fn accept(name: &str, token_like: bool, value: &str, after: Option<char>) -> bool {
+    if value.is_empty() || value == REDACTED {
+        return false;
+    }
+    if name == rules_env() {
+        return true;
+    }
+    let lower = value.to_ascii_lowercase();
+    if lower.contains("redacted") || lower.contains("...") || value.contains('\u{2026}') {
+        return false;
+    }
+    match name {
+        "assignment" | "url_password" => {
+            let first = value.chars().next().unwrap_or(' ');
+            if matches!(first, '<' | '$' | '{' | '%' | '*' | '[' | '(') {
+                return false;
+            }
+            if value.chars().count() < 4 && name == "assignment" {
+                return false;
+            }
+            if PLACEHOLDER_VALUES.contains(&lower.as_str()) {
+                return false;
+            }
+            if matches!(after, Some('(') | Some('[')) {
+                return false;
+            }
+            if is_dotted_identifier(value) {
+                return false;
+            }
+            if all_same(value) {
+                return false;
+            }
+            if lower.contains("your") && (lower.contains("key") || lower.contains("token") || lower.contains("password") || lower.contains("secret")) {
+                return false;
+            }
+            true
+        }
+        "basic_auth" => match base64::engine::general_purpose::STANDARD.decode(value) {
+            Ok(raw) => match std::str::from_utf8(&raw) {
+                Ok(s) => s.contains(':') && !s.chars().any(|c| c.is_control()),
+                Err(_) => false,
+            },
+            Err(_) => false,
+        },
+        _ if token_like => {
+            if lower.contains("example") || lower.contains("xxxx") || lower.contains("your") {
+                return false;
+            }
+            if lower.contains("placeholder") || lower.contains("dummy") {
+                return false;
+            }
+            let mut seen = [false; 128];
+            let mut distinct = 0;
+            for b in value.bytes() {
+                if b < 128 && !seen[b as usize] {
+                    seen[b as usize] = true;
+                    distinct += 1;
+                }
+            }
+            if distinct < 6 {
+                return false;
+            }
+            if name == "bearer" || name == "openai_key" {
+                // Prose like "bearer instrument-of-the-realm" or "sk-learn-compatible-models".
+                return value.bytes().any(|b| b.is_ascii_digit());
+            }
+            true
+        }
+        _ => true,
+    }
+}
+
+fn rules_env() -> &'static str {
+    ENV_SECRET
+}
+
+/// Whether a value found under a secret-looking key is a real value (not a placeholder).
+pub fn accept_value(rule: &str, value: &str) -> bool {
+    accept(rule, false, value, None)
+}
+
+fn all_same(value: &str) -> bool {
+    let mut chars = value.chars();
+    match chars.next() {
+        Some(c) => chars.all(|d| d == c),
+        None => true,
+    }
+}
+
+fn is_dotted_identifier(value: &str) -> bool {
+    let parts: Vec<&str> = value.split('.').collect();
+    parts.len() >= 2
+        && parts.iter().all(|p| {
+            let mut cs = p.chars();
+            matches!(cs.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+                && cs.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
+}
+
+/// A scrubber over a stream of chunks; the output equals the one-shot scrub of their concatenation.
+pub struct Stream {
+    /// Unemitted text, preceded by up to one character of already-emitted context.
+    buf: String,
+    /// Start of the unemitted text in `buf`.
+    pos: usize,
+    pub counts: Vec<u64>,
+    scratch: Scratch,
+}
+
+impl Stream {
+    pub fn new(scrubber: &Scrubber) -> Self {
+        Self {
+            buf: String::new(),
+            pos: 0,
+            counts: vec![0; scrubber.rule_names().len()],
+            scratch: scrubber.scratch(),
+        }
+    }
+
+    /// Append a chunk; return the text that is final now.
+    pub fn push(&mut self, scrubber: &Scrubber, chunk: &str) -> String {
+        self.buf.push_str(chunk);
+        let mut out = String::new();
+        let len = self.buf.len();
+        let mut hold = scrubber.first_alive(&mut self.scratch, &self.buf, self.pos);
+        while self.pos < len {
+            if self.pos > hold {
+                hold = scrubber.first_alive(&mut self.scratch, &self.buf, self.pos);
+            }
+            let found = scrubber.find(&mut self.scratch, &self.buf, self.pos, len);
+            match found {
+                // A match is final when no earlier position is alive and the character after
+                // it (which the checks look at) has arrived.
+                Some(Found::Secret { start, end, rule }) if start < hold && end < len => {
+                    out.push_str(&self.buf[self.pos..start]);
+                    out.push_str(REDACTED);
+                    self.counts[rule] += 1;
+                    self.pos = end.max(next_char(&self.buf, start));
+                }
+                Some(Found::Rejected { start, end }) if start < hold && end < len => {
+                    let next = next_char(&self.buf, start);
+                    out.push_str(&self.buf[self.pos..next]);
+                    self.pos = next;
+                }
+                Some(Found::Secret { start, .. }) | Some(Found::Rejected { start, .. })
+                    if start < hold =>
+                {
+                    out.push_str(&self.buf[self.pos..start]);
+                    self.pos = start;
+                    break;
+                }
+                _ => {
+                    out.push_str(&self.buf[self.pos..hold]);
+                    self.pos = hold;
+                    break;
+                }
+            }
+        }
+        self.compact();
+        out
+    }
+
+    /// Flush: scrub what is held back as the end of the text.
+    pub fn finish(&mut self, scrubber: &Scrubber) -> String {
+        let mut out = String::new();
+        let len = self.buf.len();
+        let mut copied = self.pos;
+        let mut pos = self.pos;
+        while pos <= len {
+            match scrubber.find(&mut self.scratch, &self.buf, pos, len) {
+                None => break,
+                Some(Found::Rejected { start, .. }) => pos = next_char(&self.buf, start),
+                Some(Found::Secret { start, end, rule }) => {
+                    out.push_str(&self.buf[copied..start]);
+                    out.push_str(REDACTED);
+                    self.counts[rule] += 1;
+                    copied = end;
+                    pos = end.max(next_char(&self.buf, start));
+                }
+            }
+        }
+        out.push_str(&self.buf[copied..]);
+        self.buf.clear();
+        self.pos = 0;
+        out
+    }
+
+    /// Drop emitted text, keeping one character of context for word boundaries.
+    fn compact(&mut self) {
+        if self.pos < 64 {
+            return;
+        }
+        let mut keep = self.pos - 1;
+        while !self.buf.is_char_boundary(keep) {
+            keep -= 1;
+        }
+        self.buf.drain(..keep);
+        self.pos -= keep;
+    }
+}

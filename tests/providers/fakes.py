@@ -1,0 +1,518 @@
+"""Fake remote providers on loopback, speaking the real wire formats, with injectable faults.
+
+``FakeProvider("openai")`` answers OpenAI's ``POST /v1/chat/completions`` (JSON and SSE) and
+``GET /v1/models``; ``FakeProvider("anthropic")`` answers the Messages API ``POST /v1/messages``
+(JSON and its SSE event stream) and its model list. Each runs an aiohttp server on its own event
+loop in a thread, records every request it gets, and applies queued :class:`Fault` s to chat
+requests in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+
+@dataclass
+class Fault:
+    """What the next chat request gets instead of a normal answer.
+
+    kind: ``latency`` (wait ``seconds`` then answer), ``status`` (answer ``status`` with an error
+    body, and ``retry_after`` if set), ``reset`` (drop the connection before answering),
+    ``reset_mid`` (stream a few events, then drop), ``malformed`` (200 with a broken body or
+    chunk), ``stall`` (stream a few events, then go silent), ``stall_before`` (never answer),
+    ``error_event`` (stream a few events, then the provider's in-stream error).
+    """
+
+    kind: str
+    status: int = 500
+    seconds: float = 0.0
+    retry_after: str | None = None
+    message: str = "simulated failure"
+    at: int = 2  # for stream faults: the index of the frame where the fault strikes
+
+
+@dataclass
+class Recorded:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: Any
+
+
+@dataclass
+class FakeProvider:
+    kind: str  # "openai" or "anthropic"
+    key: str | None = None
+    models: list[str] = field(default_factory=lambda: ["fake-large", "fake-small"])
+    requests: list[Recorded] = field(default_factory=list)
+    faults: deque[Fault] = field(default_factory=deque)
+    always: Fault | None = None  # applied to every chat request while set
+    cancelled: int = 0  # chat handlers ended by the client going away
+
+    def __post_init__(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self) -> FakeProvider:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
+        return self
+
+    async def _start(self) -> None:
+        app = web.Application()
+        chat_path = "/v1/chat/completions" if self.kind == "openai" else "/v1/messages"
+        app.router.add_post(chat_path, self._chat)
+        app.router.add_get("/v1/models", self._models)
+        self._runner = web.AppRunner(
+            app, handler_cancellation=True, access_log=None, shutdown_timeout=0.5
+        )
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    def stop(self) -> None:
+        if self._runner is not None:
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    def __enter__(self) -> FakeProvider:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def reset(self) -> None:
+        self.requests.clear()
+        self.faults.clear()
+        self.always = None
+
+    def chat_requests(self) -> list[Recorded]:
+        return [r for r in self.requests if r.method == "POST"]
+
+    def wait_cancelled(self, count: int, timeout: float = 10.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.cancelled >= count:
+                return True
+            time.sleep(0.02)
+        return False
+
+    # --- handlers -------------------------------------------------------------------------------
+
+    def _record(self, request: web.Request, body: Any) -> None:
+        self.requests.append(
+            Recorded(
+                request.method,
+                request.path_qs,
+                {k.lower(): v for k, v in request.headers.items()},
+                body,
+            )
+        )
+
+    def _auth_error(self, request: web.Request) -> web.Response | None:
+        if self.key is None:
+            return None
+        if self.kind == "openai":
+            got = request.headers.get("authorization", "")
+            ok = got == f"Bearer {self.key}"
+            given = got.removeprefix("Bearer ")
+        else:
+            given = request.headers.get("x-api-key", "")
+            ok = given == self.key and request.headers.get("anthropic-version") == "2023-06-01"
+        if ok:
+            return None
+        # Real providers echo part of a wrong key; this fake echoes all of it (worst case).
+        return self._error(401, f"Incorrect API key provided: {given}", "authentication_error")
+
+    def _error(self, status: int, message: str, kind: str = "api_error") -> web.Response:
+        if self.kind == "openai":
+            body = {"error": {"message": message, "type": kind, "param": None, "code": None}}
+        else:
+            body = {"type": "error", "error": {"type": kind, "message": message}}
+        return web.json_response(body, status=status, dumps=lambda o: orjson.dumps(o).decode())
+
+    def _stream_error(self) -> bytes:
+        if self.kind == "openai":
+            return _sse({"error": {"message": "Overloaded", "type": "server_error"}})
+        return _sse(
+            {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}},
+            "error",
+        )
+
+    async def _models(self, request: web.Request) -> web.Response:
+        self._record(request, None)
+        denied = self._auth_error(request)
+        if denied is not None:
+            return denied
+        if self.kind == "openai":
+            data: Any = {
+                "object": "list",
+                "data": [
+                    {"id": m, "object": "model", "created": 1_700_000_000, "owned_by": "fake"}
+                    for m in self.models
+                ],
+            }
+        else:
+            data = {
+                "data": [
+                    {
+                        "type": "model",
+                        "id": m,
+                        "display_name": m,
+                        "created_at": "2025-02-19T00:00:00Z",
+                    }
+                    for m in self.models
+                ],
+                "has_more": False,
+                "first_id": self.models[0] if self.models else None,
+                "last_id": self.models[-1] if self.models else None,
+            }
+        return web.Response(body=orjson.dumps(data), content_type="application/json")
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        raw = await request.read()
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            body = raw
+        self._record(request, body)
+        try:
+            return await self._answer(request, body)
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+
+    async def _answer(self, request: web.Request, body: Any) -> web.StreamResponse:
+        denied = self._auth_error(request)
+        if denied is not None:
+            return denied
+        if self.kind == "anthropic" and "max_tokens" not in body:
+            return self._error(400, "max_tokens: Field required", "invalid_request_error")
+        fault = self.always or (self.faults.popleft() if self.faults else None)
+        if fault is not None:
+            if fault.kind == "latency":
+                await asyncio.sleep(fault.seconds)
+            elif fault.kind == "status":
+                resp = self._error(fault.status, fault.message)
+                if fault.retry_after is not None:
+                    resp.headers["Retry-After"] = fault.retry_after
+                return resp
+            elif fault.kind == "reset":
+                assert request.transport is not None
+                request.transport.abort()
+                return web.Response()
+            elif fault.kind == "stall_before":
+                await asyncio.sleep(3600)
+            elif fault.kind == "malformed" and not body.get("stream"):
+                return web.Response(
+                    body=b'{"id": "x", "choices": [', content_type="application/json"
+                )
+        stream = bool(body.get("stream"))
+        if self.kind == "openai":
+            frames = openai_frames(body) if stream else None
+            answer = None if stream else openai_answer(body)
+        else:
+            frames = anthropic_frames(body) if stream else None
+            answer = None if stream else anthropic_answer(body)
+        if answer is not None:
+            return web.Response(body=orjson.dumps(answer), content_type="application/json")
+        assert frames is not None
+        resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await resp.prepare(request)
+        for i, frame in enumerate(frames):
+            if fault is not None and i == fault.at:
+                if fault.kind == "error_event":
+                    await resp.write(self._stream_error())
+                    await resp.write_eof()
+                    return resp
+                if fault.kind == "reset_mid":
+                    assert request.transport is not None
+                    request.transport.abort()
+                    return resp
+                if fault.kind == "stall":
+                    await asyncio.sleep(3600)
+                if fault.kind == "malformed":
+                    await resp.write(b"data: {not json\n\n")
+                    continue
+            await resp.write(frame)
+        await resp.write_eof()
+        return resp
+
+
+# --- the answers ---------------------------------------------------------------------------------
+
+
+def _last_user_text(messages: list[dict[str, Any]]) -> str:
+    for m in reversed(messages):
+        if m.get("role") == "user":
+            c = m.get("content")
+            if isinstance(c, str):
+                return c
+            if isinstance(c, list):
+                return "".join(
+                    p.get("text", "") for p in c if isinstance(p, dict) and p.get("type") == "text"
+                )
+    return ""
+
+
+def _wants_tool(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The tool the fake calls: the first one offered, unless the last turn was a tool result."""
+    tools = body.get("tools")
+    if not tools:
+        return None
+    last = body["messages"][-1]
+    if last.get("role") == "tool":
+        return None
+    content = last.get("content")
+    if isinstance(content, list) and any(
+        isinstance(b, dict) and b.get("type") == "tool_result" for b in content
+    ):
+        return None
+    return tools[0]
+
+
+TOOL_ARGS = '{"city": "Paris"}'
+
+
+def reply_text(body: dict[str, Any]) -> str:
+    return "You said: " + _last_user_text(body["messages"])
+
+
+def openai_answer(body: dict[str, Any]) -> dict[str, Any]:
+    tool = _wants_tool(body)
+    message: dict[str, Any] = {"role": "assistant", "content": None, "refusal": None}
+    if tool is not None:
+        message["tool_calls"] = [
+            {
+                "id": "call_fake_1",
+                "type": "function",
+                "function": {"name": tool["function"]["name"], "arguments": TOOL_ARGS},
+            }
+        ]
+        finish = "tool_calls"
+    else:
+        message["content"] = reply_text(body)
+        finish = "stop"
+    return {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "created": 1_700_000_000,
+        "model": body.get("model"),
+        "system_fingerprint": "fp_fake",
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
+        "usage": {
+            "prompt_tokens": 11,
+            "completion_tokens": 5,
+            "total_tokens": 16,
+            "prompt_tokens_details": {"cached_tokens": 2},
+        },
+    }
+
+
+def _sse(obj: Any, event: str | None = None) -> bytes:
+    head = f"event: {event}\n".encode() if event else b""
+    return head + b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+def openai_frames(body: dict[str, Any]) -> list[bytes]:
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+        return _sse(
+            {
+                "id": "chatcmpl-fake",
+                "object": "chat.completion.chunk",
+                "created": 1_700_000_000,
+                "model": body.get("model"),
+                "choices": [
+                    {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+                ],
+            }
+        )
+
+    frames = [chunk({"role": "assistant", "content": ""})]
+    tool = _wants_tool(body)
+    if tool is not None:
+        name = tool["function"]["name"]
+        frames.append(
+            chunk(
+                {
+                    "tool_calls": [
+                        {
+                            "index": 0,
+                            "id": "call_fake_1",
+                            "type": "function",
+                            "function": {"name": name, "arguments": ""},
+                        }
+                    ]
+                }
+            )
+        )
+        for part in (TOOL_ARGS[:8], TOOL_ARGS[8:]):
+            frames.append(chunk({"tool_calls": [{"index": 0, "function": {"arguments": part}}]}))
+        frames.append(chunk({}, "tool_calls"))
+    else:
+        for word in reply_text(body).split(" "):
+            frames.append(chunk({"content": word + " "}))
+        frames.append(chunk({}, "stop"))
+    if (body.get("stream_options") or {}).get("include_usage"):
+        frames.append(
+            _sse(
+                {
+                    "id": "chatcmpl-fake",
+                    "object": "chat.completion.chunk",
+                    "created": 1_700_000_000,
+                    "model": body.get("model"),
+                    "choices": [],
+                    "usage": {"prompt_tokens": 11, "completion_tokens": 5, "total_tokens": 16},
+                }
+            )
+        )
+    frames.append(b"data: [DONE]\n\n")
+    return frames
+
+
+def _anthropic_outcome(body: dict[str, Any]) -> tuple[str, str, dict[str, Any] | None]:
+    """(text, stop_reason, tool) as the real API would decide them for this fake's answer."""
+    tool = _wants_tool(body)
+    if tool is not None:
+        return "Let me check.", "tool_use", tool
+    text = reply_text(body)
+    for stop in body.get("stop_sequences", ()):
+        if stop in text:
+            return text[: text.index(stop)], "stop_sequence", None
+    words = text.split(" ")
+    if len(words) > body["max_tokens"]:
+        return " ".join(words[: body["max_tokens"]]), "max_tokens", None
+    return text, "end_turn", None
+
+
+_A_USAGE = {
+    "input_tokens": 20,
+    "output_tokens": 1,
+    "cache_creation_input_tokens": 3,
+    "cache_read_input_tokens": 4,
+}
+
+
+def anthropic_answer(body: dict[str, Any]) -> dict[str, Any]:
+    text, stop_reason, tool = _anthropic_outcome(body)
+    content: list[dict[str, Any]] = [{"type": "text", "text": text}]
+    if tool is not None:
+        content.append(
+            {
+                "type": "tool_use",
+                "id": "toolu_fake_1",
+                "name": tool["name"],
+                "input": orjson.loads(TOOL_ARGS),
+            }
+        )
+    return {
+        "id": "msg_fake",
+        "type": "message",
+        "role": "assistant",
+        "model": body["model"],
+        "content": content,
+        "stop_reason": stop_reason,
+        "stop_sequence": None,
+        "usage": {**_A_USAGE, "output_tokens": 7},
+    }
+
+
+def anthropic_frames(body: dict[str, Any]) -> list[bytes]:
+    text, stop_reason, tool = _anthropic_outcome(body)
+    frames = [
+        _sse(
+            {
+                "type": "message_start",
+                "message": {
+                    "id": "msg_fake",
+                    "type": "message",
+                    "role": "assistant",
+                    "model": body["model"],
+                    "content": [],
+                    "stop_reason": None,
+                    "stop_sequence": None,
+                    "usage": _A_USAGE,
+                },
+            },
+            "message_start",
+        ),
+        _sse(
+            {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "text", "text": ""},
+            },
+            "content_block_start",
+        ),
+        _sse({"type": "ping"}, "ping"),
+    ]
+    for word in text.split(" "):
+        frames.append(
+            _sse(
+                {
+                    "type": "content_block_delta",
+                    "index": 0,
+                    "delta": {"type": "text_delta", "text": word + " "},
+                },
+                "content_block_delta",
+            )
+        )
+    frames.append(_sse({"type": "content_block_stop", "index": 0}, "content_block_stop"))
+    if tool is not None:
+        frames.append(
+            _sse(
+                {
+                    "type": "content_block_start",
+                    "index": 1,
+                    "content_block": {
+                        "type": "tool_use",
+                        "id": "toolu_fake_1",
+                        "name": tool["name"],
+                        "input": {},
+                    },
+                },
+                "content_block_start",
+            )
+        )
+        for part in ("", TOOL_ARGS[:8], TOOL_ARGS[8:]):
+            frames.append(
+                _sse(
+                    {
+                        "type": "content_block_delta",
+                        "index": 1,
+                        "delta": {"type": "input_json_delta", "partial_json": part},
+                    },
+                    "content_block_delta",
+                )
+            )
+        frames.append(_sse({"type": "content_block_stop", "index": 1}, "content_block_stop"))
+    frames.append(
+        _sse(
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": stop_reason, "stop_sequence": None},
+                "usage": {"output_tokens": 7},
+            },
+            "message_delta",
+        )
+    )
+    frames.append(_sse({"type": "message_stop"}, "message_stop"))
+    return frames
