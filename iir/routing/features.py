@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .. import _native
 from ..protocol import ChatRequest
 from .language import detect
 
@@ -46,21 +47,11 @@ class Features:
         }
 
 
-def estimate_tokens_fallback(text: str) -> int:
-    """Rough count used only until the Rust counter (``iir.tokens``) is available: ~4 chars/token
-    for Latin scripts, ~1 token per CJK character."""
-    n = len(text)
-    if text.isascii():
-        return (n + 3) // 4
-    wide = (len(text.encode("utf-8")) - n) // 2  # a CJK character is 3 bytes in UTF-8
-    return (max(n - wide, 0) + 3) // 4 + wide
-
-
 def count_prompt_tokens(chat: ChatRequest) -> int:
-    total = 3
-    for m in chat.messages:
-        total += 4 + estimate_tokens_fallback(m.text())
-    return total
+    """Prompt tokens in ``o200k_base`` (the Rust counter), with OpenAI's framing per message;
+    close enough to any model's own count to decide what fits in a context window."""
+    texts = [m.text() for m in chat.messages]
+    return _native.count_texts(texts, "o200k_base") + 4 * len(texts) + 3
 
 
 def _needs_vision(chat: ChatRequest) -> bool:

@@ -294,12 +294,14 @@ class Router:
             return "no model can serve this request: the routing policy lists no models"
         if available == 0:
             return "no model can serve this request: none of the policy's models is available"
-        if excluded and all(why == "circuit open" for _, why in excluded) and not options:
+        if not options and any(why == "circuit open" for _, why in excluded):
+            # every model able to serve it was excluded for its open circuit
             return "no model can serve this request: all circuits are open"
+        detail = "; ".join(f"{m}: {why}" for m, why in excluded[:4])
         if options:
             side = "local" if strategy == "local-only" else "remote"
-            return f"no model can serve this request: strategy {strategy} allows no {side} model"
-        detail = "; ".join(f"{m}: {why}" for m, why in excluded[:4])
+            why = f"strategy {strategy} allows no {side} model able to serve it"
+            return f"no model can serve this request: {why}" + (f" ({detail})" if detail else "")
         return f"no model can serve this request: policy forbids every option ({detail})"
 
     def _count(self, strategy: str, category: str, target: str, seconds: float) -> None:
