@@ -156,6 +156,8 @@ class ChatService:
         chosen = check_strategy(strategy, self.router.strategy)
         if is_auto(chat.model):
             return self.router.decide(chat, chosen)
+        if not self.router.policy.explicit_fallbacks:
+            return None  # a named model runs as asked, with only its IIR_FALLBACKS
         self.registry.resolve(chat.model)
         return self.router.decide(chat, chosen, explicit=chat.model)
 

@@ -170,9 +170,7 @@ def test_policy_that_forbids_every_option_is_503() -> None:
         router.decide(chat("Hi", tools=[TOOL]), "local-only")  # type: ignore[arg-type]
     assert "iir/echo: no tool calling" in err.value.message
     only_echo = Router(
-        parse_policy(
-            "[[models]]\nname = 'iir/echo'\nlocal = true\ncontext_length = 4096", "test"
-        ),
+        parse_policy("[[models]]\nname = 'iir/echo'\nlocal = true\ncontext_length = 4096", "test"),
         router.registry,
     )
     with pytest.raises(ApiError) as err:

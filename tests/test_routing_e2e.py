@@ -242,5 +242,7 @@ def test_503_when_nothing_is_configured() -> None:
         r = ask(s, "Hello")
         assert r.status_code == 503
         assert r.json()["detail"].startswith("Classifier error: no model can serve this request")
-        # named models still work as before
-        assert ask(s, "Hello", model="iir/echo").status_code == 200
+        # named models run as before: the built-in policy adds no routed fallbacks to them
+        r = ask(s, "Hello", model="iir/echo")
+        assert r.status_code == 200
+        assert "x-iir-route-model" not in r.headers

@@ -177,7 +177,7 @@ def parse_policy(text: str, source: str) -> Policy:
         models=models,
         send_out=frozenset(send_out),
         default_output_tokens=_int(routing, "default_output_tokens", 512, 1, "[routing]"),
-        explicit_fallbacks=_bool(routing, "explicit_fallbacks", True, "[routing]"),
+        explicit_fallbacks=_bool(routing, "explicit_fallbacks", False, "[routing]"),
         source=source,
     )
 
