@@ -120,7 +120,7 @@ _LATIN: dict[str, str] = {
     """,
     SUMMARIZATION: """
         5: summarize summarise summary summarization zusammenfassen zusammenfassung fasse
-        5: résume résumer résumé resume resumir resumen resuma resumo tl;dr tldr sintetiza riassumi riassunto
+        5: résume résumer résumé resume resumir resumen resuma resumo tl;dr tl_dr tldr sintetiza riassumi riassunto
         4: key_points main_points kernaussagen points_clés puntos_clave pontos_principais
         4: condense shorten recap gist overview brief_summary in_short nutshell
         3: bullet_points few_sentences one_sentence one_line one_paragraph abstract takeaways
@@ -184,26 +184,23 @@ _MARKERS: dict[str, tuple[tuple[str, float, str], ...]] = {
     ),
     SUMMARIZATION: (("tl;dr", 5.0, "tl;dr"),),
 }
-_PATTERNS: tuple[tuple[str, re.Pattern[str], float, str], ...] = (
-    # Each pattern starts with a digit or a literal, so the regex engine skips ahead cheaply.
+# Each pattern runs only when its gate (a literal) is in the text: most texts skip most patterns.
+_PATTERNS: tuple[tuple[str, str | None, re.Pattern[str], float, str], ...] = (
     (
         MATH,
+        None,
         re.compile(r"\d(?:\s*[*/\u00d7\u00f7=]\s*\(?-?\d|\s+[-+]\s+\(?\d|\+\d)|\^\d"),
         4.0,
         "arithmetic",
     ),
-    (MATH, re.compile(r"\d\s?%"), 2.0, "percentage"),
-    (
-        CODING,
-        re.compile(r"\b(?:def|function|fn|func) \w+\(|\bimport [\w.]+$|\bselect \S.* from "),
-        3.0,
-        "code syntax",
-    ),
-    (EXTRACTION, re.compile(r"\{\s*\"\w+\"\s*:"), 2.0, "json template"),
+    (MATH, "%", re.compile(r"\d\s?%"), 2.0, "percentage"),
+    (CODING, "(", re.compile(r"\b(?:def|function|fn|func) \w+\("), 3.0, "code syntax"),
+    (CODING, "import ", re.compile(r"\bimport [\w.]+$", re.M), 3.0, "code syntax"),
+    (CODING, " from ", re.compile(r"\bselect \S.* from "), 3.0, "code syntax"),
+    (EXTRACTION, '"', re.compile(r"\{\s*\"\w+\"\s*:"), 2.0, "json template"),
 )
 
-_HEAD_WEIGHT = 1.0
-_TAIL_WEIGHT = 1.0
+_TEXT_WEIGHT = 1.0
 _SYSTEM_WEIGHT = 0.5
 # Below this best score the request has no clear cue: short small talk or a plain question.
 _MIN_SCORE = 2.0
@@ -246,6 +243,10 @@ def _parse_tables() -> tuple[
 
 
 _WORDS, _STEMS, _CJK_CUES = _parse_tables()
+_CJK_WORDS: dict[str, tuple[tuple[str, float], ...]] = {}
+for _cue, _cat, _w in _CJK_CUES:
+    _CJK_WORDS[_cue] = (*_CJK_WORDS.get(_cue, ()), (_cat, _w))
+_CJK_KEYS = tuple(_CJK_WORDS)
 _WORD_KEYS = frozenset(k for k in _WORDS if " " not in k)
 _PHRASE_KEYS = frozenset(k for k in _WORDS if " " in k)
 _STEM_RE = re.compile(
@@ -265,15 +266,39 @@ class Category:
         return {"name": self.name, "confidence": round(self.confidence, 3), "cues": list(self.cues)}
 
 
+_NO_KEYS: frozenset[str] = frozenset()
+
+
+def _keys(text: str, start: int, stop: int) -> set[str]:
+    """Words, two-word phrases and CJK cues in ``text[start:stop]``."""
+    tokens = _TOKEN.findall(text, start, stop)
+    out = set(tokens)
+    out.update(map(" ".join, pairwise(tokens)))
+    part = text[start:stop]
+    if not part.isascii():
+        out.update(cue for cue in _CJK_KEYS if cue in part)
+    return out
+
+
 def _score_text(
-    text: str, weight: float, total: dict[str, float], cues: dict[str, list[tuple[float, str]]]
+    text: str,
+    weight: float,
+    total: dict[str, float],
+    cues: dict[str, list[tuple[float, str]]],
+    lead_end: int = 0,
+    end_start: int = -1,
 ) -> None:
     """Adds the points ``text`` scores, each category capped at :data:`_SECTION_CAP` times the
     weight: a category is as strong as its few strongest cues, so a long text full of one
-    topic's words (material) cannot outvote the instruction about what to do with it."""
+    topic's words (material) cannot outvote the instruction about what to do with it.
+
+    Word, phrase and CJK cues found before ``lead_end`` (the first clause) or from ``end_start``
+    on (the last line) also score a bonus, capped the same way: that is where instructions sit.
+    """
     if not text:
         return
     scores = dict.fromkeys(CATEGORIES, 0.0)
+    bonus = dict.fromkeys(CATEGORIES, 0.0)
     tokens = _TOKEN.findall(text)
     words = set(tokens)
     if "'" in text:  # elisions: l'area, d'une, qu'il; keep the whole token too (what's)
@@ -281,32 +306,40 @@ def _score_text(
     found = words & _WORD_KEYS
     if len(tokens) > 1:
         found |= set(map(" ".join, pairwise(tokens))) & _PHRASE_KEYS
-    for key in found:
-        for cat, w in _WORDS[key]:
+    hits = [(key, _WORDS[key]) for key in found]
+    if not text.isascii() and _WIDE.search(text):
+        hits.extend((cue, _CJK_WORDS[cue]) for cue in _CJK_KEYS if cue in text)
+    lead = _keys(text, 0, lead_end) if lead_end > 0 else _NO_KEYS
+    end = _keys(text, end_start, len(text)) if end_start >= 0 else _NO_KEYS
+    for key, entries in hits:
+        extra = 0.0
+        if key in lead:
+            extra += _LEAD_BONUS
+        if key in end:
+            extra += _END_BONUS
+        for cat, w in entries:
             scores[cat] += w * weight
-            cues[cat].append((w * weight, key))
+            cues[cat].append((w * (weight + extra), key))
+            if extra:
+                bonus[cat] += w * extra
     for stem in set(_STEM_RE.findall(text)):
         for cat, w in _STEMS[stem]:
             scores[cat] += w * weight
             cues[cat].append((w * weight, stem + "*"))
-    if _WIDE.search(text):
-        for cue, cat, w in _CJK_CUES:
-            if cue in text:
-                scores[cat] += w * weight
-                cues[cat].append((w * weight, cue))
     for cat, markers in _MARKERS.items():
         for marker, w, label in markers:
             if marker in text:
                 scores[cat] += w * weight
                 cues[cat].append((w * weight, label))
-    for cat, pattern, w, label in _PATTERNS:
-        if pattern.search(text):
+    for cat, gate, pattern, w, label in _PATTERNS:
+        if (gate is None or gate in text) and pattern.search(text):
             scores[cat] += w * weight
             cues[cat].append((w * weight, label))
     cap = _SECTION_CAP * weight
-    for cat, v in scores.items():
+    for cat in CATEGORIES:
+        v, b = scores[cat], bonus[cat]
         if v:
-            total[cat] += min(v, cap)
+            total[cat] += min(v, cap) + min(b, _SECTION_CAP * (_LEAD_BONUS + _END_BONUS))
 
 
 def classify(features: Features) -> Category:
@@ -315,18 +348,19 @@ def classify(features: Features) -> Category:
         scores = dict.fromkeys(CATEGORIES, 0.0)
         cues: dict[str, list[tuple[float, str]]] = {c: [] for c in CATEGORIES}
         head, tail = features.head, features.tail
-        _score_text(head, _HEAD_WEIGHT, scores, cues)
-        _score_text(tail, _TAIL_WEIGHT, scores, cues)
-        _score_text(features.system, _SYSTEM_WEIGHT, scores, cues)
+        text = f"{head}\n{tail}" if tail else head
         # The instruction is the first clause or the last line; the rest is mostly material
-        # (an article to summarize, code to translate), so those two count extra.
+        # (an article to summarize, code to translate), so cues there count extra.
+        lead_end, end_start = 0, -1
         m = _CLAUSE_END.search(head, 0, 200)
         if m is not None and m.end() < len(head.rstrip()):
-            _score_text(head[: m.end()], _LEAD_BONUS, scores, cues)
-            last = (tail or head).rstrip()
+            lead_end = m.end()
+            last = text.rstrip()
             cut = max(last.rfind("\n"), last.rfind(". "))
             if cut > 0:
-                _score_text(last[cut:], _END_BONUS, scores, cues)
+                end_start = cut
+        _score_text(text, _TEXT_WEIGHT, scores, cues, lead_end, end_start)
+        _score_text(features.system, _SYSTEM_WEIGHT, scores, cues)
         # Small talk is short: greetings and thanks inside a long text are material.
         if features.chars > _SMALL_TALK_CHARS:
             scores[CHAT] *= 0.3
@@ -340,10 +374,10 @@ def classify(features: Features) -> Category:
         raise ClassifierError(f"{type(exc).__name__}: {exc}") from exc
     if top < _MIN_SCORE:
         # Weak cues: a question is general Q&A, a short remark small talk.
-        text = features.head.strip()
-        if text.endswith(("?", "\uff1f")):
+        stripped = head.strip()
+        if stripped.endswith(("?", "\uff1f")):
             name = QA
-        elif len(text) <= _SHORT_CHARS:
+        elif len(stripped) <= _SHORT_CHARS:
             name = CHAT
         else:
             name = best if top > 0 else QA

@@ -16,8 +16,8 @@ from .language import detect
 
 # The classifier reads the start and the end of the last user message: instructions sit there
 # ("Summarize this: <article>", "<code> Why does this fail?"); the middle is mostly material.
-HEAD_CHARS = 500
-TAIL_CHARS = 250
+HEAD_CHARS = 400
+TAIL_CHARS = 200
 
 
 @dataclass(slots=True, frozen=True)

@@ -38,7 +38,7 @@ def detect(text: str) -> str:
             return "ru"
         if _ARABIC.search(text):
             return "ar"
-    words = set(_WORD.findall(text, 0, 300))
+    words = set(_WORD.findall(text, 0, 200))
     if not words:
         return "und"
     best, best_hits = "en", 0

@@ -23,6 +23,7 @@ from .policy import LOCAL_WILDCARD, STRATEGIES, ModelPolicy, Policy
 
 LOCAL_FIRST = STRATEGIES[0]
 AUTO_MODELS = frozenset({"auto", "iir/auto"})
+AVAILABILITY_TTL = 1.0  # seconds a scan of which policy models are served stays valid
 
 
 def is_auto(model: str) -> bool:
@@ -128,10 +129,21 @@ class Router:
         self.strategy = strategy
         self.local_max_queue = local_max_queue
         self._label_cache: dict[tuple[str, str, str], Any] = {}
+        self._avail: tuple[float, list[tuple[ModelPolicy, str, Backend, str, int | None]]] | None
+        self._avail = None
 
     # --- candidates ---------------------------------------------------------------------------
 
-    def _available(self) -> Iterator[tuple[ModelPolicy, str, Backend, str, int | None]]:
+    def _available(self) -> list[tuple[ModelPolicy, str, Backend, str, int | None]]:
+        """What :meth:`_scan` found, re-scanned at most every :data:`AVAILABILITY_TTL` seconds:
+        models come and go on refreshes, not per request, and resolving every policy model on
+        every request would cost more than the rest of the decision."""
+        now = time.monotonic()
+        if self._avail is None or now - self._avail[0] > AVAILABILITY_TTL:
+            self._avail = (now, list(self._scan()))
+        return self._avail[1]
+
+    def _scan(self) -> Iterator[tuple[ModelPolicy, str, Backend, str, int | None]]:
         """(policy entry, model name, backend, backend's id, known context) for each model
         of the policy that some backend serves now."""
         for mp in self.policy.models:
