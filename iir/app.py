@@ -17,13 +17,15 @@ from typing import Any
 import orjson
 from granian.rsgi import ProtocolClosed
 
-from . import __version__, metrics, openapi
+from . import __version__, metrics, openapi, registry_routes
 from .auth import KeyRing
 from .backends.echo import EchoBackend
 from .backends.remote import remote_backends
+from .backends.vllm import VllmBackend
 from .chat import ChatService
 from .config import Settings, load_settings
 from .errors import ApiError
+from .hardware import register_gpu_metrics
 from .http import JSON, Request, Response, StreamResponse, json_response
 from .logs import request_id_var
 from .registry import ModelRegistry
@@ -45,7 +47,8 @@ class App:
         self.settings = settings
         self.keys = KeyRing(settings.api_keys)
         self.echo = EchoBackend(settings.echo_token_delay_ms)
-        self.registry = ModelRegistry([self.echo, *remote_backends(settings)])
+        self.local = VllmBackend(settings)
+        self.registry = ModelRegistry([self.echo, self.local, *remote_backends(settings)])
         self.routing = ModelRouter(
             settings.routing_policy or load_policy(settings.routing_file),
             self.registry,
@@ -59,6 +62,8 @@ class App:
         self._openapi: bytes | None = None
         self._docs_dir = openapi.swagger_dir()
         metrics.BUILD_INFO.labels(__version__).set(1)
+        register_gpu_metrics(metrics.REGISTRY)
+        registry_routes.document()
 
     def _routes(self) -> list[Route]:
         return [
@@ -81,6 +86,7 @@ class App:
                 self.chat.handle,
                 summary="Chat completion (OpenAI-compatible), streamed or not",
             ),
+            *registry_routes.routes(self.registry),
             *routing_api.routes(self.chat),
         ]
 
@@ -198,6 +204,11 @@ class App:
     # --- handlers of the core routes ------------------------------------------------------------
 
     async def health(self, req: Request) -> Response:
+        # 503 while a local engine is dead or failed, so that a load balancer or systemd watchdog
+        # notices; everything else (echo, remote providers) is still served meanwhile.
+        problems = self.registry.degraded()
+        if problems:
+            return json_response({"status": "degraded", "reasons": problems}, status=503)
         return json_response({"status": "ok"})
 
     async def version(self, req: Request) -> Response:

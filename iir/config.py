@@ -72,9 +72,31 @@ class Settings:
     default_model: str | None = None
     routing_policy: Any = field(default=None, repr=False)  # iir.routing.policy.Policy
     upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
+    # Local engine (vLLM in process) and the model registry; see README "Local engine and registry".
+    local_models: tuple[tuple[str, str], ...] = ()  # (served name, path or hub id)
+    model_dir: Path | None = None
+    autoload_models: bool = False
+    vllm: VllmSettings = field(default_factory=lambda: VllmSettings())
     # The merged environment (file values overlaid by the process environment): providers and the
     # secret scrubber read their own variables from here.
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+
+@dataclass(frozen=True)
+class VllmSettings:
+    """Engine arguments handed to vLLM's ``AsyncEngineArgs``; None leaves vLLM's default."""
+
+    gpu_memory_utilization: float | None = None
+    max_model_len: int | None = None
+    tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    distributed_backend: str | None = None  # "mp" or "ray"
+    dtype: str | None = None
+    quantization: str | None = None
+    enforce_eager: bool | None = None
+    restart_backoff_s: float = 1.0
+    # Tests only: "module:attr" naming a stand-in engine factory (see tests/fake_vllm.py).
+    engine_factory: str | None = None
 
 
 def read_env_file(path: str | os.PathLike[str]) -> dict[str, str]:
@@ -122,6 +144,83 @@ def _float(env: Mapping[str, str], name: str, default: float, lo: float) -> floa
     if not value >= lo or value == float("inf"):
         raise ConfigError(f"{name}={raw} must be a finite number of at least {lo:g}")
     return value
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool | None) -> bool | None:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}={raw!r} must be true or false (1/0, yes/no, on/off)")
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str | None:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    if raw not in choices:
+        raise ConfigError(f"{name}={raw!r} must be one of {', '.join(choices)}")
+    return raw
+
+
+def _word(env: Mapping[str, str], name: str) -> str | None:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    if not all(c.isalnum() or c in "_-." for c in raw):
+        raise ConfigError(f"{name}={raw!r} must be a single word (letters, digits, _ - .)")
+    return raw
+
+
+def _local_models(env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    raw = env.get("IIR_LOCAL_MODELS", "")
+    out: list[tuple[str, str]] = []
+    for item in (i.strip() for i in raw.split(",")):
+        if not item:
+            continue
+        name, sep, path = item.partition("=")
+        name, path = (name.strip(), path.strip()) if sep else (item, item)
+        if not name or not path:
+            raise ConfigError(
+                f"IIR_LOCAL_MODELS: {item!r} must be 'path-or-id' or 'served-name=path-or-id'"
+            )
+        if any(n == name for n, _ in out):
+            raise ConfigError(f"IIR_LOCAL_MODELS: the served name {name!r} is given twice")
+        out.append((name, path))
+    return tuple(out)
+
+
+def _vllm(env: Mapping[str, str]) -> VllmSettings:
+    util = _float(env, "IIR_VLLM_GPU_MEMORY_UTILIZATION", -1.0, 0.0)
+    if util != -1.0 and not 0.0 < util <= 1.0:
+        raise ConfigError(f"IIR_VLLM_GPU_MEMORY_UTILIZATION={util:g} must be above 0 and at most 1")
+    max_len = (
+        _int(env, "IIR_VLLM_MAX_MODEL_LEN", 0, 1)
+        if env.get("IIR_VLLM_MAX_MODEL_LEN", "").strip()
+        else None
+    )
+    factory = env.get("IIR_VLLM_ENGINE_FACTORY", "").strip() or None
+    if factory is not None:
+        module, sep, attr = factory.partition(":")
+        if not sep or not module or not attr:
+            raise ConfigError(f"IIR_VLLM_ENGINE_FACTORY={factory!r} must be 'module:attribute'")
+    return VllmSettings(
+        gpu_memory_utilization=None if util == -1.0 else util,
+        max_model_len=max_len,
+        tensor_parallel_size=_int(env, "IIR_VLLM_TENSOR_PARALLEL_SIZE", 1, 1, 1024),
+        pipeline_parallel_size=_int(env, "IIR_VLLM_PIPELINE_PARALLEL_SIZE", 1, 1, 1024),
+        distributed_backend=_choice(env, "IIR_VLLM_DISTRIBUTED_BACKEND", ("mp", "ray")),
+        dtype=_choice(
+            env, "IIR_VLLM_DTYPE", ("auto", "half", "float16", "bfloat16", "float", "float32")
+        ),
+        quantization=_word(env, "IIR_VLLM_QUANTIZATION"),
+        enforce_eager=_bool(env, "IIR_VLLM_ENFORCE_EAGER", None),
+        restart_backoff_s=_float(env, "IIR_VLLM_RESTART_BACKOFF_S", 1.0, 0.01),
+        engine_factory=factory,
+    )
 
 
 def _keys(env: Mapping[str, str]) -> tuple[str, ...]:
@@ -249,5 +348,11 @@ def load_settings(
         echo_token_delay_ms=_float(env, "IIR_ECHO_TOKEN_DELAY_MS", 0.0, 0.0),
         **_routing(env),
         upstream=_upstream(env),
+        local_models=_local_models(env),
+        model_dir=Path(env["IIR_MODEL_DIR"].strip())
+        if env.get("IIR_MODEL_DIR", "").strip()
+        else None,
+        autoload_models=bool(_bool(env, "IIR_AUTOLOAD_MODELS", False)),
+        vllm=_vllm(env),
         env=env,
     )

@@ -187,7 +187,7 @@ def test_wrong_method_is_405(server: Server, method: str, path: str) -> None:
         "/nope",
         "/v1/async/chat/completions",
         "/infer",
-        "/v1/registry/status",
+        "/v1/registry/nope",
         "/v1",
         "/v1/chat/completions/x",
     ],

@@ -4,6 +4,7 @@ serve."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -246,3 +247,72 @@ def test_503_when_nothing_is_configured() -> None:
         r = ask(s, "Hello", model="iir/echo")
         assert r.status_code == 200
         assert "x-iir-route-model" not in r.headers
+
+
+# --- with the local engine's stand-in ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def engine_srv(fakes: dict[str, FakeProvider]) -> Iterator[Server]:
+    from .test_vllm_backend import local_env, wait_ready
+
+    env = {
+        **_env(fakes, "routing_engine.toml"),
+        **local_env(IIR_VLLM_MAX_MODEL_LEN="512", IIR_LOCAL_MAX_QUEUE="0"),
+    }
+    with Server(env=env) as s:
+        wait_ready(s)
+        yield s
+
+
+def test_auto_routes_to_the_local_engine(
+    engine_srv: Server, fakes: dict[str, FakeProvider]
+) -> None:
+    r = ask(engine_srv, "Hello, how are you?")
+    assert r.status_code == 200, r.text
+    assert r.json()["model"] == "tiny"
+    assert r.headers["x-iir-route-model"] == "tiny"
+    assert r.headers["x-iir-route-reason"] == "local model can serve chat"
+    assert not fakes["openai"].chat_requests()
+
+
+def test_engine_context_length_sends_long_prompts_out(engine_srv: Server) -> None:
+    r = ask(engine_srv, "Please reply to this note. " + "word " * 600)
+    assert r.status_code == 200, r.text
+    assert r.headers["x-iir-route-model"] == "openai/fake-small"
+    d = httpx.post(
+        engine_srv.url + "/v1/route",
+        json={"model": "auto", "messages": [{"role": "user", "content": "word " * 600}]},
+        headers=engine_srv.auth,
+        timeout=30,
+    ).json()
+    assert any(e["model"] == "tiny" and e["why"].startswith("context 512 <") for e in d["excluded"])
+
+
+def test_local_queue_over_the_limit_goes_remote(engine_srv: Server) -> None:
+    body = {"model": "tiny", "stream": True, "messages": [{"role": "user", "content": "__slow__"}]}
+    with httpx.stream(
+        "POST", engine_srv.url + "/v1/chat/completions", json=body, headers=engine_srv.auth
+    ) as slow:
+        assert slow.status_code == 200
+        lines = slow.iter_lines()
+        next(line for line in lines if line.startswith("data: "))  # the engine is busy now
+        r = ask(engine_srv, "Hello!")
+        assert r.status_code == 200, r.text
+        assert r.headers["x-iir-route-model"] == "openai/fake-small"
+        assert "local queue 1 over 0" in r.headers["x-iir-route-reason"]
+    # the slow request ends once the server sees the client gone; then local is first again
+    deadline = time.monotonic() + 10
+    while ask(engine_srv, "Hello!").headers["x-iir-route-model"] != "tiny":
+        assert time.monotonic() < deadline, "the local queue never drained"
+        time.sleep(0.05)
+
+
+def test_falls_back_to_remote_when_the_engine_fails(
+    engine_srv: Server, fakes: dict[str, FakeProvider]
+) -> None:
+    r = ask(engine_srv, "hello __fail__")
+    assert r.status_code == 200, r.text
+    assert r.headers["x-iir-route-model"] == "openai/fake-small"
+    assert r.json()["model"] == "openai/fake-small"
+    assert len(fakes["openai"].chat_requests()) == 1

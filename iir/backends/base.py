@@ -63,6 +63,34 @@ class Delta:
 
 StreamEvent = Delta | Usage
 
+# States a model can be in, as ``GET /v1/registry/status`` reports them.
+READY, LOADING, FAILED, UNAVAILABLE = "ready", "loading", "failed", "unavailable"
+
+
+@dataclass(slots=True)
+class ModelStatus:
+    id: str
+    source: str  # "local", "echo" or the provider's name
+    state: str = READY
+    reason: str | None = None
+    context_length: int | None = None
+
+
+@dataclass(slots=True)
+class ProviderStatus:
+    name: str
+    configured: bool
+    circuit: str = "closed"  # closed | open | half_open
+    reason: str | None = None
+
+
+@dataclass(slots=True)
+class BackendStatus:
+    models: list[ModelStatus]
+    provider: ProviderStatus | None = None
+    # Extra top-level sections of the registry status (e.g. ``local_engine``).
+    sections: dict[str, Any] = field(default_factory=dict)
+
 
 @dataclass(slots=True, frozen=True)
 class Load:
@@ -104,6 +132,26 @@ class Backend(abc.ABC):
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Called once at shutdown; release connections and engines here."""
+
+    def status(self) -> BackendStatus:
+        """What the registry reports for this backend; remote providers add their circuit state."""
+        return BackendStatus(
+            models=[
+                ModelStatus(c.id, self.name, READY, context_length=c.context_length)
+                for c in self.models()
+            ]
+        )
+
+    async def refresh(self) -> None:  # noqa: B027 - optional hook
+        """Re-reads what can change at run time (model folders, a provider's model list)."""
+
+    def degraded(self) -> list[str]:
+        """Reasons this backend is broken now (a dead engine); non-empty makes /health degraded."""
+        return []
+
+    def count_tokens(self, model: str, text: str) -> int | None:
+        """Tokens of ``text`` in ``model``'s own tokenizer, or None when this backend has none."""
+        return None
 
     def load(self, model: str) -> Load:
         """Circuit state, queue depth and recent latency of ``model`` here, for routing."""
