@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import metrics
+from .. import _native, metrics
 from ..backends.base import Backend, Load
 from ..errors import ApiError
 from ..protocol import ChatRequest
@@ -131,6 +131,9 @@ class Router:
         self._label_cache: dict[tuple[str, str, str], Any] = {}
         self._avail: tuple[float, list[tuple[ModelPolicy, str, Backend, str, int | None]]] | None
         self._avail = None
+        # The token counter checks its tables on first use (~0.2 s): pay that at start-up, not
+        # in the first routed request.
+        _native.count_text("warm-up", "o200k_base")
 
     # --- candidates ---------------------------------------------------------------------------
 
