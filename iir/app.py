@@ -27,6 +27,8 @@ from .config import Settings, load_settings
 from .errors import ApiError
 from .hardware import register_gpu_metrics
 from .http import JSON, Request, Response, StreamResponse, json_response
+from .infer import INFER_SCHEMAS, InferService
+from .jobs import JOB_SCHEMAS, JobPool, JobStore, StoreError, db_path
 from .logs import request_id_var
 from .registry import ModelRegistry
 from .routes import Route, Router
@@ -58,6 +60,17 @@ class App:
         self.chat = ChatService(
             self.registry, settings.upstream.fallbacks, self.routing, settings.default_model
         )
+        self.jobs = JobPool(
+            JobStore(
+                db_path(settings.data_dir),
+                settings.job_ttl_seconds,
+                timeout=settings.job_db_timeout,
+            ),
+            self.chat,
+            settings.job_concurrency,
+            settings.job_queue_max,
+        )
+        self.infer = InferService(self.chat, self.jobs)
         self.router = Router(self._routes())
         self._openapi: bytes | None = None
         self._docs_dir = openapi.swagger_dir()
@@ -88,6 +101,39 @@ class App:
             ),
             *registry_routes.routes(self.registry),
             *routing_api.routes(self.chat),
+            *self._job_routes(),
+        ]
+
+    def _job_routes(self) -> list[Route]:
+        job = "/v1/async/chat/completions/{job_id}"
+        openapi.register_operation(
+            "POST",
+            "/v1/async/chat/completions",
+            {"request": "ChatRequest", "ok": "JobStatus", "ok_status": 202},
+            {**JOB_SCHEMAS, **INFER_SCHEMAS},
+        )
+        openapi.register_operation("GET", job, {"ok": "JobResult"})
+        openapi.register_operation("DELETE", job, {"ok": "JobStatus"})
+        openapi.register_operation(
+            "POST", "/infer", {"request": "InferRequest", "ok": "InferResponse"}
+        )
+        return [
+            Route(
+                "POST",
+                "/v1/async/chat/completions",
+                self.jobs.handle_submit,
+                summary="Submit a chat completion job (202 once it is stored)",
+            ),
+            Route("GET", job, self.jobs.handle_get, summary="Status or result of a job"),
+            Route(
+                "DELETE", job, self.jobs.handle_cancel, summary="Cancel a pending or running job"
+            ),
+            Route(
+                "POST",
+                "/infer",
+                self.infer.handle,
+                summary="Direct inference on a named model (optionally as a job)",
+            ),
         ]
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -95,14 +141,23 @@ class App:
     async def startup(self) -> None:
         for backend in self.registry.backends:
             await backend.start()
+        await self.jobs.start()
 
     async def shutdown(self) -> None:
+        with suppress(Exception):
+            await self.jobs.stop()
         for backend in self.registry.backends:
             with suppress(Exception):
                 await backend.close()
 
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        loop.run_until_complete(self.startup())
+        try:
+            loop.run_until_complete(self.startup())
+        except StoreError as exc:
+            # One clear line instead of a traceback; the parent process then exits 2.
+            applog.critical("cannot start: %s", exc, extra={"event": "job_store_refused"})
+            logging.shutdown()
+            os._exit(2)
 
     def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
         with suppress(Exception):

@@ -71,6 +71,10 @@ class Settings:
     local_max_queue: int = 8
     default_model: str | None = None
     routing_policy: Any = field(default=None, repr=False)  # iir.routing.policy.Policy
+    job_concurrency: int = 4
+    job_queue_max: int = 10000
+    job_ttl_seconds: int = 86400
+    job_db_timeout: float = 5.0
     upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
     # Local engine (vLLM in process) and the model registry; see README "Local engine and registry".
     local_models: tuple[tuple[str, str], ...] = ()  # (served name, path or hub id)
@@ -347,6 +351,10 @@ def load_settings(
         shutdown_timeout=_float(env, "IIR_SHUTDOWN_TIMEOUT", 30.0, 0.0),
         echo_token_delay_ms=_float(env, "IIR_ECHO_TOKEN_DELAY_MS", 0.0, 0.0),
         **_routing(env),
+        job_concurrency=_int(env, "IIR_JOB_CONCURRENCY", 4, 1, 1024),
+        job_queue_max=_int(env, "IIR_JOB_QUEUE_MAX", 10000, 1),
+        job_ttl_seconds=_int(env, "IIR_JOB_TTL_SECONDS", 86400, 1),
+        job_db_timeout=_float(env, "IIR_JOB_DB_TIMEOUT", 5.0, 0.0),
         upstream=_upstream(env),
         local_models=_local_models(env),
         model_dir=Path(env["IIR_MODEL_DIR"].strip())

@@ -32,6 +32,7 @@ _FIELDS = (
     "provider",
     "reason",
     "error",
+    "count",
 )
 
 

@@ -78,6 +78,15 @@ ROUTE_DECISION_SECONDS = Histogram(
     registry=REGISTRY,
 )
 
+JOBS = Gauge("iir_jobs", "Async jobs in the store, by status", ["status"], registry=REGISTRY)
+JOB_DURATION = Histogram(
+    "iir_job_duration_seconds",
+    "Run time of an async job, from its start to its end, by final status",
+    ["status"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+JOB_QUEUE_DEPTH = Gauge("iir_job_queue_depth", "Async jobs waiting for a worker", registry=REGISTRY)
 UPSTREAM_REQUESTS = Counter(
     "iir_upstream_requests",
     "Attempts sent to remote providers, by provider and outcome (HTTP status, or "

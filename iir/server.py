@@ -10,6 +10,7 @@ from granian import Granian
 from granian.constants import Interfaces
 
 from .config import ConfigError, Settings
+from .jobs import StoreError, check_database, db_path
 from .logs import granian_log_config
 
 
@@ -25,6 +26,10 @@ def prepare_data_dir(path: Path) -> None:
 def serve(settings: Settings, env_file: str | None) -> None:
     """Blocks until SIGINT/SIGTERM; in-flight requests get ``shutdown_timeout`` to finish."""
     prepare_data_dir(settings.data_dir)
+    try:
+        check_database(db_path(settings.data_dir), settings.job_db_timeout)
+    except StoreError as exc:
+        raise ConfigError(str(exc)) from None
     # The worker process rebuilds Settings from the same sources; the command line already won.
     os.environ["IIR_ENV_FILE"] = str(Path(env_file).resolve()) if env_file else ""
     os.environ["IIR_HOST"] = settings.host
@@ -41,4 +46,14 @@ def serve(settings: Settings, env_file: str | None) -> None:
         log_access=False,
         workers_kill_timeout=max(1, math.ceil(settings.shutdown_timeout)),
     )
-    server.serve()
+    try:
+        server.serve()
+    except SystemExit as exc:
+        # Granian exits 1 when its worker dies at start-up; when the job database is the
+        # reason (it went bad after the check above), say so and exit 2 like the check would.
+        if exc.code not in (0, None):
+            try:
+                check_database(db_path(settings.data_dir), settings.job_db_timeout)
+            except StoreError as bad:
+                raise ConfigError(str(bad)) from None
+        raise

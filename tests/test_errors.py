@@ -185,8 +185,6 @@ def test_wrong_method_is_405(server: Server, method: str, path: str) -> None:
     "path",
     [
         "/nope",
-        "/v1/async/chat/completions",
-        "/infer",
         "/v1/registry/nope",
         "/v1",
         "/v1/chat/completions/x",
@@ -194,6 +192,13 @@ def test_wrong_method_is_405(server: Server, method: str, path: str) -> None:
 )
 def test_unknown_route_is_404(server: Server, path: str) -> None:
     _error(httpx.get(server.url + path, headers=server.auth), 404)
+
+
+@pytest.mark.parametrize("path", ["/v1/async/chat/completions", "/infer"])
+def test_get_on_a_post_route_is_405(server: Server, path: str) -> None:
+    r = httpx.get(server.url + path, headers=server.auth)
+    _error(r, 405)
+    assert r.headers["allow"] == "POST"
 
 
 def test_unknown_model_is_404(server: Server) -> None:

@@ -112,11 +112,14 @@ def test_features_see_tools_images_structured_output_and_limits() -> None:
 
 
 def test_prompt_tokens_come_from_the_rust_counter() -> None:
-    from iir import _native
+    from iir.tokens import count_chat
 
     text = "The quick brown fox jumps over the lazy dog. " * 50
     f = extract(chat(text))  # type: ignore[arg-type]
-    assert f.prompt_tokens == _native.count_text(text, "o200k_base") + 4 + 3
+    assert f.prompt_tokens == count_chat([{"role": "user", "content": text}], "gpt-4o")
+    # lone surrogates (valid JSON escapes, not UTF-8) are counted, not an error
+    f = extract(chat("bad \ud800 text"))  # type: ignore[arg-type]
+    assert f.prompt_tokens > 3
 
 
 # --- strategies and live state -------------------------------------------------------------------

@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .. import _native
 from ..protocol import ChatRequest
+from ..tokens import count_chat
 from .language import detect
 
 # The classifier reads the start and the end of the last user message: instructions sit there
@@ -48,10 +48,20 @@ class Features:
 
 
 def count_prompt_tokens(chat: ChatRequest) -> int:
-    """Prompt tokens in ``o200k_base`` (the Rust counter), with OpenAI's framing per message;
-    close enough to any model's own count to decide what fits in a context window."""
-    texts = [m.text() for m in chat.messages]
-    return _native.count_texts(texts, "o200k_base") + 4 * len(texts) + 3
+    """Prompt tokens (``o200k_base``, the Rust counter via :mod:`iir.tokens`), with OpenAI's
+    framing per message: close enough to any model's own count to decide what fits."""
+    messages = []
+    for m in chat.messages:
+        msg: dict[str, Any] = {"role": m.role, "content": m.text()}
+        if m.name:
+            msg["name"] = m.name
+        if m.tool_calls:
+            msg["tool_calls"] = [
+                {"function": {"name": c.function.name, "arguments": c.function.arguments}}
+                for c in m.tool_calls
+            ]
+        messages.append(msg)
+    return count_chat(messages, "o200k")
 
 
 def _needs_vision(chat: ChatRequest) -> bool:

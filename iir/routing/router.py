@@ -12,11 +12,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import _native, metrics
+from .. import metrics
 from ..backends.base import Backend, Load
 from ..errors import ApiError
 from ..protocol import ChatRequest
 from ..registry import ModelRegistry
+from ..tokens import count_text
 from .classifier import Category, ClassifierError, classify
 from .features import Features, extract
 from .policy import LOCAL_WILDCARD, STRATEGIES, ModelPolicy, Policy
@@ -133,7 +134,7 @@ class Router:
         self._avail = None
         # The token counter checks its tables on first use (~0.2 s): pay that at start-up, not
         # in the first routed request.
-        _native.count_text("warm-up", "o200k_base")
+        count_text("warm-up")
 
     # --- candidates ---------------------------------------------------------------------------
 

@@ -105,8 +105,7 @@ impl PyScrubber {
             return Ok(None);
         }
         if let Ok(d) = obj.cast::<PyDict>() {
-            let mut changed: Vec<(usize, Option<Bound<'py, PyAny>>, Option<Bound<'py, PyAny>>)> =
-                Vec::new();
+            let mut changed: Vec<Replacement<'py>> = Vec::new();
             for (i, (k, v)) in d.iter().enumerate() {
                 let new_k = self.walk(&k, scratch, counts, depth + 1)?;
                 let mut new_v = None;
@@ -197,6 +196,9 @@ impl PyScrubber {
     }
 }
 
+/// A dict item to rebuild: its index, new key (if changed), new value (if changed).
+type Replacement<'py> = (usize, Option<Bound<'py, PyAny>>, Option<Bound<'py, PyAny>>);
+
 trait MapOrOwned {
     fn map_or_owned(self) -> Option<String>;
 }
@@ -217,7 +219,7 @@ impl PyScrubber {
     #[pyo3(signature = (secrets = Vec::new()))]
     fn new(secrets: Vec<String>) -> PyResult<Self> {
         let inner = scrub::Scrubber::new(&secrets).map_err(|e| PyValueError::new_err(e.0))?;
-        let key_regex = regex_automata::meta::Regex::new(&format!("^{}$", rules::SECRET_KEY))
+        let key_regex = regex_automata::meta::Regex::new(&rules::secret_key_pattern())
             .map_err(|e| PyRuntimeError::new_err(format!("invalid key pattern: {e}")))?;
         Ok(Self {
             inner: Arc::new(inner),
@@ -304,6 +306,16 @@ impl PyStreamScrubber {
     }
 }
 
+/// The built-in rules as `(name, pattern)` (regex crate syntax), for documentation and for
+/// baselines that reimplement them.
+#[pyfunction]
+fn rule_patterns() -> Vec<(&'static str, String)> {
+    rules::builtin()
+        .into_iter()
+        .map(|r| (r.name, r.pattern))
+        .collect()
+}
+
 // ---------------------------------------------------------------------------------------------
 // Tokens
 
@@ -365,6 +377,75 @@ fn encoding_ranks(py: Python<'_>, encoding: &str) -> PyResult<Vec<Py<pyo3::types
 // ---------------------------------------------------------------------------------------------
 // Rate limiting
 
+/// The outcome of a rate-limit check (immutable; compares by value).
+#[pyclass(module = "iir._native", name = "Decision", frozen, eq, get_all)]
+#[derive(PartialEq)]
+struct PyDecision {
+    allowed: bool,
+    limit: u64,
+    remaining: u64,
+    reset_seconds: f64,
+    retry_after_seconds: f64,
+}
+
+#[pymethods]
+impl PyDecision {
+    #[new]
+    #[pyo3(signature = (allowed, limit, remaining, reset_seconds, retry_after_seconds))]
+    fn new(
+        allowed: bool,
+        limit: u64,
+        remaining: u64,
+        reset_seconds: f64,
+        retry_after_seconds: f64,
+    ) -> Self {
+        Self {
+            allowed,
+            limit,
+            remaining,
+            reset_seconds,
+            retry_after_seconds,
+        }
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Decision(allowed={}, limit={}, remaining={}, reset_seconds={:?}, retry_after_seconds={:?})",
+            if self.allowed { "True" } else { "False" },
+            self.limit,
+            self.remaining,
+            self.reset_seconds,
+            self.retry_after_seconds
+        )
+    }
+
+    fn __hash__(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (
+            self.allowed,
+            self.limit,
+            self.remaining,
+            self.reset_seconds.to_bits(),
+            self.retry_after_seconds.to_bits(),
+        )
+            .hash(&mut h);
+        h.finish()
+    }
+}
+
+impl From<ratelimit::Decision> for PyDecision {
+    fn from(d: ratelimit::Decision) -> Self {
+        Self {
+            allowed: d.allowed,
+            limit: d.limit,
+            remaining: d.remaining,
+            reset_seconds: d.reset_seconds,
+            retry_after_seconds: d.retry_after_seconds,
+        }
+    }
+}
+
 #[pyclass(module = "iir._native", name = "RateLimiter", frozen)]
 struct PyRateLimiter {
     inner: ratelimit::Limiter,
@@ -383,7 +464,9 @@ impl PyRateLimiter {
         }
         if let Some(b) = burst {
             if b < 1 {
-                return Err(PyValueError::new_err(format!("burst must be >= 1, got {b}")));
+                return Err(PyValueError::new_err(format!(
+                    "burst must be >= 1, got {b}"
+                )));
             }
         }
         if max_keys < 1 {
@@ -404,21 +487,15 @@ impl PyRateLimiter {
     }
 
     /// Admit `cost` units for `key` at `now` (seconds; default: an internal monotonic clock).
-    /// Returns `(allowed, limit, remaining, reset_seconds, retry_after_seconds)`.
     #[pyo3(signature = (key, cost = 1, now = None))]
-    fn check(&self, key: &str, cost: i64, now: Option<f64>) -> PyResult<(bool, u64, u64, f64, f64)> {
+    fn check(&self, key: &str, cost: i64, now: Option<f64>) -> PyResult<PyDecision> {
         if cost < 0 {
-            return Err(PyValueError::new_err(format!("cost must be >= 0, got {cost}")));
+            return Err(PyValueError::new_err(format!(
+                "cost must be >= 0, got {cost}"
+            )));
         }
         let now = self.now(now)?;
-        let d = self.inner.check(key, cost as u64, now);
-        Ok((
-            d.allowed,
-            d.limit,
-            d.remaining,
-            d.reset_seconds,
-            d.retry_after_seconds,
-        ))
+        Ok(self.inner.check(key, cost as u64, now).into())
     }
 
     /// Charge (positive) or refund (negative) units for `key`.
@@ -477,6 +554,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyScrubber>()?;
     m.add_class::<PyStreamScrubber>()?;
     m.add_class::<PyRateLimiter>()?;
+    m.add_class::<PyDecision>()?;
+    m.add_function(wrap_pyfunction!(rule_patterns, m)?)?;
     m.add_function(wrap_pyfunction!(count_text, m)?)?;
     m.add_function(wrap_pyfunction!(count_texts, m)?)?;
     m.add_function(wrap_pyfunction!(encode, m)?)?;

@@ -5,7 +5,7 @@
 //! decision; only when `max_keys` busy keys exist at once does eviction forget state.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::Mutex;
 
 const SHARDS: usize = 16;
@@ -81,9 +81,7 @@ impl Limiter {
     }
 
     fn shard(&self, key: &str) -> &Mutex<HashMap<String, f64>> {
-        let mut h = self.hasher.build_hasher();
-        key.hash(&mut h);
-        &self.shards[(h.finish() as usize) % SHARDS]
+        &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS]
     }
 
     fn shard_cap(&self) -> usize {
@@ -134,22 +132,23 @@ impl Limiter {
             Decision {
                 allowed: true,
                 limit: self.per_minute,
-                remaining: ((self.capacity - used + eps) / self.interval).floor().max(0.0) as u64,
+                remaining: ((self.capacity - used + eps) / self.interval)
+                    .floor()
+                    .max(0.0) as u64,
                 reset_seconds: used.max(0.0),
                 retry_after_seconds: 0.0,
             }
         } else {
             let held = tat - now;
-            let retry = if cost > self.burst {
-                // Never admissible: report when the bucket is full again.
-                held
-            } else {
-                used - self.capacity
-            };
+            // For `cost > burst` (never admissible) this is the wait an over-drawn bucket would
+            // need; callers should refuse such costs up front.
+            let retry = used - self.capacity;
             Decision {
                 allowed: false,
                 limit: self.per_minute,
-                remaining: ((self.capacity - held + eps) / self.interval).floor().max(0.0) as u64,
+                remaining: ((self.capacity - held + eps) / self.interval)
+                    .floor()
+                    .max(0.0) as u64,
                 reset_seconds: held.max(0.0),
                 retry_after_seconds: retry.max(0.0),
             }

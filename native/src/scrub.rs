@@ -7,6 +7,7 @@
 
 use std::borrow::Cow;
 
+use aho_corasick::{AhoCorasick, MatchKind as AcMatchKind};
 use base64::Engine as _;
 use regex_automata::hybrid::dfa::{Cache as DfaCache, DFA};
 use regex_automata::meta::{Cache as MetaCache, Regex};
@@ -36,7 +37,11 @@ impl std::fmt::Display for BuildError {
 
 /// A compiled set of rules.
 pub struct Scrubber {
+    /// Every match starts with one of these literals (rule triggers and literal secrets).
+    triggers: AhoCorasick,
     regex: Regex,
+    /// One small regex per pattern, to resolve capture groups cheaply once a match is known.
+    per_pattern: Vec<Regex>,
     dfa: DFA,
     /// Per pattern: index into `names`, and whether placeholder checks apply.
     patterns: Vec<(usize, bool)>,
@@ -46,14 +51,19 @@ pub struct Scrubber {
 /// Per-call scratch space (caches of the lazy automata).
 pub struct Scratch {
     meta: MetaCache,
-    caps: Captures,
+    /// Captures and cache per pattern (made on first use).
+    per_pattern: Vec<Option<(MetaCache, Captures)>>,
     dfa: Option<DfaCache>,
 }
 
 /// What the search found at one position.
 enum Found {
     /// A secret: the byte span to replace and the rule index.
-    Secret { start: usize, end: usize, rule: usize },
+    Secret {
+        start: usize,
+        end: usize,
+        rule: usize,
+    },
     /// A match that turned out to be a placeholder: skip one character at `start`.
     /// `end` is where the checks looked (the byte after the value).
     Rejected { start: usize, end: usize },
@@ -93,17 +103,19 @@ pub fn literal_forms(value: &str) -> Vec<String> {
     }
     forms.push(json.replace("\\/", "/"));
     forms.push(json);
-    forms.push(
-        percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC).to_string(),
-    );
-    forms.push(
-        percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC)
-            .to_string()
-            .replace("%2D", "-")
-            .replace("%2E", ".")
-            .replace("%5F", "_")
-            .replace("%7E", "~"),
-    );
+    let pct = percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC)
+        .to_string();
+    // Unreserved characters left as they are (RFC 3986), as most encoders do.
+    let unreserved = pct
+        .replace("%2D", "-")
+        .replace("%2E", ".")
+        .replace("%5F", "_")
+        .replace("%7E", "~");
+    // Form encoding: spaces as `+`.
+    forms.push(pct.replace("%20", "+"));
+    forms.push(unreserved.replace("%20", "+"));
+    forms.push(pct);
+    forms.push(unreserved);
     let b64 = base64::engine::general_purpose::STANDARD.encode(value.as_bytes());
     forms.push(b64.trim_end_matches('=').to_string());
     forms.push(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(value.as_bytes()));
@@ -167,6 +179,17 @@ impl Scrubber {
             sources.push(r.pattern);
             patterns.push((idx, r.token_like));
         }
+        let mut trigger_list: Vec<&str> = rules::TRIGGERS.to_vec();
+        trigger_list.extend(literals.iter().map(String::as_str));
+        let triggers = AhoCorasick::builder()
+            .ascii_case_insensitive(true)
+            .match_kind(AcMatchKind::LeftmostFirst)
+            // Case-insensitive triggers start with most letters: a start-byte prefilter would
+            // fire constantly; the DFA alone is faster on prose.
+            .kind(Some(aho_corasick::AhoCorasickKind::DFA))
+            .prefilter(false)
+            .build(&trigger_list)
+            .map_err(|e| BuildError(format!("invalid trigger literal: {e}")))?;
         let regex = Regex::builder()
             .configure(
                 Regex::config()
@@ -184,8 +207,16 @@ impl Scrubber {
             .syntax(regex_automata::util::syntax::Config::new())
             .build_many(&sources)
             .map_err(|e| BuildError(format!("invalid scrub pattern: {e}")))?;
+        let per_pattern = sources
+            .iter()
+            .map(|src| {
+                Regex::new(src).map_err(|e| BuildError(format!("invalid scrub pattern: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
+            triggers,
             regex,
+            per_pattern,
             dfa,
             patterns,
             names,
@@ -201,23 +232,49 @@ impl Scrubber {
     pub fn scratch(&self) -> Scratch {
         Scratch {
             meta: self.regex.create_cache(),
-            caps: self.regex.create_captures(),
+            per_pattern: (0..self.per_pattern.len()).map(|_| None).collect(),
             dfa: None,
         }
     }
 
-    /// Find the next match at or after `pos` in `hay[..end]` (context outside stays visible).
+    /// Find the leftmost match starting at or after `pos` in `hay[..end]` (leftmost-first
+    /// among rules). Matches start only at trigger literals, so the regex runs anchored there.
     fn find(&self, scratch: &mut Scratch, hay: &str, pos: usize, end: usize) -> Option<Found> {
-        let input = Input::new(hay.as_bytes()).span(pos..end);
-        self.regex
-            .search_captures_with(&mut scratch.meta, &input, &mut scratch.caps);
-        let m = scratch.caps.get_match()?;
-        let pid = m.pattern().as_usize();
+        let bytes = hay.as_bytes();
+        let mut p = pos;
+        let (pid, whole, start) = loop {
+            if p >= end {
+                return None;
+            }
+            let t = self
+                .triggers
+                .find(aho_corasick::Input::new(bytes).span(p..end))?;
+            let input = Input::new(bytes)
+                .span(t.start()..end)
+                .anchored(Anchored::Yes);
+            // The lazy DFA answers whether and where a match ends; the slower capture engine
+            // then runs only on that span, for that one pattern.
+            if let Some(half) = self.regex.search_half_with(&mut scratch.meta, &input) {
+                let pid = half.pattern().as_usize();
+                let exact = Input::new(bytes)
+                    .span(t.start()..half.offset())
+                    .anchored(Anchored::Yes);
+                let re = &self.per_pattern[pid];
+                let (cache, caps) = scratch.per_pattern[pid]
+                    .get_or_insert_with(|| (re.create_cache(), re.create_captures()));
+                re.search_captures_with(cache, &exact, caps);
+                if let Some(m) = caps.get_match() {
+                    break (pid, m.span(), t.start());
+                }
+            }
+            // Triggers are ASCII: the next byte is a character boundary.
+            p = t.start() + 1;
+        };
+        let caps = &scratch.per_pattern[pid].as_ref()?.1;
         let (rule, token_like) = self.patterns[pid];
-        // The value: the first capture group that took part, else the whole match.
-        let mut span = m.span();
-        for g in 1..scratch.caps.group_len() {
-            if let Some(s) = scratch.caps.get_group(g) {
+        let mut span = whole;
+        for g in 1..caps.group_len() {
+            if let Some(s) = caps.get_group(g) {
                 span = s;
                 break;
             }
@@ -233,7 +290,7 @@ impl Scrubber {
             })
         } else {
             Some(Found::Rejected {
-                start: m.start(),
+                start,
                 end: span.end,
             })
         }
@@ -298,9 +355,7 @@ impl Scrubber {
 
     /// Earliest position at or after `from` (a char boundary) where a rule is still alive.
     fn first_alive(&self, scratch: &mut Scratch, hay: &str, from: usize) -> usize {
-        let cache = scratch
-            .dfa
-            .get_or_insert_with(|| DfaCache::new(&self.dfa));
+        let cache = scratch.dfa.get_or_insert_with(|| DfaCache::new(&self.dfa));
         let bytes = hay.as_bytes();
         let mut s = from;
         while s < bytes.len() {
@@ -376,7 +431,12 @@ fn accept(name: &str, token_like: bool, value: &str, after: Option<char>) -> boo
             if all_same(value) {
                 return false;
             }
-            if lower.contains("your") && (lower.contains("key") || lower.contains("token") || lower.contains("password") || lower.contains("secret")) {
+            if lower.contains("your")
+                && (lower.contains("key")
+                    || lower.contains("token")
+                    || lower.contains("password")
+                    || lower.contains("secret"))
+            {
                 return false;
             }
             true
@@ -389,10 +449,23 @@ fn accept(name: &str, token_like: bool, value: &str, after: Option<char>) -> boo
             Err(_) => false,
         },
         _ if token_like => {
-            if lower.contains("example") || lower.contains("xxxx") || lower.contains("your") {
-                return false;
-            }
-            if lower.contains("placeholder") || lower.contains("dummy") {
+            // Case-sensitive on purpose: random key material contains "your" or "Example"
+            // often enough, the placeholders people write do not vary case.
+            const PLACEHOLDERS: &[&str] = &[
+                "your-",
+                "your_",
+                "YOUR-",
+                "YOUR_",
+                "xxxxx",
+                "XXXXX",
+                "EXAMPLE",
+                "example",
+                "placeholder",
+                "PLACEHOLDER",
+                "dummy",
+                "DUMMY",
+            ];
+            if PLACEHOLDERS.iter().any(|p| value.contains(p)) {
                 return false;
             }
             let mut seen = [false; 128];
@@ -542,5 +615,40 @@ impl Stream {
         }
         self.buf.drain(..keep);
         self.pos -= keep;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scrub(s: &Scrubber, text: &str) -> String {
+        let mut counts = vec![0; s.rule_names().len()];
+        s.scrub(&mut s.scratch(), text, &mut counts).into_owned()
+    }
+
+    #[test]
+    fn builds_with_literals() {
+        let s = Scrubber::new(&["hunter2hunter2", "my$ecret/pass w"]).unwrap();
+        assert_eq!(scrub(&s, "a hunter2hunter2 b"), "a REDACTED b");
+        assert_eq!(scrub(&s, "x my%24ecret%2Fpass%20w"), "x REDACTED");
+    }
+
+    #[test]
+    fn stream_equals_one_shot() {
+        let s = Scrubber::new(&["hunter2hunter2"]).unwrap();
+        let text = "key sk-proj-abcdefghijklmnopqrstuvwxyz0123 and password=hunter22 \
+                    Authorization: Bearer abc123def456ghi789 hunter2hunter2 end";
+        let want = scrub(&s, text);
+        for size in 1..12 {
+            let mut st = Stream::new(&s);
+            let mut got = String::new();
+            let chars: Vec<char> = text.chars().collect();
+            for chunk in chars.chunks(size) {
+                got.push_str(&st.push(&s, &chunk.iter().collect::<String>()));
+            }
+            got.push_str(&st.finish(&s));
+            assert_eq!(got, want, "chunk size {size}");
+        }
     }
 }

@@ -43,8 +43,7 @@ pub fn table_sha256(tok: &Tokenizer) -> String {
     let mut line = String::new();
     for id in 0..tok.bpe.num_tokens() as u32 {
         line.clear();
-        base64::engine::general_purpose::STANDARD
-            .encode_string(tok.bpe.token_bytes(id), &mut line);
+        base64::engine::general_purpose::STANDARD.encode_string(tok.bpe.token_bytes(id), &mut line);
         line.push(' ');
         line.push_str(&id.to_string());
         line.push('\n');

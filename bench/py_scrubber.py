@@ -1,0 +1,133 @@
+"""Pure-Python baseline: the same rules and checks as the Rust scrubber, on the ``re`` module.
+
+The patterns are the Rust rule table translated to ``re`` syntax (ASCII word boundaries become
+``(?a:\\b)``); each rule is searched on its own and the matches are merged leftmost-first (faster
+than one combined alternation on ``re``), and every match goes through the same placeholder
+checks.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import urllib.parse
+
+from iir import _native
+
+REDACTED = "REDACTED"
+_PLACEHOLDER_VALUES = {
+    "true", "false", "null", "none", "nil", "undefined", "empty", "required", "optional",
+    "string", "str", "bytes", "secretstr", "int", "bool", "password", "secret", "token",
+    "changeme",
+}  # fmt: skip
+_TOKEN_PLACEHOLDERS = (
+    "your-", "your_", "YOUR-", "YOUR_", "xxxxx", "XXXXX", "EXAMPLE", "example",
+    "placeholder", "PLACEHOLDER", "dummy", "DUMMY",
+)  # fmt: skip
+_DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)+\Z")
+_TOKEN_LIKE = {
+    "age_secret_key", "anthropic_key", "openrouter_key", "openai_key", "stripe_secret_key",
+    "xai_key", "groq_key", "huggingface_token", "replicate_token", "perplexity_key",
+    "github_token", "gitlab_token", "slack_token", "google_api_key", "google_oauth_token",
+    "aws_access_key_id", "aws_secret_key", "npm_token", "pypi_token", "sendgrid_key",
+    "digitalocean_token", "databricks_token", "vault_token", "twilio_key", "shopify_token",
+    "linear_key", "jwt",
+}  # fmt: skip
+
+
+def _translate(pattern: str) -> str:
+    return pattern.replace(r"(?-u:\b)", r"(?a:\b)")
+
+
+def _forms(value: str) -> list[str]:
+    forms = {
+        value,
+        value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n"),
+        urllib.parse.quote(value, safe=""),
+        urllib.parse.quote_plus(value),
+        base64.b64encode(value.encode()).decode().rstrip("="),
+        base64.urlsafe_b64encode(value.encode()).decode().rstrip("="),
+    }
+    return sorted((f for f in forms if len(f) >= 8), key=lambda f: (-len(f), f))
+
+
+def _accept(name: str, value: str, after: str) -> bool:
+    if not value or value == REDACTED:
+        return False
+    if name == "env_secret":
+        return True
+    lower = value.lower()
+    if "redacted" in lower or "..." in lower or "\u2026" in value:
+        return False
+    if name in ("assignment", "url_password"):
+        if value[0] in "<${%*[(":
+            return False
+        if name == "assignment" and len(value) < 4:
+            return False
+        if lower in _PLACEHOLDER_VALUES or after in ("(", "["):
+            return False
+        if _DOTTED.match(value) or len(set(value)) == 1:
+            return False
+        return not (
+            "your" in lower and any(w in lower for w in ("key", "token", "password", "secret"))
+        )
+    if name == "basic_auth":
+        try:
+            raw = base64.b64decode(value, validate=True).decode()
+        except ValueError:
+            return False
+        return ":" in raw and raw.isprintable()
+    if name in _TOKEN_LIKE or name == "bearer":
+        if any(p in value for p in _TOKEN_PLACEHOLDERS):
+            return False
+        if len({c for c in value if c.isascii()}) < 6:
+            return False
+        if name in ("bearer", "openai_key"):
+            return any(c.isdigit() for c in value)
+    return True
+
+
+class PyScrubber:
+    """The baseline scrubber."""
+
+    def __init__(self, secrets: list[str]) -> None:
+        literals = sorted({f for s in secrets for f in _forms(s)}, key=lambda f: (-len(f), f))
+        rules: list[tuple[str, str]] = []
+        if literals:
+            rules.append(("env_secret", "|".join(map(re.escape, literals))))
+        rules.extend((name, _translate(p)) for name, p in _native.rule_patterns())
+        # One regex per rule: each keeps its literal prefix, which ``re`` searches quickly.
+        self._rules = [(name, re.compile(p)) for name, p in rules]
+
+    def scrub_text(self, text: str) -> tuple[str, dict[str, int]]:
+        """Search rule by rule and merge leftmost-first.
+
+        Faster on ``re`` than one combined alternation (measured: about 3x), since each rule
+        keeps its literal prefix.
+        """
+        candidates: list[tuple[int, int, int, int, str]] = []
+        for index, (name, regex) in enumerate(self._rules):
+            for m in regex.finditer(text):
+                start, end = m.span()
+                for g in range(1, (regex.groups or 0) + 1):
+                    if m.group(g) is not None:
+                        start, end = m.span(g)
+                        break
+                candidates.append((m.start(), index, start, end, name))
+        if not candidates:
+            return text, {}
+        candidates.sort()
+        counts: dict[str, int] = {}
+        out: list[str] = []
+        copied = 0
+        for _, _, start, end, name in candidates:
+            if start < copied or not _accept(name, text[start:end], text[end : end + 1]):
+                continue
+            out.append(text[copied:start])
+            out.append(REDACTED)
+            counts[name] = counts.get(name, 0) + 1
+            copied = end
+        if not out:
+            return text, counts
+        out.append(text[copied:])
+        return "".join(out), counts
