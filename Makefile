@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 
 SOURCES := pyproject.toml Cargo.toml native/Cargo.toml $(shell find native/src -type f 2>/dev/null)
 
-.PHONY: install run test lint fmt bench clean
+.PHONY: install run test test-deps lint fmt bench clean
 
 install: $(STAMP)  ## create .venv with IIR and its dev tools (quick when nothing changed)
 
@@ -25,7 +25,7 @@ $(STAMP): $(SOURCES)
 
 $(DEV_ENV): | $(STAMP)
 	@mkdir -p $(DATA)
-	@umask 077; $(PY) -c "import secrets; print('IIR_API_KEY=iir-' + secrets.token_urlsafe(30))" > $@
+	@umask 077; $(BIN)/iir keygen --prefix dev --env > $@
 	@echo "Generated a development API key in $@"
 
 run: install $(DEV_ENV)  ## serve on $(HOST):$(PORT) with ./var as the data directory
@@ -44,9 +44,12 @@ fmt: install
 	$(BIN)/ruff check --fix .
 	cargo fmt --all
 
-test: install lint  ## lint, Rust unit tests, then the Python suite against real servers
+test: install test-deps lint  ## lint, Rust unit tests, then the Python suite against real servers
 	cargo test --quiet
 	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+test-deps:  ## system tools the tests use (systemd-analyze, dpkg-deb, ...), installed only when missing
+	@sh packaging/ci-deps.sh
 
 bench: install  ## benchmarks (pytest-benchmark); see README for the numbers
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq wrk >/dev/null; } || echo "wrk missing: throughput benchmarks will be skipped"
@@ -54,3 +57,6 @@ bench: install  ## benchmarks (pytest-benchmark); see README for the numbers
 
 clean:
 	rm -rf $(VENV) target .pytest_cache .ruff_cache .benchmarks
+
+# package, deploy-test, logs, generate-api-key
+include packaging/packaging.mk

@@ -51,7 +51,7 @@ def _forms(value: str) -> list[str]:
     return sorted((f for f in forms if len(f) >= 8), key=lambda f: (-len(f), f))
 
 
-def _accept(name: str, value: str, after: str) -> bool:
+def _accept(name: str, value: str, before: str, after: str) -> bool:
     if not value or value == REDACTED:
         return False
     if name == "env_secret":
@@ -65,6 +65,9 @@ def _accept(name: str, value: str, after: str) -> bool:
         if name == "assignment" and len(value) < 4:
             return False
         if lower in _PLACEHOLDER_VALUES or after in ("(", "["):
+            return False
+        word = value.rstrip(".!?")
+        if before == ":" and word.isascii() and word.isalpha() and word.islower():
             return False
         if _DOTTED.match(value) or len(set(value)) == 1:
             return False
@@ -105,7 +108,7 @@ class PyScrubber:
         Faster on ``re`` than one combined alternation (measured: about 3x), since each rule
         keeps its literal prefix.
         """
-        candidates: list[tuple[int, int, int, int, str]] = []
+        candidates: list[tuple[int, int, int, int, str, str]] = []
         for index, (name, regex) in enumerate(self._rules):
             for m in regex.finditer(text):
                 start, end = m.span()
@@ -113,15 +116,16 @@ class PyScrubber:
                     if m.group(g) is not None:
                         start, end = m.span(g)
                         break
-                candidates.append((m.start(), index, start, end, name))
+                before = text[m.start() : start].rstrip(" \t")[-1:]
+                candidates.append((m.start(), index, start, end, name, before))
         if not candidates:
             return text, {}
         candidates.sort()
         counts: dict[str, int] = {}
         out: list[str] = []
         copied = 0
-        for _, _, start, end, name in candidates:
-            if start < copied or not _accept(name, text[start:end], text[end : end + 1]):
+        for _, _, start, end, name, before in candidates:
+            if start < copied or not _accept(name, text[start:end], before, text[end : end + 1]):
                 continue
             out.append(text[copied:start])
             out.append(REDACTED)

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 from granian.rsgi import ProtocolClosed
 
-from . import __version__, metrics, openapi, registry_routes
+from . import __version__, logs, metrics, openapi, registry_routes, tokens
 from .auth import KeyRing
 from .backends.echo import EchoBackend
 from .backends.remote import remote_backends
@@ -29,16 +29,20 @@ from .hardware import register_gpu_metrics
 from .http import JSON, Request, Response, StreamResponse, json_response
 from .infer import INFER_SCHEMAS, InferService
 from .jobs import JOB_SCHEMAS, JobPool, JobStore, StoreError, db_path
+from .limits import Limits
 from .logs import request_id_var
 from .registry import ModelRegistry
 from .routes import Route, Router
 from .routing import api as routing_api
 from .routing.policy import load_policy
 from .routing.router import Router as ModelRouter
+from .scrub import Scrubber
 
 log = logging.getLogger("iir.access")
 applog = logging.getLogger("iir")
 
+# Monitoring probes are not rate-limited per IP: a scraper must never be locked out.
+_PROBES = frozenset({"/health", "/metrics"})
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 
 
@@ -48,6 +52,10 @@ class App:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.keys = KeyRing(settings.api_keys)
+        self.limits = Limits(settings)
+        # Secrets: the process's secret environment values (provider keys too) and IIR's own keys.
+        self.scrubber = Scrubber.from_environ(settings.env, extra_secrets=settings.api_keys)
+        logs.set_scrubber(self.scrubber)
         self.echo = EchoBackend(settings.echo_token_delay_ms)
         self.local = VllmBackend(settings)
         self.registry = ModelRegistry([self.echo, self.local, *remote_backends(settings)])
@@ -58,7 +66,13 @@ class App:
             settings.local_max_queue,
         )
         self.chat = ChatService(
-            self.registry, settings.upstream.fallbacks, self.routing, settings.default_model
+            self.registry,
+            settings.upstream.fallbacks,
+            scrubber=self.scrubber,
+            limits=self.limits,
+            max_prompt_tokens=settings.max_prompt_tokens,
+            router=self.routing,
+            default_model=settings.default_model,
         )
         self.jobs = JobPool(
             JobStore(
@@ -69,10 +83,12 @@ class App:
             self.chat,
             settings.job_concurrency,
             settings.job_queue_max,
+            scrub=self.scrubber.scrub,
         )
         self.infer = InferService(self.chat, self.jobs)
         self.router = Router(self._routes())
         self._openapi: bytes | None = None
+        self.log_forwarder: Any = None
         self._docs_dir = openapi.swagger_dir()
         metrics.BUILD_INFO.labels(__version__).set(1)
         register_gpu_metrics(metrics.REGISTRY)
@@ -139,6 +155,8 @@ class App:
     # --- lifecycle ----------------------------------------------------------------------------
 
     async def startup(self) -> None:
+        # Load and integrity-check the token rank tables now, not on the first request (~0.4 s).
+        await asyncio.to_thread(tokens.warm_up)
         for backend in self.registry.backends:
             await backend.start()
         await self.jobs.start()
@@ -146,6 +164,8 @@ class App:
     async def shutdown(self) -> None:
         with suppress(Exception):
             await self.jobs.stop()
+        if self.log_forwarder is not None:
+            self.log_forwarder.close()
         for backend in self.registry.backends:
             with suppress(Exception):
                 await backend.close()
@@ -209,13 +229,21 @@ class App:
 
     async def _dispatch(self, req: Request) -> Response | StreamResponse:
         try:
+            if req.path not in _PROBES:
+                self.limits.check_ip(self.limits.client(req.client, req.header("x-forwarded-for")))
             route, params = self.router.match(req.method, req.path)
             req.route = route.template
             if route.auth:
                 req.key_id = self.keys.authenticate(req.header("authorization"))
-            return await route.handler(req, **params)
+            if route.auth:
+                req.reply_headers += self.limits.check_key(req.key_id)
+            resp = await route.handler(req, **params)
+            resp.headers += req.reply_headers
+            return resp
         except ApiError as err:
-            return Response(err.status, err.body(), JSON, err.headers)
+            # Upstream messages are relayed to the client: they must not carry a secret either.
+            err.message = self.scrubber.scrub_text(err.message)[0]
+            return Response(err.status, err.body(), JSON, err.headers + req.reply_headers)
         except Exception:
             applog.exception("unhandled error", extra={"route": req.route})
             err = ApiError(500, f"Internal error (request id {req.request_id})")
@@ -299,7 +327,7 @@ class App:
 def create_app() -> App:
     """Granian's factory target: settings come from the environment and ``IIR_ENV_FILE``."""
     settings = load_settings(os.environ, os.environ.get("IIR_ENV_FILE") or None)
-    from .logs import configure
-
-    configure(settings.log_level)
-    return App(settings)
+    logs.configure(settings.log_level)
+    app = App(settings)
+    app.log_forwarder = logs.forward(dict(settings.env))
+    return app

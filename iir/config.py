@@ -81,6 +81,12 @@ class Settings:
     model_dir: Path | None = None
     autoload_models: bool = False
     vllm: VllmSettings = field(default_factory=lambda: VllmSettings())
+    rate_limit_per_ip: int = 600
+    rate_limit_rpm_per_key: int = 0
+    rate_limit_tpm_per_key: int = 0
+    trusted_proxies: str = ""
+    max_prompt_tokens: int = 0
+    remote_log_sink: str = ""
     # The merged environment (file values overlaid by the process environment): providers and the
     # secret scrubber read their own variables from here.
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
@@ -331,6 +337,29 @@ def _upstream(env: Mapping[str, str]) -> UpstreamSettings:
     )
 
 
+def _proxies(env: Mapping[str, str]) -> str:
+    from .ratelimit import parse_trusted_proxies
+
+    raw = env.get("IIR_TRUSTED_PROXIES", "")
+    try:
+        parse_trusted_proxies(raw)
+    except ValueError as exc:
+        raise ConfigError(f"IIR_TRUSTED_PROXIES: {exc}") from None
+    return raw
+
+
+def _log_sink(env: Mapping[str, str]) -> str:
+    from .logforward import parse_sink
+
+    raw = env.get("REMOTE_LOG_SINK", "").strip()
+    if raw:
+        try:
+            parse_sink(raw)
+        except ValueError as exc:
+            raise ConfigError(f"REMOTE_LOG_SINK: {exc}") from None
+    return raw
+
+
 def load_settings(
     environ: Mapping[str, str] | None = None,
     env_file: str | os.PathLike[str] | None = None,
@@ -362,5 +391,11 @@ def load_settings(
         else None,
         autoload_models=bool(_bool(env, "IIR_AUTOLOAD_MODELS", False)),
         vllm=_vllm(env),
+        rate_limit_per_ip=_int(env, "IIR_RATE_LIMIT_PER_IP", 600, 0),
+        rate_limit_rpm_per_key=_int(env, "IIR_RATE_LIMIT_RPM_PER_KEY", 0, 0),
+        rate_limit_tpm_per_key=_int(env, "IIR_RATE_LIMIT_TPM_PER_KEY", 0, 0),
+        trusted_proxies=_proxies(env),
+        max_prompt_tokens=_int(env, "IIR_MAX_PROMPT_TOKENS", 0, 0),
+        remote_log_sink=_log_sink(env),
         env=env,
     )

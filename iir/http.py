@@ -63,6 +63,7 @@ class Request:
         "path",
         "proto",
         "query",
+        "reply_headers",
         "request_id",
         "route",
         "state",
@@ -80,6 +81,8 @@ class Request:
         self.key_id: str | None = None
         self.route: str = "unmatched"
         self.state: dict[str, Any] = {}
+        # Headers every answer to this request carries (rate-limit state, routing decisions).
+        self.reply_headers: list[tuple[str, str]] = []
         self._body: bytes | None = None
 
     def header(self, name: str) -> str | None:

@@ -9,7 +9,7 @@ import contextvars
 import logging
 import sys
 import time
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -34,6 +34,19 @@ _FIELDS = (
     "error",
     "count",
 )
+
+
+class _Scrubs(Protocol):
+    def scrub_text(self, text: str) -> tuple[str, dict[str, int]]: ...
+
+
+_scrubber: _Scrubs | None = None
+
+
+def set_scrubber(scrubber: _Scrubs) -> None:
+    """From now on every formatted line is scrubbed (stderr and forwarded datagrams alike)."""
+    global _scrubber
+    _scrubber = scrubber
 
 
 class JsonFormatter(logging.Formatter):
@@ -64,7 +77,14 @@ class JsonFormatter(logging.Formatter):
                 line[name] = value
         if record.exc_info and record.levelno >= logging.ERROR:
             line["exception"] = self.formatException(record.exc_info)
-        return orjson.dumps(line, default=str).decode()
+        text = orjson.dumps(line, default=str).decode()
+        if _scrubber is not None:
+            text, counts = _scrubber.scrub_text(text)
+            if counts:
+                from . import metrics
+
+                metrics.count_redactions("log", counts)
+        return text
 
 
 def configure(level: str = "info") -> None:
@@ -74,6 +94,23 @@ def configure(level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+
+
+def forward(environ: dict[str, str]) -> Any:
+    """Also sends every line, as formatted (and scrubbed) here, to ``REMOTE_LOG_SINK`` over UDP.
+
+    Sending never blocks or fails a request: a bounded queue drained by a thread, drops counted.
+    """
+    from . import metrics
+    from .logforward import attach_from_env
+
+    return attach_from_env(
+        logging.getLogger(),
+        JsonFormatter(),
+        environ,
+        on_drop=lambda reason: metrics.LOG_DATAGRAMS_DROPPED.labels(reason).inc(),
+        on_warning=logging.getLogger("iir.logforward").warning,
+    )
 
 
 def granian_log_config(level: str) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import time
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from .errors import ApiError, bad_request
 
@@ -98,6 +99,11 @@ class ChatRequest(_Model):
     top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
     logit_bias: dict[str, float] | None = None
     metadata: dict[str, str] | None = None
+    # The validated (and scrubbed) messages as the client sent them: token counting and
+    # OpenAI-wire providers use them as they are instead of re-serialising the models.
+    raw_messages: SkipJsonSchema[list[dict[str, Any]] | None] = Field(
+        default=None, exclude=True, repr=False
+    )
 
     @field_validator("tool_choice")
     @classmethod

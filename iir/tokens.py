@@ -25,6 +25,12 @@ _CL100K_MODEL = re.compile(
 )
 
 
+def warm_up() -> None:
+    """Load and integrity-check both rank tables now (a few hundred ms), not on a request."""
+    for encoding in (O200K, CL100K):
+        _native.count_text("", encoding)
+
+
 def encoding_for_model(model: str) -> tuple[str, bool]:
     """``(encoding name, is_estimate)`` for a model, provider prefix (``openai/``) ignored."""
     name = model.strip().lower().rsplit("/", 1)[-1]

@@ -118,4 +118,5 @@ SURVIVORS = [
     "password: <your-password>\napi_key: ${API_KEY}\nsecret: REDACTED\npassword = ********",
     "[0.0123, -0.98, 0.5, 1e-05] embedding vector",
     "https://example.com/path?page=2&sort=desc#top",
+    "The secret: practice. The token: patience. Password: optional for guests.",
 ]

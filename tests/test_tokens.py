@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from iir import _native
-from iir.tokens import count_chat, count_text, encode, encoding_for_model
+from iir.tokens import count_chat, count_text, encode, encoding_for_model, warm_up
 from tests.tiktoken_offline import rank_file_sha256, reference
 
 ENCODINGS = ["o200k_base", "cl100k_base"]
@@ -80,7 +80,7 @@ text_strategy = st.one_of(
 )
 
 
-@settings(max_examples=500)
+@settings(max_examples=500, deadline=None)
 @given(st.sampled_from(ENCODINGS), text_strategy)
 def test_property_equal_to_tiktoken(name: str, text: str) -> None:
     enc, _ = reference(name)
@@ -193,3 +193,8 @@ def test_large_text_counts_in_threads() -> None:
         t.join()
     assert results == [expected] * 4
     assert _native.count_texts([text, text]) == 2 * expected
+
+
+def test_warm_up_loads_both_encodings() -> None:
+    warm_up()
+    assert count_text("hello world", "cl100k_base") == 2

@@ -50,6 +50,8 @@ class Features:
 def count_prompt_tokens(chat: ChatRequest) -> int:
     """Prompt tokens (``o200k_base``, the Rust counter via :mod:`iir.tokens`), with OpenAI's
     framing per message: close enough to any model's own count to decide what fits."""
+    if chat.raw_messages is not None:  # the scrubbed body, as ChatService.parse keeps it
+        return count_chat(chat.raw_messages, "o200k")
     messages = []
     for m in chat.messages:
         msg: dict[str, Any] = {"role": m.role, "content": m.text()}

@@ -6,8 +6,20 @@ fn main() {
         "Sure! Here's how you can fix the error you're seeing. The traceback shows that the \
                 request handler raised a KeyError because the 'user_id' field is missing. "
             .repeat(8);
-    let tok = _native::tokens::tokenizer("o200k_base").expect("tokenizer");
+    let enc = _native::tokens::tokenizer("o200k_base").expect("tokenizer");
+    let tok = enc.tokenizer;
+    for _ in 0..200 {
+        std::hint::black_box(tok.count(text.as_str()));
+    }
     let n = 2000;
+    let t = Instant::now();
+    for _ in 0..n {
+        std::hint::black_box(enc.count(text.as_str()));
+    }
+    println!(
+        "fast count: {:.2} us",
+        t.elapsed().as_secs_f64() / n as f64 * 1e6
+    );
     let t = Instant::now();
     for _ in 0..n {
         std::hint::black_box(tok.count(text.as_str()));

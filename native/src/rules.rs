@@ -107,7 +107,7 @@ pub fn builtin() -> Vec<Rule> {
     vec![
         rule(
             "pem_private_key",
-            r"-----BEGIN[ A-Z0-9]{0,40}PRIVATE KEY(?: BLOCK)?-----[\s\S]+?-----END[ A-Z0-9]{0,40}PRIVATE KEY(?: BLOCK)?-----".to_string(),
+            r"-----BEGIN[ A-Z0-9]{0,40}PRIVATE KEY(?: BLOCK)?-----[A-Za-z0-9+/=\s\\:,-]+?-----END[ A-Z0-9]{0,40}PRIVATE KEY(?: BLOCK)?-----".to_string(),
             false,
         ),
         tok("age_secret_key", r"AGE-SECRET-KEY-1[02-9AC-HJ-NP-Z]{58}"),

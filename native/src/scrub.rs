@@ -10,6 +10,7 @@ use std::borrow::Cow;
 use aho_corasick::{AhoCorasick, MatchKind as AcMatchKind};
 use base64::Engine as _;
 use regex_automata::hybrid::dfa::{Cache as DfaCache, DFA};
+use regex_automata::hybrid::LazyStateID;
 use regex_automata::meta::{Cache as MetaCache, Regex};
 use regex_automata::util::captures::Captures;
 use regex_automata::{Anchored, Input, MatchKind};
@@ -39,6 +40,7 @@ impl std::fmt::Display for BuildError {
 pub struct Scrubber {
     /// Every match starts with one of these literals (rule triggers and literal secrets).
     triggers: AhoCorasick,
+    max_trigger_len: usize,
     regex: Regex,
     /// One small regex per pattern, to resolve capture groups cheaply once a match is known.
     per_pattern: Vec<Regex>,
@@ -213,8 +215,10 @@ impl Scrubber {
                 Regex::new(src).map_err(|e| BuildError(format!("invalid scrub pattern: {e}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let max_trigger_len = trigger_list.iter().map(|t| t.len()).max().unwrap_or(0);
         Ok(Self {
             triggers,
+            max_trigger_len,
             regex,
             per_pattern,
             dfa,
@@ -240,15 +244,32 @@ impl Scrubber {
     /// Find the leftmost match starting at or after `pos` in `hay[..end]` (leftmost-first
     /// among rules). Matches start only at trigger literals, so the regex runs anchored there.
     fn find(&self, scratch: &mut Scratch, hay: &str, pos: usize, end: usize) -> Option<Found> {
+        self.find_before(scratch, hay, pos, end, end)
+    }
+
+    /// Like `find`, for matches starting before `limit` only (what a stream can decide now):
+    /// the trigger search stops near `limit` instead of rescanning the held-back tail.
+    fn find_before(
+        &self,
+        scratch: &mut Scratch,
+        hay: &str,
+        pos: usize,
+        end: usize,
+        limit: usize,
+    ) -> Option<Found> {
         let bytes = hay.as_bytes();
+        let scan_end = limit.saturating_add(self.max_trigger_len).min(end);
         let mut p = pos;
         let (pid, whole, start) = loop {
-            if p >= end {
+            if p >= limit.min(end) {
                 return None;
             }
             let t = self
                 .triggers
-                .find(aho_corasick::Input::new(bytes).span(p..end))?;
+                .find(aho_corasick::Input::new(bytes).span(p..scan_end))?;
+            if t.start() >= limit {
+                return None;
+            }
             let input = Input::new(bytes)
                 .span(t.start()..end)
                 .anchored(Anchored::Yes);
@@ -282,7 +303,11 @@ impl Scrubber {
         let value = &hay[span.start..span.end];
         let name = self.names[rule];
         let after = hay[span.end..].chars().next();
-        if accept(name, token_like, value, after) {
+        let before = hay[whole.start..span.start]
+            .trim_end_matches([' ', '\t'])
+            .chars()
+            .next_back();
+        if accept(name, token_like, value, before, after) {
             Some(Found::Secret {
                 start: span.start,
                 end: span.end,
@@ -329,42 +354,109 @@ impl Scrubber {
         }
     }
 
-    /// Whether some rule could still match starting at `s` once more text arrives.
-    fn alive_at(&self, cache: &mut DfaCache, hay: &[u8], s: usize) -> bool {
-        let input = Input::new(hay).span(s..hay.len()).anchored(Anchored::Yes);
-        let Ok(mut sid) = self.dfa.start_state_forward(cache, &input) else {
-            return true;
+    /// Run the anchored automaton from `s` over `hay[from..]`, starting in `sid` (or the start
+    /// state when `None`). Returns the state at the end of `hay`, or `None` once it is dead
+    /// (no rule can match from `s`, whatever follows).
+    fn advance(
+        &self,
+        cache: &mut DfaCache,
+        hay: &[u8],
+        s: usize,
+        from: usize,
+        sid: Option<LazyStateID>,
+    ) -> Option<Alive> {
+        let mut sid = match sid {
+            Some(sid) => sid,
+            None => {
+                let input = Input::new(hay).span(s..hay.len()).anchored(Anchored::Yes);
+                match self.dfa.start_state_forward(cache, &input) {
+                    Ok(sid) => sid,
+                    // Cannot tell: treat as alive, without a state to resume from.
+                    Err(_) => return Some(Alive::unknown(s)),
+                }
+            }
         };
         if sid.is_dead() {
-            return false;
+            return None;
         }
-        for &b in &hay[s..] {
+        for &b in &hay[from..] {
             match self.dfa.next_state(cache, sid, b) {
                 Ok(next) => sid = next,
-                Err(_) => return true,
+                Err(_) => return Some(Alive::unknown(s)),
             }
             if sid.is_dead() {
-                return false;
+                return None;
             }
             if sid.is_quit() {
-                return true;
+                return Some(Alive::unknown(s));
             }
         }
-        true
+        Some(Alive {
+            start: s,
+            state: Some(sid),
+            scanned: hay.len(),
+            clears: cache.clear_count(),
+        })
     }
 
-    /// Earliest position at or after `from` (a char boundary) where a rule is still alive.
-    fn first_alive(&self, scratch: &mut Scratch, hay: &str, from: usize) -> usize {
+    /// Earliest position at or after `from` (a char boundary) where a rule is still alive,
+    /// resuming from `memo` (the previous answer) when it is still valid.
+    fn first_alive(
+        &self,
+        scratch: &mut Scratch,
+        hay: &str,
+        from: usize,
+        memo: &mut Option<Alive>,
+    ) -> usize {
         let cache = scratch.dfa.get_or_insert_with(|| DfaCache::new(&self.dfa));
         let bytes = hay.as_bytes();
         let mut s = from;
+        if let Some(m) = memo.take() {
+            // Positions in [from, m.start) were dead before and stay dead.
+            if m.start >= from && m.start < bytes.len() {
+                if let (Some(sid), true) = (m.state, m.clears == cache.clear_count()) {
+                    match self.advance(cache, bytes, m.start, m.scanned, Some(sid)) {
+                        Some(alive) => {
+                            let start = alive.start;
+                            *memo = Some(alive);
+                            return start;
+                        }
+                        None => s = next_char(hay, m.start),
+                    }
+                }
+            }
+        }
         while s < bytes.len() {
-            if self.alive_at(cache, bytes, s) {
-                return s;
+            if let Some(alive) = self.advance(cache, bytes, s, s, None) {
+                let start = alive.start;
+                *memo = Some(alive);
+                return start;
             }
             s = next_char(hay, s);
         }
         bytes.len()
+    }
+}
+
+/// A position where a rule is still alive, and the automaton state to resume from.
+#[derive(Clone, Copy)]
+struct Alive {
+    start: usize,
+    state: Option<LazyStateID>,
+    /// Bytes of the buffer consumed to reach `state`.
+    scanned: usize,
+    /// The DFA cache's clear count when `state` was taken (a clear invalidates state ids).
+    clears: usize,
+}
+
+impl Alive {
+    fn unknown(start: usize) -> Self {
+        Self {
+            start,
+            state: None,
+            scanned: 0,
+            clears: 0,
+        }
     }
 }
 
@@ -399,7 +491,15 @@ const PLACEHOLDER_VALUES: &[&str] = &[
 ];
 
 /// Reject placeholders and values that only look like secrets.
-fn accept(name: &str, token_like: bool, value: &str, after: Option<char>) -> bool {
+///
+/// `before` is the character before the value (spaces skipped), `after` the one after it.
+fn accept(
+    name: &str,
+    token_like: bool,
+    value: &str,
+    before: Option<char>,
+    after: Option<char>,
+) -> bool {
     if value.is_empty() || value == REDACTED {
         return false;
     }
@@ -423,6 +523,14 @@ fn accept(name: &str, token_like: bool, value: &str, after: Option<char>) -> boo
                 return false;
             }
             if matches!(after, Some('(') | Some('[')) {
+                return false;
+            }
+            // Prose: "the secret: practice" (an unquoted plain word after a colon).
+            let word = value.trim_end_matches(['.', '!', '?']);
+            if before == Some(':')
+                && !word.is_empty()
+                && word.bytes().all(|b| b.is_ascii_lowercase())
+            {
                 return false;
             }
             if is_dotted_identifier(value) {
@@ -495,7 +603,7 @@ fn rules_env() -> &'static str {
 
 /// Whether a value found under a secret-looking key is a real value (not a placeholder).
 pub fn accept_value(rule: &str, value: &str) -> bool {
-    accept(rule, false, value, None)
+    accept(rule, false, value, None, None)
 }
 
 fn all_same(value: &str) -> bool {
@@ -524,6 +632,8 @@ pub struct Stream {
     pos: usize,
     pub counts: Vec<u64>,
     scratch: Scratch,
+    /// Where the held-back tail starts and how far its automaton has run.
+    alive: Option<Alive>,
 }
 
 impl Stream {
@@ -533,6 +643,7 @@ impl Stream {
             pos: 0,
             counts: vec![0; scrubber.rule_names().len()],
             scratch: scrubber.scratch(),
+            alive: None,
         }
     }
 
@@ -541,12 +652,14 @@ impl Stream {
         self.buf.push_str(chunk);
         let mut out = String::new();
         let len = self.buf.len();
-        let mut hold = scrubber.first_alive(&mut self.scratch, &self.buf, self.pos);
+        let mut hold =
+            scrubber.first_alive(&mut self.scratch, &self.buf, self.pos, &mut self.alive);
         while self.pos < len {
             if self.pos > hold {
-                hold = scrubber.first_alive(&mut self.scratch, &self.buf, self.pos);
+                hold =
+                    scrubber.first_alive(&mut self.scratch, &self.buf, self.pos, &mut self.alive);
             }
-            let found = scrubber.find(&mut self.scratch, &self.buf, self.pos, len);
+            let found = scrubber.find_before(&mut self.scratch, &self.buf, self.pos, len, hold);
             match found {
                 // A match is final when no earlier position is alive and the character after
                 // it (which the checks look at) has arrived.
@@ -601,6 +714,7 @@ impl Stream {
         out.push_str(&self.buf[copied..]);
         self.buf.clear();
         self.pos = 0;
+        self.alive = None;
         out
     }
 
@@ -615,6 +729,14 @@ impl Stream {
         }
         self.buf.drain(..keep);
         self.pos -= keep;
+        if let Some(a) = self.alive.as_mut() {
+            if a.start < keep {
+                self.alive = None;
+            } else {
+                a.start -= keep;
+                a.scanned = a.scanned.saturating_sub(keep);
+            }
+        }
     }
 }
 
@@ -649,6 +771,46 @@ mod tests {
             }
             got.push_str(&st.finish(&s));
             assert_eq!(got, want, "chunk size {size}");
+        }
+    }
+
+    #[test]
+    fn stream_with_long_held_tail_equals_one_shot() {
+        let s = Scrubber::new::<&str>(&[]).unwrap();
+        let body = "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7\n".repeat(200);
+        for text in [
+            format!("x -----BEGIN PRIVATE KEY-----\n{body}-----END PRIVATE KEY----- y"),
+            format!("x -----BEGIN PRIVATE KEY-----\n{body} no end. Then prose."),
+            format!("eyJ{} tail", "a1B2".repeat(3000)),
+        ] {
+            let want = scrub(&s, &text);
+            for size in [1, 7, 64] {
+                let mut st = Stream::new(&s);
+                let mut got = String::new();
+                let bytes: Vec<char> = text.chars().collect();
+                for chunk in bytes.chunks(size) {
+                    got.push_str(&st.push(&s, &chunk.iter().collect::<String>()));
+                }
+                got.push_str(&st.finish(&s));
+                assert_eq!(got, want, "chunk size {size}");
+            }
+        }
+    }
+
+    #[test]
+    fn placeholders_are_kept() {
+        let s = Scrubber::new::<&str>(&[]).unwrap();
+        for text in [
+            "AKIAIOSFODNN7EXAMPLE",
+            "sk-...",
+            "api_key=<your-api-key>",
+            "OPENAI_API_KEY=${OPENAI_API_KEY}",
+            "password: REDACTED",
+            "sk-proj-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+            "max_tokens: 100",
+            "task-force risk-free",
+        ] {
+            assert_eq!(scrub(&s, text), text);
         }
     }
 }

@@ -6,6 +6,8 @@
 
 use std::sync::OnceLock;
 
+use rustc_hash::FxHashMap;
+
 use base64::Engine as _;
 use bpe_openai::Tokenizer;
 use sha2::{Digest, Sha256};
@@ -56,9 +58,54 @@ pub fn table_sha256(tok: &Tokenizer) -> String {
         .collect()
 }
 
-fn verified(name: &str) -> Result<&'static Tokenizer, TokenError> {
-    static O200K: OnceLock<Result<(), TokenError>> = OnceLock::new();
-    static CL100K: OnceLock<Result<(), TokenError>> = OnceLock::new();
+/// A checked tokenizer plus a map from whole-token bytes to ids: a pre-tokenized piece that
+/// is itself a token encodes to that one token (tiktoken takes the same shortcut), which skips
+/// the byte-pair merge for most words.
+pub struct Encoding {
+    pub tokenizer: &'static Tokenizer,
+    whole: FxHashMap<&'static [u8], u32>,
+}
+
+impl Encoding {
+    fn new(tokenizer: &'static Tokenizer) -> Self {
+        let n = tokenizer.bpe.num_tokens() as u32;
+        let mut whole = FxHashMap::with_capacity_and_hasher(n as usize, Default::default());
+        for id in 0..n {
+            whole.insert(tokenizer.bpe.token_bytes(id), id);
+        }
+        Self { tokenizer, whole }
+    }
+
+    /// Number of tokens, as tiktoken's `encode_ordinary(text)` length.
+    pub fn count(&self, text: &str) -> usize {
+        self.tokenizer
+            .split(text)
+            .map(|piece| {
+                if self.whole.contains_key(piece.as_bytes()) {
+                    1
+                } else {
+                    self.tokenizer.bpe.count(piece.as_bytes())
+                }
+            })
+            .sum()
+    }
+
+    /// Token ids, as tiktoken's `encode_ordinary(text)`.
+    pub fn encode(&self, text: &str) -> Vec<u32> {
+        let mut out = Vec::with_capacity(text.len() / 3);
+        for piece in self.tokenizer.split(text) {
+            match self.whole.get(piece.as_bytes()) {
+                Some(&id) => out.push(id),
+                None => out.extend(self.tokenizer.bpe.encode_via_backtracking(piece.as_bytes())),
+            }
+        }
+        out
+    }
+}
+
+fn verified(name: &str) -> Result<&'static Encoding, TokenError> {
+    static O200K: OnceLock<Result<Encoding, TokenError>> = OnceLock::new();
+    static CL100K: OnceLock<Result<Encoding, TokenError>> = OnceLock::new();
     let (cell, tok, expected) = match name {
         "o200k_base" => (&O200K, bpe_openai::o200k_base(), O200K_SHA256),
         "cl100k_base" => (&CL100K, bpe_openai::cl100k_base(), CL100K_SHA256),
@@ -67,19 +114,19 @@ fn verified(name: &str) -> Result<&'static Tokenizer, TokenError> {
     cell.get_or_init(|| {
         let got = table_sha256(tok);
         if got == expected {
-            Ok(())
+            Ok(Encoding::new(tok))
         } else {
             Err(TokenError::Integrity(format!(
                 "rank table for {name} failed its integrity check (sha256 {got}, expected {expected})"
             )))
         }
     })
-    .clone()?;
-    Ok(tok)
+    .as_ref()
+    .map_err(Clone::clone)
 }
 
-/// The tokenizer for an encoding name, integrity-checked.
-pub fn tokenizer(name: &str) -> Result<&'static Tokenizer, TokenError> {
+/// The encoding for a name, integrity-checked.
+pub fn tokenizer(name: &str) -> Result<&'static Encoding, TokenError> {
     verified(name)
 }
 
@@ -95,7 +142,7 @@ pub fn encode(name: &str, text: &str) -> Result<Vec<u32>, TokenError> {
 
 /// The token table (token bytes by rank), for building a reference encoder in tests.
 pub fn ranks(name: &str) -> Result<Vec<Vec<u8>>, TokenError> {
-    let tok = tokenizer(name)?;
+    let tok = tokenizer(name)?.tokenizer;
     Ok((0..tok.bpe.num_tokens() as u32)
         .map(|id| tok.bpe.token_bytes(id).to_vec())
         .collect())

@@ -56,6 +56,9 @@ class FakeProvider:
     faults: deque[Fault] = field(default_factory=deque)
     always: Fault | None = None  # applied to every chat request while set
     cancelled: int = 0  # chat handlers ended by the client going away
+    reply: str | None = None  # answer this text instead of echoing the last user message
+    chunk_chars: int | None = None  # stream the answer in pieces of this many characters
+    omit_usage: bool = False  # answer without usage, as some OpenAI-compatible servers do
 
     def __post_init__(self) -> None:
         self._loop = asyncio.new_event_loop()
@@ -103,6 +106,9 @@ class FakeProvider:
         self.requests.clear()
         self.faults.clear()
         self.always = None
+        self.reply = None
+        self.chunk_chars = None
+        self.omit_usage = False
 
     def chat_requests(self) -> list[Recorded]:
         return [r for r in self.requests if r.method == "POST"]
@@ -226,9 +232,18 @@ class FakeProvider:
                     body=b'{"id": "x", "choices": [', content_type="application/json"
                 )
         stream = bool(body.get("stream"))
+        if self.reply is not None:
+            body = {
+                **body,
+                "messages": [{"role": "user", "content": self.reply}],
+                "tools": None,
+                "_reply_verbatim": True,
+            }
         if self.kind == "openai":
-            frames = openai_frames(body) if stream else None
+            frames = openai_frames(body, self.chunk_chars, self.omit_usage) if stream else None
             answer = None if stream else openai_answer(body)
+            if answer is not None and self.omit_usage:
+                del answer["usage"]
         else:
             frames = anthropic_frames(body) if stream else None
             answer = None if stream else anthropic_answer(body)
@@ -293,6 +308,8 @@ TOOL_ARGS = '{"city": "Paris"}'
 
 
 def reply_text(body: dict[str, Any]) -> str:
+    if body.get("_reply_verbatim"):
+        return _last_user_text(body["messages"])
     return "You said: " + _last_user_text(body["messages"])
 
 
@@ -332,7 +349,9 @@ def _sse(obj: Any, event: str | None = None) -> bytes:
     return head + b"data: " + orjson.dumps(obj) + b"\n\n"
 
 
-def openai_frames(body: dict[str, Any]) -> list[bytes]:
+def openai_frames(
+    body: dict[str, Any], chunk_chars: int | None = None, omit_usage: bool = False
+) -> list[bytes]:
     def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
         return _sse(
             {
@@ -368,10 +387,15 @@ def openai_frames(body: dict[str, Any]) -> list[bytes]:
             frames.append(chunk({"tool_calls": [{"index": 0, "function": {"arguments": part}}]}))
         frames.append(chunk({}, "tool_calls"))
     else:
-        for word in reply_text(body).split(" "):
-            frames.append(chunk({"content": word + " "}))
+        text = reply_text(body)
+        if chunk_chars:
+            pieces = [text[i : i + chunk_chars] for i in range(0, len(text), chunk_chars)]
+        else:
+            pieces = [word + " " for word in text.split(" ")]
+        for piece in pieces:
+            frames.append(chunk({"content": piece}))
         frames.append(chunk({}, "stop"))
-    if (body.get("stream_options") or {}).get("include_usage"):
+    if (body.get("stream_options") or {}).get("include_usage") and not omit_usage:
         frames.append(
             _sse(
                 {
