@@ -249,9 +249,9 @@ for _cue, _cat, _w in _CJK_CUES:
 _CJK_KEYS = tuple(_CJK_WORDS)
 _WORD_KEYS = frozenset(k for k in _WORDS if " " not in k)
 _PHRASE_KEYS = frozenset(k for k in _WORDS if " " in k)
-_STEM_RE = re.compile(
-    r"\b(" + "|".join(re.escape(s) for s in sorted(_STEMS, key=len, reverse=True)) + r")"
-)
+# Stems are found from the words: a word's first four letters pick the few stems worth trying.
+_STEM_HEADS = frozenset(stem[:4] for stem in _STEMS)
+_STEM_LENGTHS = tuple(sorted({len(stem) for stem in _STEMS}, reverse=True))
 _TOKEN = re.compile(r"\w[\w'+#\-]*")
 _WIDE = re.compile(r"[\u3040-\u30ff\u4e00-\u9fff]")
 
@@ -267,6 +267,17 @@ class Category:
 
 
 _NO_KEYS: frozenset[str] = frozenset()
+
+
+def _stems(words: set[str]) -> set[str]:
+    found: set[str] = set()
+    for word in words:
+        if word[:4] in _STEM_HEADS:
+            for n in _STEM_LENGTHS:  # longest first: one stem per word
+                if n <= len(word) and word[:n] in _STEMS:
+                    found.add(word[:n])
+                    break
+    return found
 
 
 def _keys(text: str, start: int, stop: int) -> set[str]:
@@ -322,7 +333,7 @@ def _score_text(
             cues[cat].append((w * (weight + extra), key))
             if extra:
                 bonus[cat] += w * extra
-    for stem in set(_STEM_RE.findall(text)):
+    for stem in _stems(words):
         for cat, w in _STEMS[stem]:
             scores[cat] += w * weight
             cues[cat].append((w * weight, stem + "*"))
