@@ -603,24 +603,21 @@ class VllmBackend(Backend):
         return reason
 
     async def complete(self, request: ChatRequest, model: str) -> Completion:
-        lm, ids, params = await self._prepare(request, model)
-        top = request.top_logprobs or 0
+        """The stream, gathered: one code path talks to the engine."""
         texts: dict[int, list[str]] = {i: [] for i in range(request.n)}
         finish: dict[int, str] = {}
         lps: dict[int, list[dict[str, Any]]] = {}
-        prompt_tokens, completion_tokens = len(ids), 0
-        async with aclosing(self._generate(lm, ids, params)) as outputs:
-            async for out in outputs:
-                if out.prompt_token_ids:
-                    prompt_tokens = len(out.prompt_token_ids)
-                for c in out.outputs:
-                    texts.setdefault(c.index, []).append(c.text)
-                    completion_tokens += len(c.token_ids)
-                    if c.finish_reason:
-                        finish[c.index] = self._finish(c.finish_reason) or "stop"
-                    piece = self._logprobs(lm, c, top) if request.logprobs else None
-                    if piece:
-                        lps.setdefault(c.index, []).extend(piece["content"])
+        usage: Usage | None = None
+        async with aclosing(self.stream(request, model)) as events:
+            async for event in events:
+                if isinstance(event, Usage):
+                    usage = event
+                    continue
+                texts.setdefault(event.index, []).append(event.content or "")
+                if event.finish_reason:
+                    finish[event.index] = event.finish_reason
+                if event.logprobs:
+                    lps.setdefault(event.index, []).extend(event.logprobs["content"])
         choices = [
             Choice(
                 index=i,
@@ -630,7 +627,7 @@ class VllmBackend(Backend):
             )
             for i in sorted(texts)
         ]
-        return Completion(choices=choices, usage=Usage(prompt_tokens, completion_tokens))
+        return Completion(choices=choices, usage=usage)
 
     async def stream(self, request: ChatRequest, model: str) -> AsyncIterator[StreamEvent]:
         lm, ids, params = await self._prepare(request, model)

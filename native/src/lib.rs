@@ -141,46 +141,40 @@ impl PyScrubber {
             return Ok(Some(out.into_any()));
         }
         if let Ok(l) = obj.cast::<PyList>() {
-            let mut items: Option<Vec<Bound<'py, PyAny>>> = None;
-            for (i, v) in l.iter().enumerate() {
-                match self.walk(&v, scratch, counts, depth + 1)? {
-                    Some(nv) => {
-                        let it = items.get_or_insert_with(|| l.iter().take(i).collect());
-                        it.push(nv);
-                    }
-                    None => {
-                        if let Some(it) = items.as_mut() {
-                            it.push(v);
-                        }
-                    }
-                }
-            }
-            return match items {
+            return match self.walk_items(l.iter(), scratch, counts, depth)? {
                 None => Ok(None),
                 Some(it) => Ok(Some(PyList::new(py, it)?.into_any())),
             };
         }
         if let Ok(t) = obj.cast::<PyTuple>() {
-            let mut items: Option<Vec<Bound<'py, PyAny>>> = None;
-            for (i, v) in t.iter().enumerate() {
-                match self.walk(&v, scratch, counts, depth + 1)? {
-                    Some(nv) => {
-                        let it = items.get_or_insert_with(|| t.iter().take(i).collect());
-                        it.push(nv);
-                    }
-                    None => {
-                        if let Some(it) = items.as_mut() {
-                            it.push(v);
-                        }
-                    }
-                }
-            }
-            return match items {
+            return match self.walk_items(t.iter(), scratch, counts, depth)? {
                 None => Ok(None),
                 Some(it) => Ok(Some(PyTuple::new(py, it)?.into_any())),
             };
         }
         Ok(None)
+    }
+
+    /// Scrubs the items of a sequence; `None` when none changed (the caller keeps the original).
+    fn walk_items<'py>(
+        &self,
+        items: impl Iterator<Item = Bound<'py, PyAny>>,
+        scratch: &mut scrub::Scratch,
+        counts: &mut [u64],
+        depth: usize,
+    ) -> PyResult<Option<Vec<Bound<'py, PyAny>>>> {
+        let mut seen: Vec<Bound<'py, PyAny>> = Vec::new();
+        let mut changed = false;
+        for v in items {
+            match self.walk(&v, scratch, counts, depth + 1)? {
+                Some(nv) => {
+                    changed = true;
+                    seen.push(nv);
+                }
+                None => seen.push(v),
+            }
+        }
+        Ok(changed.then_some(seen))
     }
 
     fn is_secret_key(&self, key: &str) -> bool {
