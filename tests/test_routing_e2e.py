@@ -243,6 +243,13 @@ def test_503_when_nothing_is_configured() -> None:
         r = ask(s, "Hello")
         assert r.status_code == 503
         assert r.json()["detail"].startswith("Classifier error: no model can serve this request")
+        r = httpx.post(
+            s.url + "/infer",
+            json={"model": "auto", "input": {"prompt": "Hello"}},
+            headers=s.auth,
+            timeout=30,
+        )
+        assert r.status_code == 503 and r.json()["detail"].startswith("Classifier error: ")
         # named models run as before: the built-in policy adds no routed fallbacks to them
         r = ask(s, "Hello", model="iir/echo")
         assert r.status_code == 200
@@ -316,3 +323,34 @@ def test_falls_back_to_remote_when_the_engine_fails(
     assert r.headers["x-iir-route-model"] == "openai/fake-small"
     assert r.json()["model"] == "openai/fake-small"
     assert len(fakes["openai"].chat_requests()) == 1
+
+
+def test_infer_and_async_jobs_route_auto(srv: Server) -> None:
+    r = httpx.post(
+        srv.url + "/infer",
+        json={"model": "auto", "input": {"prompt": "Hello there!"}},
+        headers=srv.auth,
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["model"] == "iir/echo"
+    job = httpx.post(
+        srv.url + "/v1/async/chat/completions",
+        json={"model": "auto", "messages": [{"role": "user", "content": "Hi!"}]},
+        headers=srv.auth,
+        timeout=30,
+    )
+    assert job.status_code == 202, job.text
+    job_id = job.json()["job_id"]
+    deadline = time.monotonic() + 20
+    while True:
+        got = httpx.get(
+            srv.url + f"/v1/async/chat/completions/{job_id}", headers=srv.auth, timeout=30
+        )
+        state = got.headers.get("x-iir-job-status")
+        if state in ("succeeded", "failed", "cancelled"):
+            break
+        assert time.monotonic() < deadline, got.text
+        time.sleep(0.05)
+    assert state == "succeeded", got.text
+    assert got.json()["model"] == "iir/echo"
