@@ -6,10 +6,11 @@ Cross-cutting steps that wrap every route (rate limits, auth, metrics, logs) liv
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from contextlib import aclosing
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import aclosing, suppress
+from typing import Any, TypeVar
 
 from . import metrics, overhead, tokens
 from .backends.base import Backend, Completion, Delta, StreamEvent, Usage
@@ -22,6 +23,8 @@ from .routing.router import Decision, Router, check_strategy, is_auto
 from .scrub import Scrubber, StreamScrubber
 
 log = logging.getLogger("iir.chat")
+
+T = TypeVar("T")
 
 
 def completion_body(cid: str, created: int, model: str, completion: Completion) -> dict[str, Any]:
@@ -108,6 +111,25 @@ def falls_back(err: ApiError) -> bool:
     return err.status >= 500 or err.status in _FALLBACK_STATUSES
 
 
+async def _while_connected(req: Request, work: Awaitable[T]) -> T:
+    """Runs ``work`` but cancels it as soon as the client goes away: a provider still generating
+    an answer nobody will read costs tokens (streams are watched the same way by the app)."""
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(req.proto.client_disconnect())
+    try:
+        await asyncio.wait((task, gone), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not task.done():
+            task.cancel()
+            with suppress(asyncio.CancelledError):
+                await task
+    if task.cancelled():
+        log.info("client disconnected; request cancelled", extra={"event": "disconnect"})
+        raise ApiError(499, "The client closed the request", code="client_closed_request")
+    return task.result()
+
+
 class ChatService:
     """Runs chat requests; the HTTP route, async jobs and ``/infer`` all come through here.
 
@@ -146,9 +168,11 @@ class ChatService:
         candidates = self.plan(chat, decision)
         resp: Response | StreamResponse
         if chat.stream:
-            resp = await self.stream_from(chat, candidates, settle=settle, decision=decision)
+            resp = await _while_connected(
+                req, self.stream_from(chat, candidates, settle=settle, decision=decision)
+            )
         else:
-            body = await self.complete_from(chat, candidates)
+            body = await _while_connected(req, self.complete_from(chat, candidates))
             if settle is not None:
                 settle(body.get("usage", {}).get("total_tokens"))
             resp = json_response(body, headers=decision.headers(body["model"]) if decision else [])

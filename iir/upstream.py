@@ -22,7 +22,7 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -47,8 +47,10 @@ class CircuitBreaker:
         min_requests: int,
         failure_rate: float,
         open_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.provider = provider
+        self.clock = clock
         self.window = window
         self.min_requests = min_requests
         self.failure_rate = failure_rate
@@ -59,6 +61,10 @@ class CircuitBreaker:
         self._opened_at = 0.0
         self._probing = False
         metrics.CIRCUIT_STATE.labels(provider).set(CLOSED)
+
+    @property
+    def state_name(self) -> str:
+        return ("closed", "open", "half_open")[self.state]
 
     def _set(self, state: int) -> None:
         if state != self.state:
@@ -81,7 +87,7 @@ class CircuitBreaker:
         """Lets an attempt through, or raises 503 while the circuit is open."""
         if self.state == CLOSED:
             return
-        now = time.monotonic()
+        now = self.clock()
         if self.state == OPEN and now - self._opened_at >= self.open_seconds:
             self._set(HALF_OPEN)
         if self.state == HALF_OPEN and not self._probing:
@@ -106,12 +112,12 @@ class CircuitBreaker:
                 self._failures = 0
                 self._set(CLOSED)
             else:
-                self._opened_at = time.monotonic()
+                self._opened_at = self.clock()
                 self._set(OPEN)
             return
         if ok is None or self.state != CLOSED:
             return
-        now = time.monotonic()
+        now = self.clock()
         self._events.append((now, ok))
         if not ok:
             self._failures += 1
@@ -197,6 +203,15 @@ class Upstream:
         # Moving average of the time to the first byte (whole answer when not streamed), read by
         # routing to prefer the faster of two equal choices.
         self.recent_latency: float | None = None
+        # metric children resolved once: a label lookup per request is measurable on this path
+        self._latency = metrics.UPSTREAM_LATENCY.labels(provider)
+        self._ttft = metrics.UPSTREAM_TTFT.labels(provider)
+        self._counters: dict[str, Any] = {}
+        self._json_timeout = aiohttp.ClientTimeout(
+            total=None,
+            sock_connect=settings.connect_timeout,
+            sock_read=settings.first_byte_timeout,
+        )
 
     def _note_latency(self, seconds: float) -> None:
         prev = self.recent_latency
@@ -212,11 +227,18 @@ class Upstream:
                     total=None, sock_connect=self.settings.connect_timeout
                 ),
                 headers=self.headers,
-                json_serialize=lambda o: orjson.dumps(o).decode(),
                 auto_decompress=True,
                 raise_for_status=False,
             )
         return self._session
+
+    def _count(self, status: str) -> None:
+        counter = self._counters.get(status)
+        if counter is None:
+            counter = self._counters[status] = metrics.UPSTREAM_REQUESTS.labels(
+                self.provider, status
+            )
+        counter.inc()
 
     async def close(self) -> None:
         if self._session is not None and not self._session.closed:
@@ -240,6 +262,8 @@ class Upstream:
     def _status_error(self, status: int, raw: bytes, headers: Mapping[str, str]) -> _Retry:
         """Turns a non-2xx answer into the error to raise; retryable ones come wrapped."""
         msg = self._scrub(upstream_message(raw))
+        if status < 400:  # redirects are not followed: a provider API does not move per request
+            raise self._failed(f"unexpected HTTP {status}")
         if status == 429:
             wait = _retry_after(headers.get("retry-after"))
             extra = [("retry-after", headers["retry-after"])] if headers.get("retry-after") else []
@@ -302,29 +326,31 @@ class Upstream:
         t0 = time.perf_counter()
         status = "connect_error"
         try:
-            async with asyncio.timeout(self.settings.first_byte_timeout):
-                resp = await self.session().post(self.base_url + path, data=body)
-            try:
+            # aiohttp's own read timer (cheaper than asyncio.timeout): the whole answer of a
+            # non-streamed request is its first byte, so the first-byte timeout bounds each read
+            async with self.session().post(
+                self.base_url + path,
+                data=body,
+                timeout=self._json_timeout,
+                allow_redirects=False,
+            ) as resp:
                 status = str(resp.status)
-                async with asyncio.timeout(self.settings.idle_timeout):
-                    raw = await resp.read()
-            finally:
-                resp.release()
+                raw = await resp.read()
         except TimeoutError:
             status = "timeout"
             raise self._timeout("did not answer in time") from None
         except aiohttp.ClientError as exc:
             raise _Retry(self._failed(f"connection failed ({type(exc).__name__})")) from None
         finally:
-            metrics.UPSTREAM_REQUESTS.labels(self.provider, status).inc()
-            metrics.UPSTREAM_LATENCY.labels(self.provider).observe(time.perf_counter() - t0)
+            self._count(status)
+            self._latency.observe(time.perf_counter() - t0)
         if resp.status >= 300:
             raise self._status_error(resp.status, raw, resp.headers)
         self._note_latency(time.perf_counter() - t0)
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError:
-            metrics.UPSTREAM_REQUESTS.labels(self.provider, "bad_response").inc()
+            self._count("bad_response")
             raise self._failed("the answer is not valid JSON") from None
 
     async def post_sse(self, path: str, body: bytes) -> AsyncIterator[tuple[str, bytes]]:
@@ -344,14 +370,16 @@ class Upstream:
             try:
                 try:
                     async with asyncio.timeout(self.settings.first_byte_timeout):
-                        resp = await self.session().post(self.base_url + path, data=body)
+                        resp = await self.session().post(
+                            self.base_url + path, data=body, allow_redirects=False
+                        )
                         status = str(resp.status)
                         if resp.status >= 300:
                             raw = await resp.read()
                             raise self._status_error(resp.status, raw, resp.headers)
                         events = _sse_events(resp.content)
                         first = await anext(events, None)
-                    metrics.UPSTREAM_TTFT.labels(self.provider).observe(time.perf_counter() - t0)
+                    self._ttft.observe(time.perf_counter() - t0)
                     self._note_latency(time.perf_counter() - t0)
                     overhead.add_wait(time.perf_counter() - t0)
                     idle = self.settings.idle_timeout
@@ -364,7 +392,7 @@ class Upstream:
                     ok = True
                     return
                 except TimeoutError:
-                    status = "timeout" if not yielded else status
+                    status = "timeout"
                     ok = False
                     raise self._timeout(
                         "stalled in the middle of the stream"
@@ -389,8 +417,8 @@ class Upstream:
                 finally:
                     if resp is not None:
                         resp.close() if ok is not True else resp.release()
-                    metrics.UPSTREAM_REQUESTS.labels(self.provider, status).inc()
-                    metrics.UPSTREAM_LATENCY.labels(self.provider).observe(time.perf_counter() - t0)
+                    self._count(status)
+                    self._latency.observe(time.perf_counter() - t0)
                     self.breaker.record(ok)
             except _Retry as retry:
                 attempt += 1
@@ -451,5 +479,8 @@ async def _sse_events(content: aiohttp.StreamReader) -> AsyncIterator[tuple[str,
             elif line.startswith(b"event:"):
                 event = line[6:].strip().decode("utf-8", "replace")
             # comments (":") and other fields (id, retry) carry nothing IIR uses
+    tail = buf.rstrip(b"\r")
+    if tail.startswith(b"data:"):  # a last line without its newline
+        data.append(tail[6:] if tail.startswith(b"data: ") else tail[5:])
     if data:
         yield event, b"\n".join(data)

@@ -44,7 +44,9 @@ class Server:
         base = {
             k: v
             for k, v in os.environ.items()
-            if not k.startswith(("IIR_", "OPENAI_", "ANTHROPIC_"))
+            if not k.startswith(
+                ("IIR_", "OPENAI_", "ANTHROPIC_", "XAI_", "GROK_", "OPENROUTER_", "OPENLLAMA_")
+            )
         }
         base.update(
             {"IIR_API_KEY": key, "IIR_DATA_DIR": str(self.data_dir), "IIR_SHUTDOWN_TIMEOUT": "10"}

@@ -74,12 +74,13 @@ def _content_blocks(msg: Message, where: str) -> list[dict[str, Any]]:
     if msg.content is None:
         return []
     if isinstance(msg.content, str):
-        return [{"type": "text", "text": msg.content}] if msg.content else []
+        # the API refuses empty and whitespace-only text blocks
+        return [{"type": "text", "text": msg.content}] if msg.content.strip() else []
     blocks: list[dict[str, Any]] = []
     for j, part in enumerate(msg.content):
         at = f"{where}.content[{j}]"
         if part.type in ("text", "refusal"):
-            if part.text:
+            if part.text and part.text.strip():
                 blocks.append({"type": "text", "text": part.text})
         elif part.type == "image_url":
             blocks.append(_image_block(part, at))
@@ -377,10 +378,11 @@ class AnthropicBackend(ProviderBackend):
         tr = StreamTranslator()
         try:
             async for event, data in events:
+                if tr.done:
+                    continue  # drain to the end so the connection can be reused
                 for out in tr.feed(event, data):
                     yield out
-                if tr.done:
-                    return
         finally:
             await events.aclose()  # type: ignore[attr-defined]
-        raise bad_answer("anthropic", "the stream ended before message_stop")
+        if not tr.done:
+            raise bad_answer("anthropic", "the stream ended before message_stop")

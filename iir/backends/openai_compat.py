@@ -20,7 +20,21 @@ from ..config import UpstreamSettings
 from ..errors import ApiError
 from ..protocol import ChatRequest
 from ..upstream import Upstream
-from .base import IDLE, Backend, Choice, Completion, Delta, Load, ModelCard, StreamEvent, Usage
+from .base import (
+    IDLE,
+    READY,
+    Backend,
+    BackendStatus,
+    Choice,
+    Completion,
+    Delta,
+    Load,
+    ModelCard,
+    ModelStatus,
+    ProviderStatus,
+    StreamEvent,
+    Usage,
+)
 
 log = logging.getLogger("iir.providers")
 
@@ -92,6 +106,22 @@ class ProviderBackend(Backend):
         if up is None:
             return IDLE
         return Load(circuit=up.breaker.routing_state(), latency_s=up.recent_latency)
+
+    def status(self) -> BackendStatus:
+        """The registry's view: the listed models, and whether the provider is usable now."""
+        if self.upstream is None:
+            provider = ProviderStatus(self.name, False, reason=f"set {self.missing}")
+        else:
+            provider = ProviderStatus(self.name, True, self.upstream.breaker.state_name)
+        models = [
+            ModelStatus(c.id, self.name, READY, context_length=c.context_length)
+            for c in self.models()
+        ]
+        return BackendStatus(models=models, provider=provider)
+
+    async def refresh(self) -> None:
+        if self.configured and self.models_path:
+            await self.refresh_models()
 
     def _up(self) -> Upstream:
         assert self.upstream is not None  # resolve() refused the request otherwise
@@ -298,11 +328,16 @@ class OpenAICompatBackend(ProviderBackend):
 
     async def stream(self, request: ChatRequest, model: str) -> AsyncIterator[StreamEvent]:
         events = self._up().post_sse(self.chat_path, build_request(request, model, True))
-        finished = False
+        finished = done = False
         try:
+            # read to the end of the body even after [DONE], so the connection goes back to the
+            # pool instead of being closed (a new TLS handshake costs more than the wait)
             async for _, data in events:
+                if done:
+                    continue
                 if data.strip() == b"[DONE]":
-                    return
+                    done = finished = True
+                    continue
                 for ev in parse_chunk(self.name, data):
                     if isinstance(ev, Delta) and ev.finish_reason:
                         finished = True

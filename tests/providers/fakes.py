@@ -45,6 +45,9 @@ class Recorded:
     path: str
     headers: dict[str, str]
     body: Any
+    peer: Any = (
+        None  # the client's (host, port): the same for requests on one kept-alive connection
+    )
 
 
 @dataclass
@@ -56,6 +59,7 @@ class FakeProvider:
     faults: deque[Fault] = field(default_factory=deque)
     always: Fault | None = None  # applied to every chat request while set
     cancelled: int = 0  # chat handlers ended by the client going away
+    tail_delay: float = 0.0  # pause between a stream's last event and the end of its body
     reply: str | None = None  # answer this text instead of echoing the last user message
     chunk_chars: int | None = None  # stream the answer in pieces of this many characters
     omit_usage: bool = False  # answer without usage, as some OpenAI-compatible servers do
@@ -106,6 +110,7 @@ class FakeProvider:
         self.requests.clear()
         self.faults.clear()
         self.always = None
+        self.tail_delay = 0.0
         self.reply = None
         self.chunk_chars = None
         self.omit_usage = False
@@ -124,14 +129,9 @@ class FakeProvider:
     # --- handlers -------------------------------------------------------------------------------
 
     def _record(self, request: web.Request, body: Any) -> None:
-        self.requests.append(
-            Recorded(
-                request.method,
-                request.path_qs,
-                {k.lower(): v for k, v in request.headers.items()},
-                body,
-            )
-        )
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        self.requests.append(Recorded(request.method, request.path_qs, headers, body, peer))
 
     def _auth_error(self, request: web.Request) -> web.Response | None:
         if self.key is None:
@@ -268,6 +268,8 @@ class FakeProvider:
                     await resp.write(b"data: {not json\n\n")
                     continue
             await resp.write(frame)
+        if self.tail_delay:
+            await asyncio.sleep(self.tail_delay)
         await resp.write_eof()
         return resp
 

@@ -398,3 +398,41 @@ def test_anthropic_refuses_what_it_cannot_translate(
     validate_error(r.json())
     assert r.json()["error"]["param"] == param
     assert fakes["anthropic"].chat_requests() == []
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_streams_leave_the_connection_reusable(
+    provider: str, iir: Server, fakes: dict[str, FakeProvider]
+) -> None:
+    # the body ends a little after the last event: closing early would drop the connection
+    fakes[provider].tail_delay = 0.2
+    for _ in range(3):
+        r = post(
+            iir,
+            {
+                "model": model_of(provider),
+                "messages": [{"role": "user", "content": "hi"}],
+                "stream": True,
+            },
+        )
+        assert r.status_code == 200 and sse_bodies(r.text)[-1] == "[DONE]"
+    peers = {req.peer for req in fakes[provider].chat_requests()}
+    assert len(peers) == 1, peers  # one kept-alive connection served all three
+
+
+def test_registry_status_and_refresh(iir: Server, fakes: dict[str, FakeProvider]) -> None:
+    with iir.client() as c:
+        body = c.get("/v1/registry/status", headers=iir.auth).json()
+        providers = {p["name"]: p for p in body["providers"]}
+        assert set(providers) == set(PROVIDERS)
+        for p in providers.values():
+            assert p["configured"] is True and p["circuit"] == "closed" and p["reason"] is None
+        fakes["grok"].models = ["grok-next"]
+        try:
+            c.post("/v1/registry/refresh", headers=iir.auth).raise_for_status()
+            ids = {m["id"] for m in c.get("/v1/models", headers=iir.auth).json()["data"]}
+        finally:
+            fakes["grok"].models = ["fake-large", "fake-small"]
+        assert "grok/grok-next" in ids and "grok/fake-large" not in ids
+        assert any(r.method == "GET" and r.path == "/v1/models" for r in fakes["grok"].requests)
+        c.post("/v1/registry/refresh", headers=iir.auth).raise_for_status()

@@ -264,6 +264,10 @@ def test_unconfigured_provider_is_404_naming_the_variable() -> None:
             assert r.status_code == 404
             validate_error(r.json())
             assert variable in r.json()["detail"] and r.json()["error"]["code"] == "model_not_found"
+        status = c.get("/v1/registry/status", headers=srv.auth).json()
+        reasons = {p["name"]: p["reason"] for p in status["providers"] if not p["configured"]}
+        assert reasons["openllama"] == "set IIR_OPENLLAMA_BASE_URL"
+        assert reasons["grok"] == "set XAI_API_KEY or GROK_API_KEY"
 
 
 # --- the circuit breaker ----------------------------------------------------------------------------
@@ -321,6 +325,18 @@ def test_failed_probe_reopens(breaker_env: tuple[Server, FakeProvider]) -> None:
     time.sleep(1.2)
     assert post(srv, chat("openai/gpt-4o")).status_code == 502  # the probe, failing
     assert circuit_state(srv) == 1
+    with srv.client() as c:
+        (openai_status,) = [
+            p
+            for p in c.get("/v1/registry/status", headers=srv.auth).json()["providers"]
+            if p["name"] == "openai"
+        ]
+    assert openai_status == {
+        "name": "openai",
+        "configured": True,
+        "circuit": "open",
+        "reason": None,
+    }
     assert post(srv, chat("openai/gpt-4o")).status_code == 503
     fake.reset()
 
@@ -369,3 +385,26 @@ def test_keys_never_in_logs_metrics_or_answers(iir: Server, fakes: dict[str, Fak
     assert '"event":"retry"' in iir.logs()  # the log saw the upstream failure...
     for key in KEYS.values():
         assert key not in seen  # ...and no key
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_disconnect_while_waiting_for_the_answer_cancels_upstream(
+    breaker_env: tuple[Server, FakeProvider], stream: bool
+) -> None:
+    # this server keeps the default 120 s first-byte timeout: only the disconnect can end it
+    srv, fake = breaker_env
+    fake.reset()
+    deadline = time.monotonic() + 10  # an earlier test may have left the circuit open
+    while post(srv, chat("openai/gpt-4o")).status_code != 200 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    before = fake.cancelled
+    fake.faults.append(Fault("stall_before"))
+    with httpx.Client(base_url=srv.url, timeout=0.5) as c, pytest.raises(httpx.ReadTimeout):
+        c.post("/v1/chat/completions", json=chat("openai/gpt-4o", stream), headers=srv.auth)
+    assert fake.wait_cancelled(before + 1)
+    assert srv.wait_for_log(lambda ln: ln.get("msg") == "client disconnected; request cancelled")
+    with srv.client() as c:  # and the server is fine afterwards
+        assert (
+            c.post("/v1/chat/completions", json=chat("openai/gpt-4o"), headers=srv.auth).status_code
+            == 200
+        )
