@@ -33,6 +33,9 @@ from .limits import Limits
 from .logs import request_id_var
 from .registry import ModelRegistry
 from .routes import Route, Router
+from .routing import api as routing_api
+from .routing.policy import load_policy
+from .routing.router import Router as ModelRouter
 from .scrub import Scrubber
 
 log = logging.getLogger("iir.access")
@@ -56,12 +59,20 @@ class App:
         self.echo = EchoBackend(settings.echo_token_delay_ms)
         self.local = VllmBackend(settings)
         self.registry = ModelRegistry([self.echo, self.local, *remote_backends(settings)])
+        self.routing = ModelRouter(
+            settings.routing_policy or load_policy(settings.routing_file),
+            self.registry,
+            settings.routing_strategy,
+            settings.local_max_queue,
+        )
         self.chat = ChatService(
             self.registry,
             settings.upstream.fallbacks,
             scrubber=self.scrubber,
             limits=self.limits,
             max_prompt_tokens=settings.max_prompt_tokens,
+            router=self.routing,
+            default_model=settings.default_model,
         )
         self.jobs = JobPool(
             JobStore(
@@ -105,6 +116,7 @@ class App:
                 summary="Chat completion (OpenAI-compatible), streamed or not",
             ),
             *registry_routes.routes(self.registry),
+            *routing_api.routes(self.chat),
             *self._job_routes(),
         ]
 

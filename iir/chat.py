@@ -19,6 +19,7 @@ from .http import SSE_DONE, SSE_HEADERS, Request, Response, StreamResponse, json
 from .limits import Limits
 from .protocol import ChatRequest, completion_id, now, parse_chat_request, usage_dict
 from .registry import ModelRegistry
+from .routing.router import Decision, Router, check_strategy, is_auto
 from .scrub import Scrubber, StreamScrubber
 
 log = logging.getLogger("iir.chat")
@@ -134,7 +135,9 @@ class ChatService:
 
     ``fallbacks`` maps a model to the alternatives tried, in order, when it fails before any byte
     reached the client; a routing step can instead pass its own list to :meth:`complete_from` or
-    :meth:`stream_from`.
+    :meth:`stream_from`. ``router`` decides for ``model: "auto"`` (and, when its policy says so,
+    adds routed fallbacks after a named model's); ``default_model`` fills in a request that names
+    no model.
     """
 
     def __init__(
@@ -145,26 +148,34 @@ class ChatService:
         scrubber: Scrubber,
         limits: Limits | None = None,
         max_prompt_tokens: int = 0,
+        router: Router | None = None,
+        default_model: str | None = None,
     ) -> None:
         self.registry = registry
         self.fallbacks = dict(fallbacks or {})
         self.scrubber = scrubber
         self.limits = limits
         self.max_prompt_tokens = max_prompt_tokens
+        self.router = router
+        self.default_model = default_model
 
     async def handle(self, req: Request) -> Response | StreamResponse:
         meter = overhead.start()
         chat = self.parse(await req.json())
         req.state["model"] = chat.model
         settle = self.admit(req, chat)
+        decision = self.route(chat, req.header("x-iir-strategy"))
+        candidates = self.plan(chat, decision)
         resp: Response | StreamResponse
         if chat.stream:
-            resp = await _while_connected(req, self.stream(chat, settle=settle))
+            resp = await _while_connected(
+                req, self.stream_from(chat, candidates, settle=settle, decision=decision)
+            )
         else:
-            body = await _while_connected(req, self.complete(chat))
+            body = await _while_connected(req, self.complete_from(chat, candidates))
             if settle is not None:
                 settle(body.get("usage", {}).get("total_tokens"))
-            resp = json_response(body)
+            resp = json_response(body, headers=decision.headers(body["model"]) if decision else [])
         spent = meter.overhead()
         metrics.OVERHEAD.observe(spent)
         resp.headers.append(("x-iir-overhead-ms", f"{spent * 1000:.3f}"))
@@ -174,12 +185,38 @@ class ChatService:
         """The model asked for, then its configured fallbacks."""
         return [model, *self.fallbacks.get(model, ())]
 
+    def route(self, chat: ChatRequest, strategy: str | None = None) -> Decision | None:
+        """Where ``chat`` runs: routed for ``auto``; a named model runs first, with the routed
+        candidates as its fallbacks when the policy asks for them (a name nothing serves is 404
+        here, before any routing)."""
+        if self.router is None:
+            return None
+        chosen = check_strategy(strategy, self.router.strategy)
+        if is_auto(chat.model):
+            return self.router.decide(chat, chosen)
+        if not self.router.policy.explicit_fallbacks:
+            return None  # a named model runs as asked, with only its IIR_FALLBACKS
+        self.registry.resolve(chat.model)
+        return self.router.decide(chat, chosen, explicit=chat.model)
+
+    def plan(self, chat: ChatRequest, decision: Decision | None = None) -> list[str]:
+        """The ordered candidate models: the decision's, after a named model's own fallbacks."""
+        if decision is None and self.router is not None and is_auto(chat.model):
+            decision = self.router.decide(chat)
+        if decision is None:
+            return self.candidates(chat.model)
+        if not decision.explicit:
+            return decision.candidates
+        return list(dict.fromkeys([*self.candidates(chat.model), *decision.candidates[1:]]))
+
     def parse(self, body: Any) -> ChatRequest:
         """Scrubs secrets out of a decoded JSON body, then validates it (400 naming the field).
 
         Scrubbing comes first so that no later step (a backend, a provider across the network,
         the job store, a log line) ever sees the secret.
         """
+        if self.default_model and isinstance(body, dict) and body.get("model") is None:
+            body = {**body, "model": self.default_model}
         body, counts = self.scrubber.scrub(body)
         if counts:
             metrics.count_redactions("request", counts)
@@ -221,7 +258,7 @@ class ChatService:
 
     async def complete(self, chat: ChatRequest) -> dict[str, Any]:
         """Runs a request to the end and returns the ``chat.completion`` body."""
-        return await self.complete_from(chat, self.candidates(chat.model))
+        return await self.complete_from(chat, self.plan(chat))
 
     async def complete_from(self, chat: ChatRequest, candidates: Sequence[str]) -> dict[str, Any]:
         """Tries ``candidates`` in order; the first answer wins, and names the model it came from."""
@@ -246,13 +283,14 @@ class ChatService:
         self, chat: ChatRequest, settle: Callable[[int | None], None] | None = None
     ) -> StreamResponse:
         """Starts a streamed run; failures before the first piece still get a proper status."""
-        return await self.stream_from(chat, self.candidates(chat.model), settle=settle)
+        return await self.stream_from(chat, self.plan(chat), settle=settle)
 
     async def stream_from(
         self,
         chat: ChatRequest,
         candidates: Sequence[str],
         settle: Callable[[int | None], None] | None = None,
+        decision: Decision | None = None,
     ) -> StreamResponse:
         """Like :meth:`complete_from`: a candidate failing before its first piece yields to the next."""
         for i, model in enumerate(candidates):
@@ -269,8 +307,11 @@ class ChatService:
                     raise
                 self._fell_back(model, candidates[i + 1], err)
                 continue
+            headers = list(SSE_HEADERS)
+            if decision is not None:
+                headers += decision.headers(model)
             return StreamResponse(
-                self._sse(chat, model, backend, first, events, settle), headers=list(SSE_HEADERS)
+                self._sse(chat, model, backend, first, events, settle), headers=headers
             )
         raise ValueError("no candidate model")  # pragma: no cover - candidates is never empty
 

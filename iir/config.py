@@ -11,6 +11,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from dotenv import dotenv_values
 
@@ -62,6 +63,14 @@ class Settings:
     log_level: str = "info"
     shutdown_timeout: float = 30.0
     echo_token_delay_ms: float = 0.0
+    # Routing for model "auto" (iir.routing): the policy file (None: the built-in one), the default
+    # strategy, the local queue depth above which local-first goes remote, the model assumed when
+    # a request names none (None: the model field is required).
+    routing_file: Path | None = None
+    routing_strategy: str = "local-first"
+    local_max_queue: int = 8
+    default_model: str | None = None
+    routing_policy: Any = field(default=None, repr=False)  # iir.routing.policy.Policy
     job_concurrency: int = 4
     job_queue_max: int = 10000
     job_ttl_seconds: int = 86400
@@ -250,6 +259,32 @@ def _keys(env: Mapping[str, str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(keys))
 
 
+def _routing(env: Mapping[str, str]) -> dict[str, object]:
+    from .routing.policy import STRATEGIES, PolicyError, load_policy
+
+    strategy = env.get("IIR_ROUTING_STRATEGY", "").strip().lower() or "local-first"
+    if strategy not in STRATEGIES:
+        raise ConfigError(
+            f"IIR_ROUTING_STRATEGY={strategy!r} must be one of {', '.join(STRATEGIES)}"
+        )
+    raw_file = env.get("IIR_ROUTING_FILE", "").strip()
+    routing_file = Path(raw_file) if raw_file else None
+    try:
+        policy = load_policy(routing_file)  # refuse a bad file now, not at the first request
+    except PolicyError as exc:
+        raise ConfigError(f"IIR_ROUTING_FILE={raw_file or '(built-in)'}: {exc}") from None
+    default_model = env.get("IIR_DEFAULT_MODEL", "").strip() or None
+    if default_model is not None and (len(default_model) > 256 or not default_model.isprintable()):
+        raise ConfigError("IIR_DEFAULT_MODEL must be a model name of at most 256 characters")
+    return {
+        "routing_file": routing_file,
+        "routing_strategy": strategy,
+        "local_max_queue": _int(env, "IIR_LOCAL_MAX_QUEUE", 8, 0),
+        "default_model": default_model,
+        "routing_policy": policy,
+    }
+
+
 def _fallbacks(env: Mapping[str, str]) -> dict[str, tuple[str, ...]]:
     """``IIR_FALLBACKS=model=alt1|alt2;other=alt3`` (whitespace around items is ignored)."""
     raw = env.get("IIR_FALLBACKS", "").strip()
@@ -344,6 +379,7 @@ def load_settings(
         log_level=level,
         shutdown_timeout=_float(env, "IIR_SHUTDOWN_TIMEOUT", 30.0, 0.0),
         echo_token_delay_ms=_float(env, "IIR_ECHO_TOKEN_DELAY_MS", 0.0, 0.0),
+        **_routing(env),
         job_concurrency=_int(env, "IIR_JOB_CONCURRENCY", 4, 1, 1024),
         job_queue_max=_int(env, "IIR_JOB_QUEUE_MAX", 10000, 1),
         job_ttl_seconds=_int(env, "IIR_JOB_TTL_SECONDS", 86400, 1),

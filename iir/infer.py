@@ -15,6 +15,7 @@ from pydantic import ConfigDict, Field, ValidationError, model_validator
 from .errors import bad_request
 from .http import Request, Response, json_response
 from .protocol import ChatRequest, Message, _Model, validation_error
+from .routing.router import is_auto
 
 if TYPE_CHECKING:
     from .chat import ChatService
@@ -109,7 +110,10 @@ class InferService:
         body = await req.json()
         chat = parse_infer_request(body)
         req.state["model"] = chat.model
-        self.chat.registry.resolve(chat.model)  # unknown model: 404 now, not in the job
+        if is_auto(chat.model):
+            self.chat.plan(chat)  # nothing can serve it: 503 now, not in the job
+        else:
+            self.chat.registry.resolve(chat.model)  # unknown model: 404 now, not in the job
         if wants_async(body):
             from .jobs import accepted
 

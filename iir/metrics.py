@@ -81,6 +81,21 @@ def count_redactions(direction: str, counts: dict[str, int]) -> None:
         SECRETS_REDACTED.labels(direction, rule).inc(n)
 
 
+# Routing for model "auto" (iir.routing). ``target`` is the first candidate, or "none" when no
+# model could serve (503); models are configured names, so the label set stays bounded.
+ROUTE_DECISIONS = Counter(
+    "iir_route_decisions",
+    "Routing decisions, by strategy, task category and chosen model",
+    ["strategy", "category", "target"],
+    registry=REGISTRY,
+)
+ROUTE_DECISION_SECONDS = Histogram(
+    "iir_route_decision_seconds",
+    "Time to decide where a request runs (features, classifier, policy)",
+    buckets=(0.00002, 0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01),
+    registry=REGISTRY,
+)
+
 JOBS = Gauge("iir_jobs", "Async jobs in the store, by status", ["status"], registry=REGISTRY)
 JOB_DURATION = Histogram(
     "iir_job_duration_seconds",

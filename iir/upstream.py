@@ -76,6 +76,13 @@ class CircuitBreaker:
         self.state = state
         metrics.CIRCUIT_STATE.labels(self.provider).set(state)
 
+    def routing_state(self) -> str:
+        """closed | open | half_open as routing should see it: an open circuit whose wait is over
+        lets a probe through, so it counts as half-open."""
+        if self.state == OPEN and time.monotonic() - self._opened_at >= self.open_seconds:
+            return "half_open"
+        return ("closed", "open", "half_open")[self.state]
+
     def check(self) -> None:
         """Lets an attempt through, or raises 503 while the circuit is open."""
         if self.state == CLOSED:
@@ -193,6 +200,9 @@ class Upstream:
             settings.breaker_open_seconds,
         )
         self._session: aiohttp.ClientSession | None = None
+        # Moving average of the time to the first byte (whole answer when not streamed), read by
+        # routing to prefer the faster of two equal choices.
+        self.recent_latency: float | None = None
         # metric children resolved once: a label lookup per request is measurable on this path
         self._latency = metrics.UPSTREAM_LATENCY.labels(provider)
         self._ttft = metrics.UPSTREAM_TTFT.labels(provider)
@@ -202,6 +212,10 @@ class Upstream:
             sock_connect=settings.connect_timeout,
             sock_read=settings.first_byte_timeout,
         )
+
+    def _note_latency(self, seconds: float) -> None:
+        prev = self.recent_latency
+        self.recent_latency = seconds if prev is None else prev + 0.2 * (seconds - prev)
 
     # --- the pooled client ------------------------------------------------------------------------
 
@@ -326,6 +340,7 @@ class Upstream:
             self._latency.observe(time.perf_counter() - t0)
         if resp.status >= 300:
             raise self._status_error(resp.status, raw, resp.headers)
+        self._note_latency(time.perf_counter() - t0)
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -359,6 +374,7 @@ class Upstream:
                         events = _sse_events(resp.content)
                         first = await anext(events, None)
                     self._ttft.observe(time.perf_counter() - t0)
+                    self._note_latency(time.perf_counter() - t0)
                     overhead.add_wait(time.perf_counter() - t0)
                     idle = self.settings.idle_timeout
                     event = first

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import openai
 import pytest
@@ -18,3 +19,20 @@ def server() -> Iterator[Server]:
 @pytest.fixture(scope="session")
 def client(server: Server) -> openai.OpenAI:
     return openai.OpenAI(base_url=server.url + "/v1", api_key=server.key, max_retries=0)
+
+
+# Reports that tests want shown at the end of every run, also without ``-s`` (the routing
+# evaluation's confusion matrix): tests append text through the ``terminal_report`` fixture.
+_REPORTS = pytest.StashKey[list[str]]()
+
+
+@pytest.fixture(scope="session")
+def terminal_report(request: pytest.FixtureRequest) -> list[str]:
+    return request.config.stash.setdefault(_REPORTS, [])
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    for text in config.stash.get(_REPORTS, []):
+        terminalreporter.write_sep("-", text.splitlines()[0])
+        for line in text.splitlines()[1:]:
+            terminalreporter.write_line(line)

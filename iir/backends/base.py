@@ -92,10 +92,24 @@ class BackendStatus:
     sections: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(slots=True, frozen=True)
+class Load:
+    """Live state routing reads before picking a model (see :meth:`Backend.load`)."""
+
+    circuit: str = "closed"  # closed | open | half_open (remote providers' breaker)
+    queue: int = 0  # requests waiting or running on this model here (the local engine)
+    latency_s: float | None = None  # recent typical time to first byte, when measured
+
+
+IDLE = Load()
+
+
 class Backend(abc.ABC):
     """A place a chat request can run. ``name`` labels metrics and logs (never a secret)."""
 
     name: str = "backend"
+    # True for backends that run on this box's own GPU: routing's "@local" stands for their models.
+    local: bool = False
 
     @abc.abstractmethod
     def models(self) -> list[ModelCard]:
@@ -138,3 +152,7 @@ class Backend(abc.ABC):
     def count_tokens(self, model: str, text: str) -> int | None:
         """Tokens of ``text`` in ``model``'s own tokenizer, or None when this backend has none."""
         return None
+
+    def load(self, model: str) -> Load:
+        """Circuit state, queue depth and recent latency of ``model`` here, for routing."""
+        return IDLE

@@ -21,12 +21,14 @@ from ..errors import ApiError
 from ..protocol import ChatRequest
 from ..upstream import Upstream
 from .base import (
+    IDLE,
     READY,
     Backend,
     BackendStatus,
     Choice,
     Completion,
     Delta,
+    Load,
     ModelCard,
     ModelStatus,
     ProviderStatus,
@@ -98,6 +100,12 @@ class ProviderBackend(Backend):
                 404, f"The model '{name}' names no {self.name} model", code="model_not_found"
             )
         return target
+
+    def load(self, model: str) -> Load:
+        up = self.upstream
+        if up is None:
+            return IDLE
+        return Load(circuit=up.breaker.routing_state(), latency_s=up.recent_latency)
 
     def status(self) -> BackendStatus:
         """The registry's view: the listed models, and whether the provider is usable now."""

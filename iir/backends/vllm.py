@@ -43,6 +43,7 @@ from .base import (
     Choice,
     Completion,
     Delta,
+    Load,
     ModelCard,
     ModelStatus,
     StreamEvent,
@@ -185,6 +186,7 @@ def _top_logprob(token: str, logprob: float) -> dict[str, Any]:
 
 class VllmBackend(Backend):
     name = SOURCE
+    local = True  # routing's "@local" stands for these models
 
     def __init__(self, settings: Settings, factory: EngineFactory | None = None) -> None:
         self.settings = settings
@@ -200,6 +202,9 @@ class VllmBackend(Backend):
         self._load_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
+        # Requests submitted to each model's engine and not finished (waiting or running): the
+        # queue depth routing compares with IIR_LOCAL_MAX_QUEUE.
+        self._inflight: dict[str, int] = {}
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -300,6 +305,9 @@ class VllmBackend(Backend):
 
     def resolve(self, name: str) -> str | None:
         return name if name in self._models else None
+
+    def load(self, model: str) -> Load:
+        return Load(queue=self._inflight.get(model, 0))
 
     def status(self) -> BackendStatus:
         models = [
@@ -526,6 +534,7 @@ class VllmBackend(Backend):
         rid = f"iir-{uuid.uuid4().hex}"
         label = lm.name
         metrics.LOCAL_WAITING.labels(label).inc()
+        self._inflight[label] = self._inflight.get(label, 0) + 1
         waiting, running, finished = True, False, False
         started = time.perf_counter()
         gen = engine.generate({"prompt_token_ids": prompt_ids}, params, rid)
@@ -552,6 +561,7 @@ class VllmBackend(Backend):
             )
             raise ApiError(502, f"vLLM backend error: {text}", code="upstream_error") from None
         finally:
+            self._inflight[label] -= 1
             if waiting:
                 metrics.LOCAL_WAITING.labels(label).dec()
             if running:

@@ -1,0 +1,403 @@
+"""The task category of a prompt, from weighted cues in several languages.
+
+Explainable by construction: every point a category scores comes from a named cue (a word, a word
+stem, a two-word phrase, a CJK keyword or a structural pattern such as a code fence), and the
+decision reports the cues that won. Cost is linear in the (bounded) text the features kept: one
+word split, a few dictionary look-ups per word and a handful of regular expressions, so a decision
+takes tens of microseconds.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from itertools import pairwise
+
+from .features import Features
+
+CHAT = "chat"
+QA = "qa"
+CODING = "coding"
+MATH = "math"
+REASONING = "reasoning"
+CREATIVE = "creative"
+SUMMARIZATION = "summarization"
+TRANSLATION = "translation"
+EXTRACTION = "extraction"
+
+CATEGORIES: tuple[str, ...] = (
+    CHAT,
+    QA,
+    CODING,
+    MATH,
+    REASONING,
+    CREATIVE,
+    SUMMARIZATION,
+    TRANSLATION,
+    EXTRACTION,
+)
+
+
+class ClassifierError(Exception):
+    """The classifier could not decide (answered as 503 ``Classifier error: ...``)."""
+
+
+# --- cue tables ----------------------------------------------------------------------------------
+# Each line: ``weight: cue cue cue``. A cue ending in ``*`` is a word stem (matches any word that
+# starts with it, at least 4 letters before the star); a cue with ``_`` is a two-word phrase
+# (``how_are`` matches "how are"); everything else is a whole word.
+
+_LATIN: dict[str, str] = {
+    CHAT: """
+        3: hi hello hey hiya howdy yo hallo servus moin bonjour salut coucou hola buenas oi olá ciao
+        3: thanks thank danke merci gracias obrigado obrigada grazie bye goodbye tschüss adieu adiós
+        3: how_are how's_it what's_up good_morning good_night good_evening guten_morgen guten_tag
+        3: wie_geht's wie_gehts ça_va comment_vas qué_tal como_vai tudo_bem buenos_días bom_dia
+        3: nice_to who_are are_you
+        2: bored chat chatting lol haha weekend mood feeling tired
+        1: yourself your_name
+    """,
+    QA: """
+        2: what_is what_are what_was who_was who_is when_did when_was where_is where_are
+        2: was_ist wer_war wann_wurde wo_liegt qu'est-ce qui_était où_se quién_fue qué_es dónde_está
+        2: o_que quem_foi onde_fica quando_foi capital population history historical definition
+        2: define meaning difference_between how_does how_do why_is why_do why_does explain
+        2: erkläre erklär explique explica hauptstadt capitale capitalé definición
+        1: who what when where why which wer wann warum pourquoi quand quién cuándo porque
+        1: invented discovered founded climate planet vitamin disease symptoms
+    """,
+    CODING: """
+        3: python javascript typescript java golang rust c++ c# kotlin swift php ruby bash shell
+        3: sql postgres postgresql mysql sqlite regex regexp html css json_schema dockerfile
+        3: docker kubernetes kubectl git npm pip react django flask fastapi pandas numpy
+        3: function funktion fonction función função method methode class klasse compile compiler
+        3: debug debugging bug bugs traceback stacktrace exception segfault nullpointerexception
+        3: refactor* implement* algorithm* recursion recursive async await endpoint api
+        3: unit_test unit_tests code codes coding programm* programa* programme* script scripts
+        3: variable variables array arrays hashmap dictionary linked_list binary_search quicksort
+        3: syntax typeerror valueerror keyerror indexerror undefined null pointer loop
+        2: query queries database index server client library framework deploy repository
+        3: thread threads struct structs mutex deadlock memory_leak
+        2: frontend backend microservice lambda process processes
+        2: import export boolean integer string strings parse parser cli
+    """,
+    MATH: """
+        4: integral integrate derivative differentiate ableitung intégrale dérivée integrale derivada
+        4: equation equations gleichung équation ecuación equação equazione
+        2: solve löse résous resuelve resolva risolvi
+        3: calculate berechne calcule calcula calcular calcola compute sum factor* polynomial prove
+        3: irrational square_root angle angles hexagon polygon perimeter diagonal
+        1: product
+        3: probability wahrscheinlichkeit probabilité probabilidad probabilidade matrix matrices
+        3: eigenvalue* vector vectors prime primes divisible logarithm log sin cos tan sqrt
+        3: percent percentage prozent pourcentage porcentaje porcentagem fraction fractions
+        3: geometry triangle circle radius area volume hypotenuse theorem lemma algebra calculus
+        2: average mean median variance deviation statistics interest compound
+        2: multiply multiplied divide divided plus minus times squared cubed
+        1: how_much how_many wie_viel combien cuánto quanto
+    """,
+    REASONING: """
+        4: riddle rätsel énigme acertijo enigma charada puzzle logic_puzzle brain_teaser
+        3: step_by by_step schritt_für étape_par paso_a passo_a think_through reason_through
+        3: trade-offs tradeoffs trade_offs pros_and pros_cons advantages_and disadvantages pros cons prós contras
+        3: should_i should_we sollte_ich devrais-je debería dilemma decide decision
+        3: compare contrast vergleiche compare* compara* evaluate assess analyze analyse analyze*
+        3: implications consequences hypothetical scenario argue argument counterargument
+        3: logically deduce deduction infer inference paradox fallacy syllogism
+        2: heavier lighter taller shorter older younger faster slower liar liars lies truth scenarios consider
+        2: strategy strategic plan prioritize weigh justify because therefore if_all all_are
+        2: which_is which_one better worse
+    """,
+    CREATIVE: """
+        4: poem poems poetry haiku sonnet limerick lyrics gedicht poème poema poesía poesia
+        4: story stories tale fable fairy geschichte märchen histoire conte cuento historia
+        3: write_a write_me schreibe_ein écris écris-moi escribe escreva compose imagine
+        3: fiction fictional novel chapter character characters plot villain hero dragon
+        3: slogan tagline jingle rap song verse verses rhyme rhymes screenplay dialogue monologue
+        4: joke jokes
+        3: creative kreativ créatif creativo criativo funny humorous witty whimsical scrivi
+        2: once_upon il_était érase_una era_uma es_war toast speech birthday wedding
+    """,
+    SUMMARIZATION: """
+        5: summarize summarise summary summarization zusammenfassen zusammenfassung fasse
+        5: résume résumer résumé resume resumir resumen resuma resumo tl;dr tl_dr tldr sintetiza riassumi riassunto
+        4: key_points main_points kernaussagen points_clés puntos_clave pontos_principais
+        4: condense shorten recap gist overview brief_summary in_short nutshell
+        3: bullet_points few_sentences one_sentence one_line one_paragraph abstract takeaways
+        1: article text paragraph report meeting transcript notes email passage
+    """,
+    TRANSLATION: """
+        5: translate translation translator übersetze übersetzen übersetzung traduis traduire
+        5: traduction traduce traducir traducción traduza traduzir tradução traduci tradurre
+        4: into_english into_german into_french into_spanish into_portuguese into_chinese
+        4: into_japanese into_italian ins_englische ins_deutsche en_anglais en_français
+        4: en_espagnol en_allemand al_inglés al_español al_francés para_o para_inglês
+        3: in_english auf_englisch auf_deutsch en_inglés em_inglês in_german in_french in_spanish
+        3: in_japanese in_chinese in_portuguese in_italian to_english to_german to_french to_spanish
+        3: to_japanese to_chinese to_portuguese to_italian
+        2: you_say
+        1: english german french spanish portuguese chinese japanese italian
+    """,
+    EXTRACTION: """
+        5: extract extraction extrahiere extrahieren extrais extraire extrae extraer extraia extrair
+        4: pull_out list_all find_all identify_all extract_all all_emails
+        4: json_object json_format csv_format key-value entities action_items
+        2: as_json in_json hashtag hashtags urls
+        4: names_of emails phone_numbers email_addresses dates_mentioned fields
+        3: parse_the parse_this structured_data table_of named_entities entity invoice_number
+        1: json csv yaml table field columns
+    """,
+}
+
+_CJK: dict[str, str] = {
+    CHAT: "3: 你好 您好 嗨 谢谢 早上好 晚上好 再见 こんにちは こんばんは おはよう ありがとう よろしく 元気 最近怎么样 你是谁",
+    QA: "2: 什么是 是什么 为什么 谁 哪里 哪个 何ですか とは なぜ どこ 誰 いつ 首都 历史 歴史 解释 説明",
+    CODING: "3: 代码 函数 编程 程序 报错 错误 python java javascript sql コード 関数 プログラム バグ エラー 実装 正規表現 算法 アルゴリズム",
+    MATH: "4: 方程 积分 导数 计算 求解 概率 方程式 積分 微分 計算 確率 解いて 等于 平方",
+    REASONING: "3: 谜题 推理 逻辑 利弊 优缺点 应该 比较 分析 パズル 論理 推論 メリット デメリット 比較 分析 べきか",
+    CREATIVE: "4: 写一首 诗 故事 小说 歌词 詩 物語 小説 歌詞 俳句 创作 書いて",
+    SUMMARIZATION: "5: 总结 摘要 概括 要约 要約 まとめて まとめ 概要 要点",
+    TRANSLATION: "5: 翻译 译成 翻成 翻訳 訳して 英語に 中文 英文 日本語に",
+    EXTRACTION: "5: 提取 抽出 抽取 找出所有 列出所有 取り出 json",
+}
+
+# Literal markers found with ``in`` (fast, no word boundaries needed): code and notation.
+_MARKERS: dict[str, tuple[tuple[str, float, str], ...]] = {
+    CODING: (
+        ("```", 4.0, "code block"),
+        ("def ", 2.0, "code syntax"),
+        ("=>", 2.0, "code syntax"),
+        ("#include", 4.0, "code syntax"),
+        ("console.log", 4.0, "code syntax"),
+        ("public static", 4.0, "code syntax"),
+        ("();", 3.0, "code syntax"),
+        ("traceback (most recent", 4.0, "error output"),
+        ("error:", 2.0, "error output"),
+    ),
+    MATH: (
+        ("\\frac", 4.0, "math notation"),
+        ("\\int", 4.0, "math notation"),
+        ("∫", 4.0, "math notation"),
+        ("√", 4.0, "math notation"),
+        ("∑", 4.0, "math notation"),
+        ("d/dx", 4.0, "math notation"),
+    ),
+    SUMMARIZATION: (("tl;dr", 5.0, "tl;dr"),),
+}
+# Each pattern runs only when its gate (a literal) is in the text: most texts skip most patterns.
+_PATTERNS: tuple[tuple[str, str | None, re.Pattern[str], float, str], ...] = (
+    (
+        MATH,
+        None,
+        re.compile(r"\d(?:\s*[*/\u00d7\u00f7=]\s*\(?-?\d|\s+[-+]\s+\(?\d|\+\d)|\^\d"),
+        4.0,
+        "arithmetic",
+    ),
+    (MATH, "%", re.compile(r"\d\s?%"), 2.0, "percentage"),
+    (CODING, "(", re.compile(r"\b(?:def|function|fn|func) \w+\("), 3.0, "code syntax"),
+    (CODING, "import ", re.compile(r"\bimport [\w.]+$", re.M), 3.0, "code syntax"),
+    (CODING, " from ", re.compile(r"\bselect \S.* from "), 3.0, "code syntax"),
+    (EXTRACTION, '"', re.compile(r"\{\s*\"\w+\"\s*:"), 2.0, "json template"),
+)
+
+_TEXT_WEIGHT = 1.0
+_SYSTEM_WEIGHT = 0.5
+# Below this best score the request has no clear cue: short small talk or a plain question.
+_MIN_SCORE = 2.0
+_SECTION_CAP = 9.0
+_LEAD_BONUS = 1.5
+_END_BONUS = 1.0
+_SMALL_TALK_CHARS = 120
+_CLAUSE_END = re.compile(r"[:\n\u3002\uff1a?\uff1f!]|\.\s")
+_SHORT_CHARS = 25
+
+
+def _parse_tables() -> tuple[
+    dict[str, tuple[tuple[str, float], ...]],
+    dict[str, tuple[tuple[str, float], ...]],
+    tuple[tuple[str, str, float], ...],
+]:
+    words: dict[str, list[tuple[str, float]]] = {}
+    stems: dict[str, list[tuple[str, float]]] = {}
+    for cat, spec in _LATIN.items():
+        for line in spec.strip().splitlines():
+            weight_s, _, cues = line.strip().partition(":")
+            weight = float(weight_s)
+            for cue in cues.split():
+                if cue.count("_") > 1 or (cue.endswith("*") and len(cue) < 5):
+                    raise ValueError(f"bad cue {cue!r}: phrases have two words, stems 4+ letters")
+                cue = cue.replace("_", " ")
+                if cue.endswith("*"):
+                    stems.setdefault(cue[:-1], []).append((cat, weight))
+                else:
+                    words.setdefault(cue, []).append((cat, weight))
+    cjk: list[tuple[str, str, float]] = []
+    for cat, spec in _CJK.items():
+        weight_s, _, cues = spec.partition(":")
+        cjk.extend((cue, cat, float(weight_s)) for cue in cues.split())
+    return (
+        {k: tuple(v) for k, v in words.items()},
+        {k: tuple(v) for k, v in stems.items()},
+        tuple(cjk),
+    )
+
+
+_WORDS, _STEMS, _CJK_CUES = _parse_tables()
+_CJK_WORDS: dict[str, tuple[tuple[str, float], ...]] = {}
+for _cue, _cat, _w in _CJK_CUES:
+    _CJK_WORDS[_cue] = (*_CJK_WORDS.get(_cue, ()), (_cat, _w))
+_CJK_KEYS = tuple(_CJK_WORDS)
+_WORD_KEYS = frozenset(k for k in _WORDS if " " not in k)
+_PHRASE_KEYS = frozenset(k for k in _WORDS if " " in k)
+# Stems are found from the words: a word's first four letters pick the few stems worth trying.
+_STEM_HEADS = frozenset(stem[:4] for stem in _STEMS)
+_STEM_LENGTHS = tuple(sorted({len(stem) for stem in _STEMS}, reverse=True))
+_TOKEN = re.compile(r"\w[\w'+#\-]*")
+_WIDE = re.compile(r"[\u3040-\u30ff\u4e00-\u9fff]")
+
+
+@dataclass(slots=True, frozen=True)
+class Category:
+    name: str
+    confidence: float  # share of the winner in all points scored, 0..1
+    cues: tuple[str, ...]  # the winner's strongest cues, for the human reason
+
+    def to_dict(self) -> dict[str, object]:
+        return {"name": self.name, "confidence": round(self.confidence, 3), "cues": list(self.cues)}
+
+
+_NO_KEYS: frozenset[str] = frozenset()
+
+
+def _stems(words: set[str]) -> set[str]:
+    found: set[str] = set()
+    for word in words:
+        if word[:4] in _STEM_HEADS:
+            for n in _STEM_LENGTHS:  # longest first: one stem per word
+                if n <= len(word) and word[:n] in _STEMS:
+                    found.add(word[:n])
+                    break
+    return found
+
+
+def _keys(text: str, start: int, stop: int) -> set[str]:
+    """Words, two-word phrases and CJK cues in ``text[start:stop]``."""
+    tokens = _TOKEN.findall(text, start, stop)
+    out = set(tokens)
+    out.update(map(" ".join, pairwise(tokens)))
+    part = text[start:stop]
+    if not part.isascii():
+        out.update(cue for cue in _CJK_KEYS if cue in part)
+    return out
+
+
+def _score_text(
+    text: str,
+    weight: float,
+    total: dict[str, float],
+    cues: dict[str, list[tuple[float, str]]],
+    lead_end: int = 0,
+    end_start: int = -1,
+) -> None:
+    """Adds the points ``text`` scores, each category capped at :data:`_SECTION_CAP` times the
+    weight: a category is as strong as its few strongest cues, so a long text full of one
+    topic's words (material) cannot outvote the instruction about what to do with it.
+
+    Word, phrase and CJK cues found before ``lead_end`` (the first clause) or from ``end_start``
+    on (the last line) also score a bonus, capped the same way: that is where instructions sit.
+    """
+    if not text:
+        return
+    scores = dict.fromkeys(CATEGORIES, 0.0)
+    bonus = dict.fromkeys(CATEGORIES, 0.0)
+    tokens = _TOKEN.findall(text)
+    words = set(tokens)
+    if "'" in text:  # elisions: l'area, d'une, qu'il; keep the whole token too (what's)
+        words.update(t.rpartition("'")[2] for t in tokens if "'" in t)
+    found = words & _WORD_KEYS
+    if len(tokens) > 1:
+        found |= set(map(" ".join, pairwise(tokens))) & _PHRASE_KEYS
+    hits = [(key, _WORDS[key]) for key in found]
+    if not text.isascii() and _WIDE.search(text):
+        hits.extend((cue, _CJK_WORDS[cue]) for cue in _CJK_KEYS if cue in text)
+    lead = _keys(text, 0, lead_end) if lead_end > 0 else _NO_KEYS
+    end = _keys(text, end_start, len(text)) if end_start >= 0 else _NO_KEYS
+    for key, entries in hits:
+        extra = 0.0
+        if key in lead:
+            extra += _LEAD_BONUS
+        if key in end:
+            extra += _END_BONUS
+        for cat, w in entries:
+            scores[cat] += w * weight
+            cues[cat].append((w * (weight + extra), key))
+            if extra:
+                bonus[cat] += w * extra
+    for stem in _stems(words):
+        for cat, w in _STEMS[stem]:
+            scores[cat] += w * weight
+            cues[cat].append((w * weight, stem + "*"))
+    for cat, markers in _MARKERS.items():
+        for marker, w, label in markers:
+            if marker in text:
+                scores[cat] += w * weight
+                cues[cat].append((w * weight, label))
+    for cat, gate, pattern, w, label in _PATTERNS:
+        if (gate is None or gate in text) and pattern.search(text):
+            scores[cat] += w * weight
+            cues[cat].append((w * weight, label))
+    cap = _SECTION_CAP * weight
+    for cat in CATEGORIES:
+        v, b = scores[cat], bonus[cat]
+        if v:
+            total[cat] += min(v, cap) + min(b, _SECTION_CAP * (_LEAD_BONUS + _END_BONUS))
+
+
+def classify(features: Features) -> Category:
+    """The task category of the request whose features are given."""
+    try:
+        scores = dict.fromkeys(CATEGORIES, 0.0)
+        cues: dict[str, list[tuple[float, str]]] = {c: [] for c in CATEGORIES}
+        head, tail = features.head, features.tail
+        text = f"{head}\n{tail}" if tail else head
+        # The instruction is the first clause or the last line; the rest is mostly material
+        # (an article to summarize, code to translate), so cues there count extra.
+        lead_end, end_start = 0, -1
+        m = _CLAUSE_END.search(head, 0, 200)
+        if m is not None and m.end() < len(head.rstrip()):
+            lead_end = m.end()
+            last = text.rstrip()
+            cut = max(last.rfind("\n"), last.rfind(". "))
+            if cut > 0:
+                end_start = cut
+        _score_text(text, _TEXT_WEIGHT, scores, cues, lead_end, end_start)
+        _score_text(features.system, _SYSTEM_WEIGHT, scores, cues)
+        # Small talk is short: greetings and thanks inside a long text are material.
+        if features.chars > _SMALL_TALK_CHARS:
+            scores[CHAT] *= 0.3
+        # Long material with an instruction to shorten it is the summarization signature.
+        if features.chars > 1500 and scores[SUMMARIZATION] > 0:
+            scores[SUMMARIZATION] += 2.0
+            cues[SUMMARIZATION].append((2.0, "long input"))
+        best = max(CATEGORIES, key=scores.__getitem__)
+        top = scores[best]
+    except Exception as exc:  # a bug here must not become a 500 without a reason
+        raise ClassifierError(f"{type(exc).__name__}: {exc}") from exc
+    if top < _MIN_SCORE:
+        # Weak cues: a question is general Q&A, a short remark small talk.
+        stripped = head.strip()
+        if stripped.endswith(("?", "\uff1f")):
+            name = QA
+        elif len(stripped) <= _SHORT_CHARS:
+            name = CHAT
+        else:
+            name = best if top > 0 else QA
+        found = _top(cues[name])
+        return Category(name, 0.5 if found else 0.3, found or ("no clear cue",))
+    total = sum(scores.values())
+    return Category(best, top / total, _top(cues[best]))
+
+
+def _top(found: list[tuple[float, str]]) -> tuple[str, ...]:
+    found.sort(key=lambda x: -x[0])
+    return tuple(dict.fromkeys(label for _, label in found))[:3]
