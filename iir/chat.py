@@ -111,10 +111,17 @@ def falls_back(err: ApiError) -> bool:
     return err.status >= 500 or err.status in _FALLBACK_STATUSES
 
 
+# Answers faster than this never start the disconnect watch: it would cost more than it saves.
+_WATCH_AFTER = 0.005
+
+
 async def _while_connected(req: Request, work: Awaitable[T]) -> T:
     """Runs ``work`` but cancels it as soon as the client goes away: a provider still generating
     an answer nobody will read costs tokens (streams are watched the same way by the app)."""
     task = asyncio.ensure_future(work)
+    done, _ = await asyncio.wait((task,), timeout=_WATCH_AFTER)
+    if done:
+        return task.result()
     gone = asyncio.ensure_future(req.proto.client_disconnect())
     try:
         await asyncio.wait((task, gone), return_when=asyncio.FIRST_COMPLETED)
@@ -346,8 +353,7 @@ class ChatService:
 
     def _count(self, model: str, usage: Usage | None) -> None:
         if usage is not None:
-            metrics.TOKENS.labels(model, "prompt").inc(usage.prompt_tokens)
-            metrics.TOKENS.labels(model, "completion").inc(usage.completion_tokens)
+            metrics.count_tokens(model, usage.prompt_tokens, usage.completion_tokens)
 
     async def _sse(
         self,

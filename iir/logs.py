@@ -87,8 +87,18 @@ class JsonFormatter(logging.Formatter):
         return text
 
 
+def _lean_records() -> None:
+    """Skips what IIR's lines never show: the caller's frame (a stack walk per line), thread and
+    process names (the logging HOWTO's "Optimization" section)."""
+    logging._srcfile = None  # type: ignore[attr-defined]
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+
+
 def configure(level: str = "info") -> None:
     """Sends IIR's log records to stderr as JSON lines (Granian's own go via its dictConfig)."""
+    _lean_records()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()

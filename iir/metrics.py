@@ -191,6 +191,18 @@ _METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"
 _request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
 
+_token_children: dict[str, tuple[Any, Any]] = {}
+
+
+def count_tokens(model: str, prompt: int, completion: int) -> None:
+    children = _token_children.get(model)
+    if children is None:
+        children = (TOKENS.labels(model, "prompt"), TOKENS.labels(model, "completion"))
+        _token_children[model] = children
+    children[0].inc(prompt)
+    children[1].inc(completion)
+
+
 def observe_request(route: str, method: str, status: int, seconds: float) -> None:
     """Counts one answered request; label children are cached, as ``labels()`` is not free."""
     if method not in _METHODS:
