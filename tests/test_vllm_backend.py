@@ -441,24 +441,24 @@ def test_server_lists_local_model_and_answers_valid_bodies(local_server: Server)
     assert body["usage"]["completion_tokens"] == 6 and body["model"] == "tiny"
 
 
-def test_server_streams_chunks_with_usage(local_server: Server) -> None:
+def sse_frames(srv: Server, content: str, **extra: Any) -> list[str]:
+    """Streams a chat from the local model; returns the data of every SSE frame."""
+    body = {"model": "tiny", "messages": [{"role": "user", "content": content}], "stream": True}
     with (
-        local_server.client() as c,
-        c.stream(
-            "POST",
-            "/v1/chat/completions",
-            headers=local_server.auth,
-            json={
-                "model": "tiny",
-                "messages": [{"role": "user", "content": "one two three STOP four"}],
-                "stream": True,
-                "stop": "STOP",
-                "stream_options": {"include_usage": True},
-            },
-        ) as r,
+        srv.client() as c,
+        c.stream("POST", "/v1/chat/completions", headers=srv.auth, json={**body, **extra}) as r,
     ):
         assert r.status_code == 200
-        frames = [ln[6:] for ln in r.iter_lines() if ln.startswith("data: ")]
+        return [ln[6:] for ln in r.iter_lines() if ln.startswith("data: ")]
+
+
+def test_server_streams_chunks_with_usage(local_server: Server) -> None:
+    frames = sse_frames(
+        local_server,
+        "one two three STOP four",
+        stop="STOP",
+        stream_options={"include_usage": True},
+    )
     assert frames[-1] == "[DONE]"
     chunks = [orjson.loads(f) for f in frames[:-1]]
     for ch in chunks:
@@ -479,21 +479,7 @@ def test_server_engine_error_is_502_with_detail(local_server: Server) -> None:
     assert r.status_code == 502
     validate_error(r.json())
     assert r.json()["detail"].startswith("vLLM backend error: ")
-    with (
-        local_server.client() as c,
-        c.stream(
-            "POST",
-            "/v1/chat/completions",
-            headers=local_server.auth,
-            json={
-                "model": "tiny",
-                "messages": [{"role": "user", "content": "a b c d e __fail_mid__"}],
-                "stream": True,
-            },
-        ) as resp,
-    ):
-        assert resp.status_code == 200
-        frames = [ln[6:] for ln in resp.iter_lines() if ln.startswith("data: ")]
+    frames = sse_frames(local_server, "a b c d e __fail_mid__")
     assert frames[-1] == "[DONE]"
     err = orjson.loads(frames[-2])
     assert err["detail"].startswith("vLLM backend error: ")
