@@ -20,7 +20,7 @@ import pytest
 from tests.harness import Server
 
 from .conftest import record
-from .loadgen import Conn, _complete, build_request
+from .loadgen import Conn, build_request
 
 BODY = orjson.dumps(
     {
@@ -33,21 +33,6 @@ BODY = orjson.dumps(
 ROUNDS = {1: (40, 5), 32: (256, 3)}  # concurrency: (requests per round, rounds)
 
 
-def _exchange(conn: Conn, request: bytes) -> tuple[int, bytes, bytes]:
-    """One request on a keep-alive connection: (status, head, body)."""
-    conn.sock.sendall(request)
-    buf = b""
-    while True:
-        chunk = conn.sock.recv(65536)
-        if not chunk:
-            raise ConnectionError("server closed the connection")
-        buf += chunk
-        n = _complete(buf)
-        if n:
-            head, _, body = buf[:n].partition(b"\r\n\r\n")
-            return int(head[9:12]), head.lower(), body
-
-
 class _Client:
     def __init__(self, srv: Server) -> None:
         self.auth = {"Authorization": f"Bearer {srv.key}"}
@@ -56,13 +41,13 @@ class _Client:
 
     def sync_one(self, conn: Conn) -> float:
         t0 = time.perf_counter()
-        status, _, body = _exchange(conn, self.chat)
+        status, _, body = conn.exchange(self.chat)
         assert status == 200, body
         return time.perf_counter() - t0
 
     def async_one(self, conn: Conn) -> float:
         t0 = time.perf_counter()
-        status, _, body = _exchange(conn, self.submit)
+        status, _, body = conn.exchange(self.submit)
         assert status == 202, body
         poll = build_request(
             "GET",
@@ -71,7 +56,7 @@ class _Client:
             self.auth,
         )
         while True:
-            status, head, body = _exchange(conn, poll)
+            status, head, body = conn.exchange(poll)
             assert status == 200, body
             if b"x-iir-job-status: succeeded" in head:
                 assert orjson.loads(body)["object"] == "chat.completion"
