@@ -49,7 +49,15 @@ class Server:
             )
         }
         base.update(
-            {"IIR_API_KEY": key, "IIR_DATA_DIR": str(self.data_dir), "IIR_SHUTDOWN_TIMEOUT": "10"}
+            {
+                "IIR_API_KEY": key,
+                "IIR_DATA_DIR": str(self.data_dir),
+                "IIR_SHUTDOWN_TIMEOUT": "10",
+                # Every test client is 127.0.0.1, and module-scoped servers serve hundreds of
+                # requests a minute (pollers, hypothesis): the shipped 600/min per-IP limit would
+                # turn a fast run into random 429s. Tests of that limit set it explicitly.
+                "IIR_RATE_LIMIT_PER_IP": "0",
+            }
         )
         base.update(env or {})
         self.env = base

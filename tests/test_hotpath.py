@@ -226,6 +226,21 @@ def test_per_ip_limit_before_auth_and_forwarded_for() -> None:
         )
 
 
+def test_the_shipped_per_ip_limit_is_600_a_minute() -> None:
+    """The harness turns the per-IP limit off; unset, the shipped default (600/min) applies."""
+    with Server(env={"IIR_RATE_LIMIT_PER_IP": ""}) as s, s.client() as c:
+        admitted = 0
+        while admitted < 700:
+            r = c.get("/v1/models", headers=s.auth)
+            if r.status_code == 429:
+                break
+            assert r.status_code == 200, r.text
+            admitted += 1
+        # A full bucket of 600, plus whatever refilled (10 a second) while the loop ran.
+        assert r.status_code == 429 and 600 <= admitted < 700, admitted
+        validate_error(r.json())
+
+
 def test_usage_is_counted_when_a_backend_reports_none(srv: Server, fake: FakeProvider) -> None:
     fake.reset()
     client = openai.OpenAI(base_url=srv.url + "/v1", api_key=srv.key, max_retries=0)
