@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from contextlib import aclosing, suppress
+from contextlib import aclosing
 from typing import Any, TypeVar
 
 from . import metrics, overhead, tokens
@@ -115,26 +115,48 @@ def falls_back(err: ApiError) -> bool:
 _WATCH_AFTER = 0.005
 
 
+class _DisconnectWatch:
+    """Cancels a request's task once its client is gone. Started by a timer, so a fast answer
+    costs one timer and no extra task; a slow one (a model generating) is watched."""
+
+    __slots__ = ("gone", "req", "task", "watcher")
+
+    def __init__(self, req: Request, task: asyncio.Task[Any]) -> None:
+        self.req = req
+        self.task = task
+        self.watcher: asyncio.Future[None] | None = None
+        self.gone = False
+
+    def start(self) -> None:
+        self.watcher = asyncio.ensure_future(self._watch())
+
+    async def _watch(self) -> None:
+        await self.req.proto.client_disconnect()
+        self.gone = True
+        self.task.cancel()
+
+    def stop(self) -> None:
+        if self.watcher is not None:
+            self.watcher.cancel()
+
+
 async def _while_connected(req: Request, work: Awaitable[T]) -> T:
     """Runs ``work`` but cancels it as soon as the client goes away: a provider still generating
     an answer nobody will read costs tokens (streams are watched the same way by the app)."""
-    task = asyncio.ensure_future(work)
-    done, _ = await asyncio.wait((task,), timeout=_WATCH_AFTER)
-    if done:
-        return task.result()
-    gone = asyncio.ensure_future(req.proto.client_disconnect())
+    task = asyncio.current_task()
+    assert task is not None
+    watch = _DisconnectWatch(req, task)
+    timer = asyncio.get_running_loop().call_later(_WATCH_AFTER, watch.start)
     try:
-        await asyncio.wait((task, gone), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        gone.cancel()
-        if not task.done():
-            task.cancel()
-            with suppress(asyncio.CancelledError):
-                await task
-    if task.cancelled():
+        return await work
+    except asyncio.CancelledError:
+        if not watch.gone or task.uncancel() > 0:
+            raise  # cancelled by something else (shutdown): not ours to turn into an answer
         log.info("client disconnected; request cancelled", extra={"event": "disconnect"})
-        raise ApiError(499, "The client closed the request", code="client_closed_request")
-    return task.result()
+        raise ApiError(499, "The client closed the request", code="client_closed_request") from None
+    finally:
+        timer.cancel()
+        watch.stop()
 
 
 class ChatService:
