@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from . import metrics, overhead, tokens
 from .backends.base import Backend, Completion, Delta, StreamEvent, Usage
-from .errors import ApiError
+from .errors import ApiError, client_closed
 from .http import SSE_DONE, SSE_HEADERS, Request, Response, StreamResponse, json_response, sse_frame
 from .limits import Limits
 from .protocol import ChatRequest, completion_id, now, parse_chat_request, usage_dict
@@ -153,7 +153,7 @@ async def _while_connected(req: Request, work: Awaitable[T]) -> T:
         if not watch.gone or task.uncancel() > 0:
             raise  # cancelled by something else (shutdown): not ours to turn into an answer
         log.info("client disconnected; request cancelled", extra={"event": "disconnect"})
-        raise ApiError(499, "The client closed the request", code="client_closed_request") from None
+        raise client_closed() from None
     finally:
         timer.cancel()
         watch.stop()

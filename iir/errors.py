@@ -92,3 +92,8 @@ def bad_request(message: str, param: str | None = None, code: str = "invalid_req
 
 def not_found(message: str, code: str = "not_found", param: str | None = None) -> ApiError:
     return ApiError(404, message, code=code, param=param)
+
+
+def client_closed() -> ApiError:
+    """The client went away before its answer (nginx's 499: only ever seen in logs and metrics)."""
+    return ApiError(499, "The client closed the request", code="client_closed_request")

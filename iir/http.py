@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+from granian.rsgi import ProtocolClosed
 
-from .errors import ApiError, bad_request
+from .errors import ApiError, bad_request, client_closed
 
 JSON = "application/json"
 
@@ -100,11 +101,18 @@ class Request:
                 raise bad_request("Invalid Content-Length header", param="content-length") from None
             if length > self.max_body:
                 raise _too_large(self.max_body)
-        buf = bytearray()
-        async for chunk in self.proto:
-            buf += chunk
-            if len(buf) > self.max_body:
-                raise _too_large(self.max_body)
+        try:
+            if declared is not None:
+                # The server holds the body to its declared length: read it in one call.
+                self._body = await self.proto()
+                return self._body
+            buf = bytearray()
+            async for chunk in self.proto:
+                buf += chunk
+                if len(buf) > self.max_body:
+                    raise _too_large(self.max_body)
+        except ProtocolClosed:
+            raise client_closed() from None
         self._body = bytes(buf)
         return self._body
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+import time
+
 import httpx
 import openai
 import pytest
@@ -169,6 +172,27 @@ def test_body_limits_with_and_without_content_length() -> None:
 
         with srv.client() as c:
             assert c.post(CHAT, content=small_chunks(), headers=srv.auth).status_code == 200
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_client_leaving_mid_body_is_no_server_error(chunked: bool) -> None:
+    with Server() as srv:
+        head = (
+            f"POST {CHAT} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {srv.key}\r\n"
+            "Content-Type: application/json\r\n"
+        )
+        framing = (
+            "Transfer-Encoding: chunked\r\n\r\n9\r\n" if chunked else "Content-Length: 900\r\n\r\n"
+        )
+        with socket.create_connection(("127.0.0.1", srv.port)) as sock:
+            sock.sendall((head + framing + '{"model":').encode())
+            time.sleep(0.2)  # the server is now waiting for the rest of the body
+        done = srv.wait_for_log(lambda ln: ln.get("route") == CHAT and "status" in ln)
+        # With a declared length the server knows the body was cut short: 499. A chunked body
+        # cut short reads as ending there: its JSON is incomplete, 400 (the client is gone anyway).
+        assert done and done[0]["status"] == (400 if chunked else 499), srv.logs()
+        assert not [ln for ln in srv.log_lines() if ln["level"] in ("error", "critical")]
+        assert _post(srv, {"model": "iir/echo", "messages": OK_MESSAGES}).status_code == 200
 
 
 @pytest.mark.parametrize(
