@@ -38,7 +38,6 @@ from .routing.policy import load_policy
 from .routing.router import Router as ModelRouter
 from .scrub import Scrubber
 
-log = logging.getLogger("iir.access")
 applog = logging.getLogger("iir")
 
 # Monitoring probes are not rate-limited per IP: a scraper must never be locked out.
@@ -214,16 +213,15 @@ class App:
             elapsed = time.perf_counter() - started
             metrics.INFLIGHT.dec()
             metrics.observe_request(req.route, req.method, status, elapsed)
-            log.info(
-                "request",
-                extra={
+            logs.access(
+                {
                     "method": req.method,
                     "route": req.route,
                     "status": status,
                     "duration_ms": round(elapsed * 1000, 3),
                     "model": req.state.get("model"),
                     "client": req.client,
-                },
+                }
             )
             request_id_var.reset(token)
 

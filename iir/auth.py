@@ -20,7 +20,8 @@ def key_id(key: str) -> str:
 
 class KeyRing:
     def __init__(self, keys: Iterable[str]) -> None:
-        self._digests = [hashlib.sha256(k.encode()).digest() for k in keys]
+        # (digest, id) per key: the id is derived once here, not per request.
+        self._keys = [(hashlib.sha256(k.encode()).digest(), key_id(k)) for k in keys]
 
     def authenticate(self, authorization: str | None) -> str:
         """Returns the key's id, or raises 401 (no usable header) / 403 (unknown key)."""
@@ -38,9 +39,10 @@ class KeyRing:
                 headers=challenge,
             )
         digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
-        ok = False
-        for known in self._digests:
-            ok |= hmac.compare_digest(digest, known)
-        if not ok:
+        found = None
+        for known, ident in self._keys:  # every key is compared: no early exit
+            if hmac.compare_digest(digest, known):
+                found = ident
+        if found is None:
             raise ApiError(403, "Invalid API key", code="invalid_api_key")
-        return key_id(token)
+        return found
