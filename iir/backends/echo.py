@@ -19,7 +19,8 @@ MODEL = "iir/echo"
 
 # Echo's own tokenizer: a word of up to six characters or one symbol, with the whitespace before it.
 # Joining the pieces gives the text back exactly.
-_PIECE = re.compile(r"\s*(?:\w{1,6}|[^\w\s])|\s+$")
+# Only trailing whitespace is left unmatched; it is added as a piece of its own.
+_PIECE = re.compile(r"\s*(?:\w{1,6}|[^\w\s])")
 # OpenAI-style framing cost per message and for priming the reply.
 _PER_MESSAGE = 3
 _REPLY_PRIMING = 3
@@ -28,7 +29,10 @@ log = logging.getLogger("iir.echo")
 
 
 def pieces(text: str) -> list[str]:
-    return _PIECE.findall(text)
+    out: list[str] = _PIECE.findall(text)
+    if text[-1:].isspace():
+        out.append(text[len(text.rstrip()) :])
+    return out
 
 
 def prompt_tokens(request: ChatRequest) -> int:
