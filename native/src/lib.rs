@@ -27,7 +27,26 @@ const MAX_DEPTH: usize = 256;
 struct PyScrubber {
     inner: Arc<scrub::Scrubber>,
     key_regex: regex_automata::meta::Regex,
-    pool: Mutex<Vec<scrub::Scratch>>,
+    pool: Arc<ScratchPool>,
+}
+
+/// Scratch spaces for reuse: the scrubbing calls and the streams share them.
+#[derive(Default)]
+struct ScratchPool(Mutex<Vec<scrub::Scratch>>);
+
+impl ScratchPool {
+    fn take(&self, scrubber: &scrub::Scrubber) -> scrub::Scratch {
+        let popped = self.0.lock().ok().and_then(|mut p| p.pop());
+        popped.unwrap_or_else(|| scrubber.scratch())
+    }
+
+    fn give(&self, s: scrub::Scratch) {
+        if let Ok(mut p) = self.0.lock() {
+            if p.len() < 64 {
+                p.push(s);
+            }
+        }
+    }
 }
 
 /// Counts by rule index, turned into `{rule_name: count}` for the non-zero ones.
@@ -47,16 +66,11 @@ fn counts_dict<'py>(
 
 impl PyScrubber {
     fn take_scratch(&self) -> scrub::Scratch {
-        let popped = self.pool.lock().ok().and_then(|mut p| p.pop());
-        popped.unwrap_or_else(|| self.inner.scratch())
+        self.pool.take(&self.inner)
     }
 
     fn give_scratch(&self, s: scrub::Scratch) {
-        if let Ok(mut p) = self.pool.lock() {
-            if p.len() < 64 {
-                p.push(s);
-            }
-        }
+        self.pool.give(s)
     }
 
     /// Scrub one Python string; `None` when nothing matched.
@@ -218,7 +232,7 @@ impl PyScrubber {
         Ok(Self {
             inner: Arc::new(inner),
             key_regex,
-            pool: Mutex::new(Vec::new()),
+            pool: Arc::default(),
         })
     }
 
@@ -260,8 +274,12 @@ impl PyScrubber {
     /// A scrubber for one stream of chunks.
     fn stream(&self) -> PyStreamScrubber {
         PyStreamScrubber {
-            state: scrub::Stream::new(&self.inner),
+            state: Some(scrub::Stream::with_scratch(
+                &self.inner,
+                self.take_scratch(),
+            )),
             scrubber: self.inner.clone(),
+            pool: self.pool.clone(),
         }
     }
 }
@@ -269,7 +287,28 @@ impl PyScrubber {
 #[pyclass(module = "iir._native", name = "StreamScrubber")]
 struct PyStreamScrubber {
     scrubber: Arc<scrub::Scrubber>,
-    state: scrub::Stream,
+    /// Always present; an `Option` only so that `Drop` can hand its scratch back to the pool.
+    state: Option<scrub::Stream>,
+    pool: Arc<ScratchPool>,
+}
+
+impl PyStreamScrubber {
+    /// The stream state and its scrubber, borrowed together.
+    fn parts(&mut self) -> (&mut scrub::Stream, &scrub::Scrubber) {
+        let scrubber = &self.scrubber;
+        let state = self
+            .state
+            .get_or_insert_with(|| scrub::Stream::new(scrubber));
+        (state, scrubber)
+    }
+}
+
+impl Drop for PyStreamScrubber {
+    fn drop(&mut self) {
+        if let Some(state) = self.state.take() {
+            self.pool.give(state.into_scratch());
+        }
+    }
 }
 
 #[pymethods]
@@ -285,18 +324,21 @@ impl PyStreamScrubber {
             }
         };
         let _ = py;
-        Ok(self.state.push(&self.scrubber, t))
+        let (state, scrubber) = self.parts();
+        Ok(state.push(scrubber, t))
     }
 
     /// Flush what was held back (the end of the stream).
     fn finish(&mut self) -> String {
-        self.state.finish(&self.scrubber)
+        let (state, scrubber) = self.parts();
+        state.finish(scrubber)
     }
 
     /// Redactions so far, by rule.
     #[getter]
     fn counts<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        counts_dict(py, self.scrubber.rule_names(), &self.state.counts)
+        let counts = self.state.as_ref().map_or(&[][..], |s| &s.counts[..]);
+        counts_dict(py, self.scrubber.rule_names(), counts)
     }
 }
 

@@ -638,13 +638,23 @@ pub struct Stream {
 
 impl Stream {
     pub fn new(scrubber: &Scrubber) -> Self {
+        Self::with_scratch(scrubber, scrubber.scratch())
+    }
+
+    /// A stream that uses `scratch` (from a pool: making one costs more than a short stream).
+    pub fn with_scratch(scrubber: &Scrubber, scratch: Scratch) -> Self {
         Self {
             buf: String::new(),
             pos: 0,
             counts: vec![0; scrubber.rule_names().len()],
-            scratch: scrubber.scratch(),
+            scratch,
             alive: None,
         }
+    }
+
+    /// The scratch space back, for the next stream.
+    pub fn into_scratch(self) -> Scratch {
+        self.scratch
     }
 
     /// Append a chunk; return the text that is final now.
