@@ -68,13 +68,12 @@ def test_hotpath_steps_for_a_1kb_request(benchmark) -> None:
 
 @pytest.fixture(scope="module")
 def servers() -> Iterator[tuple[Server, Server]]:
-    off = {"IIR_RATE_LIMIT_PER_IP": "0", "IIR_LOG_LEVEL": "warning"}
+    off = {"IIR_RATE_LIMIT_PER_IP": "0"}
     on = {
         "IIR_RATE_LIMIT_PER_IP": "1000000000",
         "IIR_RATE_LIMIT_RPM_PER_KEY": "1000000000",
         "IIR_RATE_LIMIT_TPM_PER_KEY": "1000000000",
         "IIR_MAX_PROMPT_TOKENS": "100000",
-        "IIR_LOG_LEVEL": "warning",
     }
     with Server(env=off) as a, Server(env=on) as b:
         yield a, b
