@@ -171,6 +171,7 @@ class App:
         for backend in self.registry.backends:
             with suppress(Exception):
                 await backend.close()
+        logs.flush()
 
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
         try:
