@@ -27,6 +27,7 @@ from .config import Settings, load_settings
 from .errors import ApiError
 from .hardware import register_gpu_metrics
 from .http import JSON, Request, Response, StreamResponse, json_response
+from .ids import random_hex
 from .infer import INFER_SCHEMAS, InferService
 from .jobs import JOB_SCHEMAS, JobPool, JobStore, StoreError, db_path
 from .limits import Limits
@@ -194,7 +195,7 @@ class App:
             return
         started = time.perf_counter()
         incoming = scope.headers.get("x-request-id")
-        rid = incoming if incoming and _REQUEST_ID.fullmatch(incoming) else os.urandom(16).hex()
+        rid = incoming if incoming and _REQUEST_ID.fullmatch(incoming) else random_hex(16)
         token = request_id_var.set(rid)
         client = scope.client.rsplit(":", 1)[0].strip("[]") if scope.client else ""
         req = Request(scope, proto, rid, client, self.settings.max_body_bytes)

@@ -7,13 +7,13 @@ of the request and of the answer differ. With ``"async_": true`` it becomes a jo
 
 from __future__ import annotations
 
-import secrets
 from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import ConfigDict, Field, ValidationError, model_validator
 
 from .errors import bad_request
 from .http import Request, Response, json_response
+from .ids import random_hex
 from .protocol import ChatRequest, Message, _Model, validation_error
 from .routing.router import is_auto
 
@@ -88,7 +88,7 @@ def infer_body(completion: dict[str, Any]) -> dict[str, Any]:
     choice = completion["choices"][0] if completion.get("choices") else {}
     message = choice.get("message") or {}
     out: dict[str, Any] = {
-        "id": "infer-" + secrets.token_hex(12),
+        "id": "infer-" + random_hex(12),
         "model": completion.get("model"),
         "output": {
             "text": message.get("content") or "",

@@ -7,7 +7,6 @@ rules; unknown top-level fields are ignored, as OpenAI-compatible servers do.
 
 from __future__ import annotations
 
-import secrets
 import time
 from typing import Annotated, Any, Literal
 
@@ -15,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic.json_schema import SkipJsonSchema
 
 from .errors import ApiError, bad_request
+from .ids import random_hex
 
 Role = Literal["system", "developer", "user", "assistant", "tool"]
 
@@ -169,7 +169,7 @@ def parse_chat_request(body: Any) -> ChatRequest:
 
 
 def completion_id() -> str:
-    return "chatcmpl-" + secrets.token_hex(12)
+    return "chatcmpl-" + random_hex(12)
 
 
 def now() -> int:
