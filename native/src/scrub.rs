@@ -459,11 +459,16 @@ impl Scrubber {
 /// A filter over the first three bytes (ASCII case folded) of every trigger: a bit per hash in
 /// a small table. A clear bit proves that no trigger starts at a position, which lets the scan
 /// skip most of a text at a few table look-ups per byte; the trigger automaton then confirms
-/// each candidate. The last two positions of a range are always candidates.
+/// each candidate.
 struct StartFilter {
     /// Per byte, a random value (the same for both cases of an ASCII letter).
     mix: [u32; 256],
     bits: Box<[u64; StartFilter::WORDS]>,
+    /// Triggers of two bytes (ASCII lowercase), the only ones that fit at the next-to-last
+    /// position of a range.
+    pairs: Vec<[u8; 2]>,
+    /// Whether a one-byte trigger exists (then the last position is a candidate too).
+    single: bool,
 }
 
 impl StartFilter {
@@ -487,13 +492,23 @@ impl StartFilter {
         let mut filter = Self {
             mix,
             bits: Box::new([0; Self::WORDS]),
+            pairs: Vec::new(),
+            single: false,
         };
         for t in triggers {
             match *t {
                 [] => {}
                 // Too short to hash: every position is a candidate.
-                [_] => filter.bits.fill(u64::MAX),
-                [a, b] => (0..=255u8).for_each(|c| filter.set(a, b, c)),
+                [_] => {
+                    filter.bits.fill(u64::MAX);
+                    filter.single = true;
+                }
+                [a, b] => {
+                    (0..=255u8).for_each(|c| filter.set(a, b, c));
+                    filter
+                        .pairs
+                        .push([a.to_ascii_lowercase(), b.to_ascii_lowercase()]);
+                }
                 [a, b, c, ..] => filter.set(a, b, c),
             }
         }
@@ -511,7 +526,8 @@ impl StartFilter {
         self.bits[h >> 6] |= 1 << (h & 63);
     }
 
-    /// The first position in `from..to` where a trigger that ends by `to` may start.
+    /// The first position in `from..to` where a trigger that ends by `to` may start (no position
+    /// where one does is skipped).
     #[inline]
     fn next(&self, hay: &[u8], from: usize, to: usize) -> Option<usize> {
         let hay = &hay[..to];
@@ -530,7 +546,15 @@ impl StartFilter {
                 i += 1;
             }
         }
-        (i < hay.len()).then_some(i)
+        // The last two positions: only a trigger of two bytes (or one) fits.
+        if i + 2 == hay.len() {
+            let pair = [hay[i].to_ascii_lowercase(), hay[i + 1].to_ascii_lowercase()];
+            if self.single || self.pairs.contains(&pair) {
+                return Some(i);
+            }
+            i += 1;
+        }
+        (i + 1 == hay.len() && self.single).then_some(i)
     }
 }
 
