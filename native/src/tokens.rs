@@ -12,7 +12,7 @@ use rustc_hash::FxHashMap;
 use base64::Engine as _;
 use bpe_openai::Tokenizer;
 use regex_automata::hybrid::dfa::{Cache as DfaCache, DFA};
-use regex_automata::{Anchored, Input};
+use regex_automata::{Anchored, HalfMatch, Input};
 use sha2::{Digest, Sha256};
 
 /// The encodings this module knows.
@@ -121,6 +121,39 @@ impl Splitter {
         }
     }
 
+    /// The end and pattern of the piece at `pos`: an anchored leftmost-first search, the lazy
+    /// DFA stepped here byte by byte (pieces are a few bytes; a full search call costs more
+    /// to set up than to run). `None` if the DFA gave up.
+    #[inline]
+    fn piece_end(&self, cache: &mut DfaCache, text: &str, pos: usize) -> Option<HalfMatch> {
+        let bytes = text.as_bytes();
+        let input = Input::new(text)
+            .span(pos..text.len())
+            .anchored(Anchored::Yes);
+        let mut sid = self.dfa.start_state_forward(cache, &input).ok()?;
+        let mut found = None;
+        let mut at = pos;
+        while at < bytes.len() {
+            sid = self.dfa.next_state(cache, sid, bytes[at]).ok()?;
+            if sid.is_tagged() {
+                if sid.is_match() {
+                    // Match states come one byte late: the match ended before `at`.
+                    found = Some(HalfMatch::new(self.dfa.match_pattern(cache, sid, 0), at));
+                } else if sid.is_dead() {
+                    return found;
+                } else if sid.is_quit() {
+                    return None;
+                }
+            }
+            at += 1;
+        }
+        sid = self.dfa.next_eoi_state(cache, sid).ok()?;
+        if sid.is_match() {
+            found = Some(HalfMatch::new(self.dfa.match_pattern(cache, sid, 0), at));
+        }
+        found
+    }
+
     /// Call `f` on every piece of `text`, in order. Returns where it stopped: `text.len()`, or
     /// earlier if the lazy DFA gave up (the caller splits the rest with the reference splitter,
     /// which also starts each search where the previous piece ended).
@@ -132,10 +165,7 @@ impl Splitter {
             let cache = caches[self.slot].get_or_insert_with(|| self.dfa.create_cache());
             let mut pos = 0;
             while pos < text.len() {
-                let input = Input::new(text)
-                    .span(pos..text.len())
-                    .anchored(Anchored::Yes);
-                let Ok(Some(half)) = self.dfa.try_search_fwd(cache, &input) else {
+                let Some(half) = self.piece_end(cache, text, pos) else {
                     return pos;
                 };
                 let mut end = half.offset();
