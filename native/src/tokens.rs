@@ -104,6 +104,46 @@ struct Splitter {
 
 thread_local! {
     static SPLIT_CACHES: RefCell<[Option<DfaCache>; 2]> = const { RefCell::new([None, None]) };
+    static PIECE_COUNTS: RefCell<[Option<Box<[Memo]>>; 2]> = const { RefCell::new([None, None]) };
+}
+
+/// One slot of the per-thread table of recent pieces and their token counts: words recur, and
+/// a piece's count otherwise costs a look-up in a table too large for the CPU cache and,
+/// for pieces that are not one token, a byte-pair merge.
+#[derive(Clone, Copy)]
+struct Memo {
+    /// The piece (up to 16 bytes) as two overlapping little-endian words, see `cover`.
+    words: (u64, u64),
+    /// Its length; `u32::MAX` for an empty slot.
+    len: u32,
+    count: u32,
+}
+
+impl Memo {
+    const EMPTY: Memo = Memo {
+        words: (0, 0),
+        len: u32::MAX,
+        count: 0,
+    };
+    const SLOTS: usize = 4096;
+}
+
+/// Two words that, with the length, determine a slice of up to 16 bytes (overlapping loads
+/// that cover every byte).
+#[inline(always)]
+fn cover(b: &[u8]) -> (u64, u64) {
+    let n = b.len();
+    let word = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap_or([0; 8]));
+    let half = |i: usize| u64::from(u32::from_le_bytes(b[i..i + 4].try_into().unwrap_or([0; 4])));
+    match n {
+        8.. => (word(0), word(n - 8)),
+        4..=7 => (half(0), half(n - 4)),
+        1..=3 => (
+            u64::from(b[0]) | (u64::from(b[n / 2]) << 8) | (u64::from(b[n - 1]) << 16),
+            0,
+        ),
+        0 => (0, 0),
+    }
 }
 
 impl Splitter {
@@ -210,6 +250,30 @@ impl Encoding {
         }
     }
 
+    /// `count_piece`, through the table of recent pieces.
+    #[inline]
+    fn count_piece_memo(&self, memo: &mut [Memo], piece: &str) -> usize {
+        let bytes = piece.as_bytes();
+        if bytes.len() > 16 {
+            return self.count_piece(piece);
+        }
+        let words = cover(bytes);
+        let len = bytes.len() as u32;
+        let hash = (words.0 ^ words.1.rotate_left(29) ^ u64::from(len))
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let slot = &mut memo[(hash >> 52) as usize % Memo::SLOTS];
+        if slot.len == len && slot.words == words {
+            return slot.count as usize;
+        }
+        let count = self.count_piece(piece);
+        *slot = Memo {
+            words,
+            len,
+            count: count as u32,
+        };
+        count
+    }
+
     fn count_piece(&self, piece: &str) -> usize {
         if self.whole.contains_key(piece.as_bytes()) {
             1
@@ -221,9 +285,17 @@ impl Encoding {
     /// Number of tokens, as tiktoken's `encode_ordinary(text)` length.
     pub fn count(&self, text: &str) -> usize {
         let mut total = 0;
-        let done = self
-            .splitter
-            .each(text, |piece| total += self.count_piece(piece));
+        let done = PIECE_COUNTS.with(|memos| match memos.try_borrow_mut() {
+            Ok(mut memos) => {
+                let memo = memos[self.splitter.slot]
+                    .get_or_insert_with(|| vec![Memo::EMPTY; Memo::SLOTS].into_boxed_slice());
+                self.splitter
+                    .each(text, |piece| total += self.count_piece_memo(memo, piece))
+            }
+            Err(_) => self
+                .splitter
+                .each(text, |piece| total += self.count_piece(piece)),
+        });
         total
             + self
                 .tokenizer
@@ -333,6 +405,43 @@ mod tests {
                 let mut got = Vec::new();
                 assert_eq!(enc.splitter.each(text, |p| got.push(p)), text.len());
                 assert_eq!(got, want, "{name}: {text:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn remembered_counts_equal_fresh_ones() {
+        let words = [
+            "a",
+            "ab",
+            "abc",
+            "abcd",
+            "hello",
+            " world",
+            "\u{0}\u{0}",
+            "\u{0}",
+            "x\u{0}",
+            "日本語",
+            "zqxjkvbwzqxjkvbw",
+            "zqxjkvbwzqxjkvbwq",
+            " counter",
+            " countex",
+            "1234",
+            "Ünïcödé",
+        ];
+        for name in ENCODINGS {
+            let enc = tokenizer(name).unwrap();
+            for round in 0..3 {
+                for (i, w) in words.iter().enumerate() {
+                    let text = format!("{w}{}{w}", words[(i + round) % words.len()]);
+                    let fresh: usize = enc.tokenizer.split(&text).map(|p| enc.count_piece(p)).sum();
+                    assert_eq!(enc.count(&text), fresh, "{name}: {text:?}");
+                    assert_eq!(
+                        enc.count(&text),
+                        enc.encode(&text).len(),
+                        "{name}: {text:?}"
+                    );
+                }
             }
         }
     }
