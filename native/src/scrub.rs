@@ -6,14 +6,15 @@
 //! at the end of the buffer).
 
 use std::borrow::Cow;
+use std::sync::LazyLock;
 
-use aho_corasick::{AhoCorasick, MatchKind as AcMatchKind};
+use aho_corasick::{AhoCorasick, MatchKind as AcMatchKind, StartKind};
 use base64::Engine as _;
 use regex_automata::hybrid::dfa::{Cache as DfaCache, DFA};
 use regex_automata::hybrid::LazyStateID;
 use regex_automata::meta::{Cache as MetaCache, Regex};
 use regex_automata::util::captures::Captures;
-use regex_automata::{Anchored, Input, MatchKind};
+use regex_automata::{Anchored, Input, MatchKind, Span};
 
 use crate::rules::{self, Rule};
 
@@ -40,10 +41,14 @@ impl std::fmt::Display for BuildError {
 pub struct Scrubber {
     /// Every match starts with one of these literals (rule triggers and literal secrets).
     triggers: AhoCorasick,
+    /// Skips, a few bytes at a time, the positions where no trigger can start.
+    starts: StartFilter,
     max_trigger_len: usize,
     regex: Regex,
     /// One small regex per pattern, to resolve capture groups cheaply once a match is known.
     per_pattern: Vec<Regex>,
+    /// Per pattern: whether it has a capture group (else the value is the whole match).
+    has_groups: Vec<bool>,
     dfa: DFA,
     /// Per pattern: index into `names`, and whether placeholder checks apply.
     patterns: Vec<(usize, bool)>,
@@ -190,6 +195,8 @@ impl Scrubber {
             // fire constantly; the DFA alone is faster on prose.
             .kind(Some(aho_corasick::AhoCorasickKind::DFA))
             .prefilter(false)
+            // Anchored: confirms a candidate position from `starts`.
+            .start_kind(StartKind::Both)
             .build(&trigger_list)
             .map_err(|e| BuildError(format!("invalid trigger literal: {e}")))?;
         let regex = Regex::builder()
@@ -215,12 +222,19 @@ impl Scrubber {
                 Regex::new(src).map_err(|e| BuildError(format!("invalid scrub pattern: {e}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let has_groups = per_pattern
+            .iter()
+            .map(|re| re.group_info().group_len(regex_automata::PatternID::ZERO) > 1)
+            .collect();
         let max_trigger_len = trigger_list.iter().map(|t| t.len()).max().unwrap_or(0);
+        let starts = StartFilter::new(trigger_list.iter().map(|t| t.as_bytes()));
         Ok(Self {
             triggers,
+            starts,
             max_trigger_len,
             regex,
             per_pattern,
+            has_groups,
             dfa,
             patterns,
             names,
@@ -260,16 +274,21 @@ impl Scrubber {
         let bytes = hay.as_bytes();
         let scan_end = limit.saturating_add(self.max_trigger_len).min(end);
         let mut p = pos;
-        let (pid, whole, start) = loop {
+        let (pid, whole, span, start) = loop {
             if p >= limit.min(end) {
                 return None;
             }
-            let t = self
-                .triggers
-                .find(aho_corasick::Input::new(bytes).span(p..scan_end))?;
-            if t.start() >= limit {
+            let at = self.starts.next(bytes, p, scan_end)?;
+            if at >= limit {
                 return None;
             }
+            let anchored = aho_corasick::Input::new(bytes)
+                .span(at..scan_end)
+                .anchored(aho_corasick::Anchored::Yes);
+            let Some(t) = self.triggers.find(anchored) else {
+                p = at + 1;
+                continue;
+            };
             let input = Input::new(bytes)
                 .span(t.start()..end)
                 .anchored(Anchored::Yes);
@@ -277,29 +296,28 @@ impl Scrubber {
             // then runs only on that span, for that one pattern.
             if let Some(half) = self.regex.search_half_with(&mut scratch.meta, &input) {
                 let pid = half.pattern().as_usize();
-                let exact = Input::new(bytes)
-                    .span(t.start()..half.offset())
-                    .anchored(Anchored::Yes);
+                let whole = Span::from(t.start()..half.offset());
+                if !self.has_groups[pid] {
+                    // Anchored, no group: the half match already is the whole span.
+                    break (pid, whole, whole, t.start());
+                }
+                let exact = Input::new(bytes).span(whole).anchored(Anchored::Yes);
                 let re = &self.per_pattern[pid];
                 let (cache, caps) = scratch.per_pattern[pid]
                     .get_or_insert_with(|| (re.create_cache(), re.create_captures()));
                 re.search_captures_with(cache, &exact, caps);
                 if let Some(m) = caps.get_match() {
-                    break (pid, m.span(), t.start());
+                    // The value is the first group that took part, else the whole match.
+                    let span = (1..caps.group_len())
+                        .find_map(|g| caps.get_group(g))
+                        .unwrap_or(m.span());
+                    break (pid, m.span(), span, t.start());
                 }
             }
             // Triggers are ASCII: the next byte is a character boundary.
             p = t.start() + 1;
         };
-        let caps = &scratch.per_pattern[pid].as_ref()?.1;
         let (rule, token_like) = self.patterns[pid];
-        let mut span = whole;
-        for g in 1..caps.group_len() {
-            if let Some(s) = caps.get_group(g) {
-                span = s;
-                break;
-            }
-        }
         let value = &hay[span.start..span.end];
         let name = self.names[rule];
         let after = hay[span.end..].chars().next();
@@ -438,6 +456,108 @@ impl Scrubber {
     }
 }
 
+/// A filter over the first three bytes (ASCII case folded) of every trigger: a bit per hash in
+/// a small table. A clear bit proves that no trigger starts at a position, which lets the scan
+/// skip most of a text at a few table look-ups per byte; the trigger automaton then confirms
+/// each candidate.
+struct StartFilter {
+    /// Per byte, a random value (the same for both cases of an ASCII letter).
+    mix: [u32; 256],
+    bits: Box<[u64; StartFilter::WORDS]>,
+    /// Triggers of two bytes (ASCII lowercase), the only ones that fit at the next-to-last
+    /// position of a range.
+    pairs: Vec<[u8; 2]>,
+    /// Whether a one-byte trigger exists (then the last position is a candidate too).
+    single: bool,
+}
+
+impl StartFilter {
+    const WORDS: usize = 1024;
+    const MASK: u32 = (Self::WORDS * 64 - 1) as u32;
+
+    fn new<'a>(triggers: impl Iterator<Item = &'a [u8]>) -> Self {
+        let mut mix = [0u32; 256];
+        // splitmix64: fixed, well-spread values.
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        for slot in mix.iter_mut() {
+            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            *slot = ((z ^ (z >> 31)) as u32) & Self::MASK;
+        }
+        for b in b'A'..=b'Z' {
+            mix[b as usize] = mix[b.to_ascii_lowercase() as usize];
+        }
+        let mut filter = Self {
+            mix,
+            bits: Box::new([0; Self::WORDS]),
+            pairs: Vec::new(),
+            single: false,
+        };
+        for t in triggers {
+            match *t {
+                [] => {}
+                // Too short to hash: every position is a candidate.
+                [_] => {
+                    filter.bits.fill(u64::MAX);
+                    filter.single = true;
+                }
+                [a, b] => {
+                    (0..=255u8).for_each(|c| filter.set(a, b, c));
+                    filter
+                        .pairs
+                        .push([a.to_ascii_lowercase(), b.to_ascii_lowercase()]);
+                }
+                [a, b, c, ..] => filter.set(a, b, c),
+            }
+        }
+        filter
+    }
+
+    #[inline(always)]
+    fn hash(&self, a: u8, b: u8, c: u8) -> u32 {
+        ((self.mix[a as usize] << 2) ^ (self.mix[b as usize] << 1) ^ self.mix[c as usize])
+            & Self::MASK
+    }
+
+    fn set(&mut self, a: u8, b: u8, c: u8) {
+        let h = self.hash(a, b, c) as usize;
+        self.bits[h >> 6] |= 1 << (h & 63);
+    }
+
+    /// The first position in `from..to` where a trigger that ends by `to` may start (no position
+    /// where one does is skipped).
+    #[inline]
+    fn next(&self, hay: &[u8], from: usize, to: usize) -> Option<usize> {
+        let hay = &hay[..to];
+        let mut i = from;
+        if i + 2 < hay.len() {
+            let mut x = self.mix[hay[i] as usize] << 2;
+            let mut y = self.mix[hay[i + 1] as usize] << 1;
+            for &c in &hay[i + 2..] {
+                let z = self.mix[c as usize];
+                let h = ((x ^ y ^ z) & Self::MASK) as usize;
+                if self.bits[h >> 6] & (1 << (h & 63)) != 0 {
+                    return Some(i);
+                }
+                x = y << 1;
+                y = z << 1;
+                i += 1;
+            }
+        }
+        // The last two positions: only a trigger of two bytes (or one) fits.
+        if i + 2 == hay.len() {
+            let pair = [hay[i].to_ascii_lowercase(), hay[i + 1].to_ascii_lowercase()];
+            if self.single || self.pairs.contains(&pair) {
+                return Some(i);
+            }
+            i += 1;
+        }
+        (i + 1 == hay.len() && self.single).then_some(i)
+    }
+}
+
 /// A position where a rule is still alive, and the automaton state to resume from.
 #[derive(Clone, Copy)]
 struct Alive {
@@ -490,6 +610,33 @@ const PLACEHOLDER_VALUES: &[&str] = &[
     "changeme",
 ];
 
+/// Marks of a value that was elided or already redacted (ASCII case-insensitive).
+static MARKERS: LazyLock<AhoCorasick> = LazyLock::new(|| {
+    AhoCorasick::builder()
+        .ascii_case_insensitive(true)
+        .build(["redacted", "...", "\u{2026}"])
+        .expect("valid literals")
+});
+
+/// Placeholders written in place of a token (case-sensitive, see `accept`).
+static TOKEN_PLACEHOLDERS: LazyLock<AhoCorasick> = LazyLock::new(|| {
+    AhoCorasick::new([
+        "your-",
+        "your_",
+        "YOUR-",
+        "YOUR_",
+        "xxxxx",
+        "XXXXX",
+        "EXAMPLE",
+        "example",
+        "placeholder",
+        "PLACEHOLDER",
+        "dummy",
+        "DUMMY",
+    ])
+    .expect("valid literals")
+});
+
 /// Reject placeholders and values that only look like secrets.
 ///
 /// `before` is the character before the value (spaces skipped), `after` the one after it.
@@ -506,12 +653,12 @@ fn accept(
     if name == rules_env() {
         return true;
     }
-    let lower = value.to_ascii_lowercase();
-    if lower.contains("redacted") || lower.contains("...") || value.contains('\u{2026}') {
+    if MARKERS.is_match(value) {
         return false;
     }
     match name {
         "assignment" | "url_password" => {
+            let lower = value.to_ascii_lowercase();
             let first = value.chars().next().unwrap_or(' ');
             if matches!(first, '<' | '$' | '{' | '%' | '*' | '[' | '(') {
                 return false;
@@ -559,21 +706,7 @@ fn accept(
         _ if token_like => {
             // Case-sensitive on purpose: random key material contains "your" or "Example"
             // often enough, the placeholders people write do not vary case.
-            const PLACEHOLDERS: &[&str] = &[
-                "your-",
-                "your_",
-                "YOUR-",
-                "YOUR_",
-                "xxxxx",
-                "XXXXX",
-                "EXAMPLE",
-                "example",
-                "placeholder",
-                "PLACEHOLDER",
-                "dummy",
-                "DUMMY",
-            ];
-            if PLACEHOLDERS.iter().any(|p| value.contains(p)) {
+            if TOKEN_PLACEHOLDERS.is_match(value) {
                 return false;
             }
             let mut seen = [false; 128];
