@@ -7,6 +7,8 @@ Run: ``.venv/bin/pytest bench/bench_native.py --benchmark-only``
 from __future__ import annotations
 
 import itertools
+import json
+import random
 
 import pytest
 from limits import RateLimitItemPerMinute
@@ -18,6 +20,7 @@ from bench.py_scrubber import PyScrubber
 from iir.ratelimit import RateLimiter
 from iir.scrub import Scrubber
 from iir.tokens import count_text
+from tests.harness import REPO
 from tests.tiktoken_offline import reference
 
 SIZES = {"1KB": 1024, "10KB": 10 * 1024, "1MB": 1024 * 1024}
@@ -67,6 +70,45 @@ def test_count_tokens(benchmark, impl: str, size: str) -> None:
         benchmark.pedantic(fn, args=(text,), rounds=5, iterations=1)
     else:
         benchmark(fn, text)
+
+
+def _varied_texts(n: int = 256, size: int = 1024) -> list[str]:
+    """``n`` different texts of about ``size`` bytes, words drawn from the routing evaluation
+    prompts (several languages): the native counter remembers recent pieces, so counting one
+    text over and over would flatter it."""
+    words: list[str] = []
+    for line in (REPO / "tests" / "data" / "routing_cases.jsonl").read_text().splitlines():
+        words += json.loads(line)["prompt"].split()
+    rng = random.Random(11)
+    texts = []
+    for _ in range(n):
+        parts: list[str] = []
+        while sum(len(p) + 1 for p in parts) < size:
+            parts.append(rng.choice(words))
+        texts.append(" ".join(parts))
+    return texts
+
+
+VARIED = _varied_texts()
+
+
+@pytest.mark.parametrize("impl", ["native", "tiktoken"])
+def test_count_tokens_varied_texts(benchmark, impl: str) -> None:
+    enc, _ = reference("o200k_base")
+    assert all(count_text(t) == len(enc.encode_ordinary(t)) for t in VARIED)
+    benchmark.group = "tokens o200k 1KB, 256 different texts in turn"
+    texts = itertools.cycle(VARIED)
+    if impl == "native":
+
+        def fn() -> int:
+            return count_text(next(texts))
+
+    else:
+
+        def fn() -> int:
+            return len(enc.encode_ordinary(next(texts)))
+
+    benchmark(fn)
 
 
 KEYS = [f"10.0.{i // 256}.{i % 256}" for i in range(1000)]
