@@ -184,20 +184,31 @@ _MARKERS: dict[str, tuple[tuple[str, float, str], ...]] = {
     ),
     SUMMARIZATION: (("tl;dr", 5.0, "tl;dr"),),
 }
-# Each pattern runs only when its gate (a literal) is in the text: most texts skip most patterns.
-_PATTERNS: tuple[tuple[str, str | None, re.Pattern[str], float, str], ...] = (
+# Each pattern runs only when its gates pass: each gate is a group of literals, one of which must
+# be in the text. A regular expression steps through every character, a literal test is a fast
+# search: most texts skip most patterns. :data:`_DIGITS` also passes any non-ASCII text, since
+# ``\d`` matches other scripts' digits too.
+_DIGITS = tuple("0123456789")
+_Gates = tuple[tuple[str, ...], ...]
+_PATTERNS: tuple[tuple[str, _Gates, re.Pattern[str], float, str], ...] = (
     (
         MATH,
-        None,
+        (_DIGITS,),
         re.compile(r"\d(?:\s*[*/\u00d7\u00f7=]\s*\(?-?\d|\s+[-+]\s+\(?\d|\+\d)|\^\d"),
         4.0,
         "arithmetic",
     ),
-    (MATH, "%", re.compile(r"\d\s?%"), 2.0, "percentage"),
-    (CODING, "(", re.compile(r"\b(?:def|function|fn|func) \w+\("), 3.0, "code syntax"),
-    (CODING, "import ", re.compile(r"\bimport [\w.]+$", re.M), 3.0, "code syntax"),
-    (CODING, " from ", re.compile(r"\bselect \S.* from "), 3.0, "code syntax"),
-    (EXTRACTION, '"', re.compile(r"\{\s*\"\w+\"\s*:"), 2.0, "json template"),
+    (MATH, (("%",), _DIGITS), re.compile(r"\d\s?%"), 2.0, "percentage"),
+    (
+        CODING,
+        (("(",), ("def ", "fn ", "func")),
+        re.compile(r"\b(?:def|function|fn|func) \w+\("),
+        3.0,
+        "code syntax",
+    ),
+    (CODING, (("import ",),), re.compile(r"\bimport [\w.]+$", re.M), 3.0, "code syntax"),
+    (CODING, ((" from ",),), re.compile(r"\bselect \S.* from "), 3.0, "code syntax"),
+    (EXTRACTION, (('"',),), re.compile(r"\{\s*\"\w+\"\s*:"), 2.0, "json template"),
 )
 
 _TEXT_WEIGHT = 1.0
@@ -249,6 +260,9 @@ for _cue, _cat, _w in _CJK_CUES:
 _CJK_KEYS = tuple(_CJK_WORDS)
 _WORD_KEYS = frozenset(k for k in _WORDS if " " not in k)
 _PHRASE_KEYS = frozenset(k for k in _WORDS if " " in k)
+# Two-word phrases are looked up only after a word that starts one, instead of joining every pair
+# of neighbouring words.
+_PHRASE_FIRSTS = frozenset(k.partition(" ")[0] for k in _PHRASE_KEYS)
 # Stems are found from the words: a word's first four letters pick the few stems worth trying.
 _STEM_HEADS = frozenset(stem[:4] for stem in _STEMS)
 _STEM_LENGTHS = tuple(sorted({len(stem) for stem in _STEMS}, reverse=True))
@@ -271,20 +285,30 @@ _NO_KEYS: frozenset[str] = frozenset()
 
 def _stems(words: set[str]) -> set[str]:
     found: set[str] = set()
-    for word in words:
-        if word[:4] in _STEM_HEADS:
-            for n in _STEM_LENGTHS:  # longest first: one stem per word
-                if n <= len(word) and word[:n] in _STEMS:
-                    found.add(word[:n])
-                    break
+    for word in [w for w in words if w[:4] in _STEM_HEADS]:
+        for n in _STEM_LENGTHS:  # longest first: one stem per word
+            if n <= len(word) and word[:n] in _STEMS:
+                found.add(word[:n])
+                break
     return found
 
 
+def _phrases(tokens: list[str]) -> set[str]:
+    """The cue phrases among neighbouring ``tokens``."""
+    return {
+        f"{a} {b}"
+        for a, b in pairwise(tokens)
+        if a in _PHRASE_FIRSTS and f"{a} {b}" in _PHRASE_KEYS
+    }
+
+
 def _keys(text: str, start: int, stop: int) -> set[str]:
-    """Words, two-word phrases and CJK cues in ``text[start:stop]``."""
+    """Cue words, phrases and CJK cues in ``text[start:stop]`` (what a bonus is tested against:
+    a word that is no cue may be left out)."""
     tokens = _TOKEN.findall(text, start, stop)
     out = set(tokens)
-    out.update(map(" ".join, pairwise(tokens)))
+    if len(tokens) > 1 and not _PHRASE_FIRSTS.isdisjoint(out):
+        out |= _phrases(tokens)
     part = text[start:stop]
     if not part.isascii():
         out.update(cue for cue in _CJK_KEYS if cue in part)
@@ -315,13 +339,14 @@ def _score_text(
     if "'" in text:  # elisions: l'area, d'une, qu'il; keep the whole token too (what's)
         words.update(t.rpartition("'")[2] for t in tokens if "'" in t)
     found = words & _WORD_KEYS
-    if len(tokens) > 1:
-        found |= set(map(" ".join, pairwise(tokens))) & _PHRASE_KEYS
+    if len(tokens) > 1 and not _PHRASE_FIRSTS.isdisjoint(words):
+        found |= _phrases(tokens)
     hits = [(key, _WORDS[key]) for key in found]
     if not text.isascii() and _WIDE.search(text):
         hits.extend((cue, _CJK_WORDS[cue]) for cue in _CJK_KEYS if cue in text)
-    lead = _keys(text, 0, lead_end) if lead_end > 0 else _NO_KEYS
-    end = _keys(text, end_start, len(text)) if end_start >= 0 else _NO_KEYS
+    # Where the hits sit only matters when there are hits.
+    lead = _keys(text, 0, lead_end) if lead_end > 0 and hits else _NO_KEYS
+    end = _keys(text, end_start, len(text)) if end_start >= 0 and hits else _NO_KEYS
     for key, entries in hits:
         extra = 0.0
         if key in lead:
@@ -342,10 +367,15 @@ def _score_text(
             if marker in text:
                 scores[cat] += w * weight
                 cues[cat].append((w * weight, label))
-    for cat, gate, pattern, w, label in _PATTERNS:
-        if (gate is None or gate in text) and pattern.search(text):
-            scores[cat] += w * weight
-            cues[cat].append((w * weight, label))
+    ascii_text = text.isascii()
+    for cat, gates, pattern, w, label in _PATTERNS:
+        for gate in gates:
+            if not (gate is _DIGITS and not ascii_text) and not any(g in text for g in gate):
+                break
+        else:
+            if pattern.search(text):
+                scores[cat] += w * weight
+                cues[cat].append((w * weight, label))
     cap = _SECTION_CAP * weight
     for cat in CATEGORIES:
         v, b = scores[cat], bonus[cat]
