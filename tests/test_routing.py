@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from iir.config import ConfigError, load_settings
 from iir.errors import ApiError
 from iir.protocol import parse_chat_request
-from iir.routing.classifier import CATEGORIES, classify
+from iir.routing.classifier import _TOKEN, CATEGORIES, _tokens, classify
 from iir.routing.features import extract
 from iir.routing.language import detect
 from iir.routing.policy import DEFAULT_FILE, PolicyError, load_policy, parse_policy
@@ -67,6 +67,16 @@ def test_classifier_takes_any_text(text: str) -> None:
     assert category.name in CATEGORIES
     assert 0 <= category.confidence <= 1
     assert category.cues
+
+
+@given(
+    st.text(alphabet=st.sampled_from(list("ab_Z09'+#- .,:;()\n\t!?\"/\x1c\x00é")), max_size=200)
+    | st.text(max_size=200)
+)
+@settings(max_examples=500, deadline=None)
+def test_fast_word_split_matches_the_token_pattern(text: str) -> None:
+    # The classifier splits ASCII text without the regular expression; it must find the same words.
+    assert _tokens(text) == _TOKEN.findall(text)
 
 
 def test_classifier_explains_itself() -> None:

@@ -267,6 +267,11 @@ _PHRASE_FIRSTS = frozenset(k.partition(" ")[0] for k in _PHRASE_KEYS)
 _STEM_HEADS = frozenset(stem[:4] for stem in _STEMS)
 _STEM_LENGTHS = tuple(sorted({len(stem) for stem in _STEMS}, reverse=True))
 _TOKEN = re.compile(r"\w[\w'+#\-]*")
+# ASCII text is split the same way without the regular expression: bytes outside the token
+# alphabet become spaces, and a run is a token once any leading ' + # - is dropped.
+_TOKEN_BYTES = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_'+#-")
+_TO_SPACES = bytes(c if c in _TOKEN_BYTES else 0x20 for c in range(256))
+_NOT_WORD_STARTS = ("'", "+", "#", "-")
 _WIDE = re.compile(r"[\u3040-\u30ff\u4e00-\u9fff]")
 
 
@@ -293,6 +298,16 @@ def _stems(words: set[str]) -> set[str]:
     return found
 
 
+def _tokens(text: str) -> list[str]:
+    """``_TOKEN.findall(text)``, three to four times faster for ASCII text."""
+    if not text.isascii():
+        return _TOKEN.findall(text)
+    runs = text.encode("ascii").translate(_TO_SPACES).decode("ascii")
+    if runs.startswith(_NOT_WORD_STARTS) or any(f" {c}" in runs for c in _NOT_WORD_STARTS):
+        return [t for t in (r.lstrip("'+#-") for r in runs.split()) if t]
+    return runs.split()
+
+
 def _phrases(tokens: list[str]) -> set[str]:
     """The cue phrases among neighbouring ``tokens``."""
     return {
@@ -305,11 +320,11 @@ def _phrases(tokens: list[str]) -> set[str]:
 def _keys(text: str, start: int, stop: int) -> set[str]:
     """Cue words, phrases and CJK cues in ``text[start:stop]`` (what a bonus is tested against:
     a word that is no cue may be left out)."""
-    tokens = _TOKEN.findall(text, start, stop)
+    part = text[start:stop]
+    tokens = _tokens(part)
     out = set(tokens)
     if len(tokens) > 1 and not _PHRASE_FIRSTS.isdisjoint(out):
         out |= _phrases(tokens)
-    part = text[start:stop]
     if not part.isascii():
         out.update(cue for cue in _CJK_KEYS if cue in part)
     return out
@@ -334,7 +349,7 @@ def _score_text(
         return
     scores = dict.fromkeys(CATEGORIES, 0.0)
     bonus = dict.fromkeys(CATEGORIES, 0.0)
-    tokens = _TOKEN.findall(text)
+    tokens = _tokens(text)
     words = set(tokens)
     if "'" in text:  # elisions: l'area, d'une, qu'il; keep the whole token too (what's)
         words.update(t.rpartition("'")[2] for t in tokens if "'" in t)
