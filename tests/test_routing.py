@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,14 @@ from hypothesis import strategies as st
 from iir.config import ConfigError, load_settings
 from iir.errors import ApiError
 from iir.protocol import parse_chat_request
-from iir.routing.classifier import _TOKEN, CATEGORIES, _tokens, classify
+from iir.routing.classifier import (
+    _PHRASE_KEYS,
+    _TOKEN,
+    CATEGORIES,
+    _phrases,
+    _tokens,
+    classify,
+)
 from iir.routing.features import extract
 from iir.routing.language import detect
 from iir.routing.policy import DEFAULT_FILE, PolicyError, load_policy, parse_policy
@@ -76,7 +84,17 @@ def test_classifier_takes_any_text(text: str) -> None:
 @settings(max_examples=500, deadline=None)
 def test_fast_word_split_matches_the_token_pattern(text: str) -> None:
     # The classifier splits ASCII text without the regular expression; it must find the same words.
-    assert _tokens(text) == _TOKEN.findall(text)
+    tokens = _TOKEN.findall(text)
+    assert _tokens(text) == tokens
+    # Phrase cues are found without joining every pair of neighbouring words.
+    pairs = {f"{a} {b}" for a, b in pairwise(tokens)}
+    assert _phrases(tokens, set(tokens)) == pairs & _PHRASE_KEYS
+
+
+@given(st.lists(st.sampled_from(["how", "are", "you", "step", "by", "to", "english", "x"])))
+def test_phrase_cues_are_neighbouring_words(tokens: list[str]) -> None:
+    pairs = {f"{a} {b}" for a, b in pairwise(tokens)}
+    assert _phrases(tokens, set(tokens)) == pairs & _PHRASE_KEYS
 
 
 def test_classifier_explains_itself() -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from itertools import pairwise
 
 from .features import Features
 
@@ -262,7 +261,11 @@ _WORD_KEYS = frozenset(k for k in _WORDS if " " not in k)
 _PHRASE_KEYS = frozenset(k for k in _WORDS if " " in k)
 # Two-word phrases are looked up only after a word that starts one, instead of joining every pair
 # of neighbouring words.
-_PHRASE_FIRSTS = frozenset(k.partition(" ")[0] for k in _PHRASE_KEYS)
+_PHRASE_NEXT: dict[str, tuple[tuple[str, str], ...]] = {}
+for _phrase in sorted(_PHRASE_KEYS):
+    _first, _, _second = _phrase.partition(" ")
+    _PHRASE_NEXT[_first] = (*_PHRASE_NEXT.get(_first, ()), (_second, _phrase))
+_PHRASE_FIRSTS = frozenset(_PHRASE_NEXT)
 # Stems are found from the words: a word's first four letters pick the few stems worth trying.
 _STEM_HEADS = frozenset(stem[:4] for stem in _STEMS)
 _STEM_LENGTHS = tuple(sorted({len(stem) for stem in _STEMS}, reverse=True))
@@ -303,18 +306,32 @@ def _tokens(text: str) -> list[str]:
     if not text.isascii():
         return _TOKEN.findall(text)
     runs = text.encode("ascii").translate(_TO_SPACES).decode("ascii")
-    if runs.startswith(_NOT_WORD_STARTS) or any(f" {c}" in runs for c in _NOT_WORD_STARTS):
+    if (
+        runs.startswith(_NOT_WORD_STARTS)
+        or " '" in runs
+        or " +" in runs
+        or " #" in runs
+        or " -" in runs
+    ):
         return [t for t in (r.lstrip("'+#-") for r in runs.split()) if t]
     return runs.split()
 
 
-def _phrases(tokens: list[str]) -> set[str]:
-    """The cue phrases among neighbouring ``tokens``."""
-    return {
-        f"{a} {b}"
-        for a, b in pairwise(tokens)
-        if a in _PHRASE_FIRSTS and f"{a} {b}" in _PHRASE_KEYS
-    }
+def _phrases(tokens: list[str], words: set[str]) -> set[str]:
+    """The cue phrases among neighbouring ``tokens`` (``words`` holds at least the tokens): only
+    phrases whose two words both occur are looked for, so most texts check none."""
+    found: set[str] = set()
+    for first in words & _PHRASE_FIRSTS:
+        for second, phrase in _PHRASE_NEXT[first]:
+            if second in words:
+                i = tokens.index(first)
+                try:
+                    while tokens[i + 1] != second:
+                        i = tokens.index(first, i + 1)
+                except (IndexError, ValueError):
+                    continue
+                found.add(phrase)
+    return found
 
 
 def _keys(text: str, start: int, stop: int) -> set[str]:
@@ -323,8 +340,8 @@ def _keys(text: str, start: int, stop: int) -> set[str]:
     part = text[start:stop]
     tokens = _tokens(part)
     out = set(tokens)
-    if len(tokens) > 1 and not _PHRASE_FIRSTS.isdisjoint(out):
-        out |= _phrases(tokens)
+    if len(tokens) > 1:
+        out |= _phrases(tokens, out)
     if not part.isascii():
         out.update(cue for cue in _CJK_KEYS if cue in part)
     return out
@@ -354,8 +371,8 @@ def _score_text(
     if "'" in text:  # elisions: l'area, d'une, qu'il; keep the whole token too (what's)
         words.update(t.rpartition("'")[2] for t in tokens if "'" in t)
     found = words & _WORD_KEYS
-    if len(tokens) > 1 and not _PHRASE_FIRSTS.isdisjoint(words):
-        found |= _phrases(tokens)
+    if len(tokens) > 1:
+        found |= _phrases(tokens, words)
     hits = [(key, _WORDS[key]) for key in found]
     if not text.isascii() and _WIDE.search(text):
         hits.extend((cue, _CJK_WORDS[cue]) for cue in _CJK_KEYS if cue in text)
@@ -385,7 +402,7 @@ def _score_text(
     ascii_text = text.isascii()
     for cat, gates, pattern, w, label in _PATTERNS:
         for gate in gates:
-            if not (gate is _DIGITS and not ascii_text) and not any(g in text for g in gate):
+            if not (gate is _DIGITS and not ascii_text) and not any(map(text.__contains__, gate)):
                 break
         else:
             if pattern.search(text):
