@@ -56,6 +56,26 @@ class RateLimiter:
     def burst(self) -> int: ...
     def __len__(self) -> int: ...
 
+@final
+class CueScanner:
+    """The routing classifier's cue tables, compiled once (see ``iir.routing.classifier``)."""
+
+    def __init__(
+        self,
+        categories: int,
+        words: list[tuple[str, list[tuple[int, float]]]],
+        stems: list[tuple[str, list[tuple[int, float]]]],
+        cjk: list[tuple[str, list[tuple[int, float]]]],
+        markers: list[tuple[str, int, float, str]],
+        patterns: list[tuple[str, int, float, str]],
+        word_chars: list[tuple[int, int]],
+        wide_chars: list[tuple[int, int]],
+        weights: tuple[float, float, float, float, float],
+    ) -> None: ...
+    def scan(
+        self, text: str, lead_end: int, end_start: int, system: str, top: int = 3
+    ) -> tuple[list[float], list[list[tuple[float, str]]]]: ...
+
 def rule_patterns() -> list[tuple[str, str]]: ...
 def count_text(text: str, encoding: str = "o200k_base") -> int: ...
 def count_texts(texts: list[str], encoding: str = "o200k_base") -> int: ...

@@ -20,6 +20,8 @@ from iir.routing.classifier import (
     _phrases,
     _tokens,
     classify,
+    classify_reference,
+    native_scan,
 )
 from iir.routing.features import extract
 from iir.routing.language import detect
@@ -27,7 +29,16 @@ from iir.routing.policy import DEFAULT_FILE, PolicyError, load_policy, parse_pol
 from iir.routing.router import Router, check_strategy
 
 from .harness import IIR
-from .routing_eval import IMAGE, TOOL, evaluate, evaluate_holdout, make_router
+from .routing_eval import (
+    HOLDOUT,
+    IMAGE,
+    TOOL,
+    chat_body,
+    evaluate,
+    evaluate_holdout,
+    load_cases,
+    make_router,
+)
 
 # The levels this classifier reached on tests/data/routing_cases.jsonl (98.1% of categories,
 # 99.4% of decisions); the floors leave room for a case or two, not for a regression.
@@ -95,6 +106,86 @@ def test_fast_word_split_matches_the_token_pattern(text: str) -> None:
 def test_phrase_cues_are_neighbouring_words(tokens: list[str]) -> None:
     pairs = {f"{a} {b}" for a, b in pairwise(tokens)}
     assert _phrases(tokens, set(tokens)) == pairs & _PHRASE_KEYS
+
+
+def test_phrase_after_an_elision_is_no_error() -> None:
+    # "how" is a word of the text only as the end of "l'how", not a token of its own.
+    assert _phrases(["l'how", "are"], {"l'how", "how", "are"}) == set()
+    assert classify(extract(chat("l'how are you doing"))).name in CATEGORIES  # type: ignore[arg-type]
+
+
+def _same(text: str, system: str | None = None) -> None:
+    messages = [{"role": "user", "content": text}]
+    if system is not None:
+        messages.insert(0, {"role": "system", "content": system})
+    f = extract(parse_chat_request({"model": "auto", "messages": messages}))
+    assert classify(f) == classify_reference(f), (text, system)
+
+
+def test_the_rust_cue_scan_is_built() -> None:
+    assert native_scan() is not None
+
+
+# Texts made of cue words, markers and the characters the patterns look at, so that random texts
+# reach every kind of cue, position bonus and cap.
+_CUE_BITS = [
+    "summarize",
+    "translate",
+    "into english",
+    "python",
+    "refactoring",
+    "compare",
+    "how are",
+    "step by step",
+    "poem",
+    "l'area",
+    "qu'est-ce",
+    "c++",
+    "```",
+    "def f(x):",
+    "import os",
+    "select a from b",
+    '{"k":',
+    "3 * 4",
+    "5%",
+    "d/dx",
+    "tl;dr",
+    "诗",
+    "翻译",
+    "python代码",
+    "json",
+    ": ",
+    ". ",
+    "\n",
+    "? ",
+    " ",
+    "x",
+    "²",
+    "٣",
+    "\x1c",
+    "\u3000",
+    "é",
+]
+
+
+@given(
+    st.lists(st.sampled_from(_CUE_BITS), max_size=80).map("".join)
+    | st.text(max_size=800)
+    | st.text(alphabet=st.sampled_from(list("ab 1+*=%(\"{}:.\n'é٣²诗\x1c")), max_size=300),
+    st.none() | st.lists(st.sampled_from(_CUE_BITS), max_size=20).map("".join) | st.text(),
+)
+@settings(max_examples=600, deadline=None)
+def test_rust_and_python_cue_scans_agree(text: str, system: str | None) -> None:
+    # The Python scan is the reference: category, confidence and cues must be identical.
+    _same(text or " ", system)
+
+
+def test_rust_and_python_cue_scans_agree_on_the_evaluation_sets() -> None:
+    cases = load_cases() + load_cases(HOLDOUT)
+    assert len(cases) >= 350
+    for case in cases:
+        f = extract(parse_chat_request(chat_body(case)))
+        assert classify(f) == classify_reference(f), case["prompt"][:80]
 
 
 def test_classifier_explains_itself() -> None:

@@ -9,10 +9,18 @@ takes tens of microseconds.
 
 from __future__ import annotations
 
+import array
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 
 from .features import Features
+
+try:
+    from .. import _native
+except ImportError:  # pragma: no cover - a source checkout without the built extension
+    _native = None  # type: ignore[assignment]
 
 CHAT = "chat"
 QA = "qa"
@@ -275,7 +283,8 @@ _TOKEN = re.compile(r"\w[\w'+#\-]*")
 _TOKEN_BYTES = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_'+#-")
 _TO_SPACES = bytes(c if c in _TOKEN_BYTES else 0x20 for c in range(256))
 _NOT_WORD_STARTS = ("'", "+", "#", "-")
-_WIDE = re.compile(r"[\u3040-\u30ff\u4e00-\u9fff]")
+_WIDE_RANGES = ((0x3040, 0x30FF), (0x4E00, 0x9FFF))
+_WIDE = re.compile("[" + "".join(f"{chr(a)}-{chr(b)}" for a, b in _WIDE_RANGES) + "]")
 
 
 @dataclass(slots=True, frozen=True)
@@ -324,8 +333,8 @@ def _phrases(tokens: list[str], words: set[str]) -> set[str]:
     for first in words & _PHRASE_FIRSTS:
         for second, phrase in _PHRASE_NEXT[first]:
             if second in words:
-                i = tokens.index(first)
-                try:
+                try:  # ``first`` may be only an elision's end (l'how), not a token
+                    i = tokens.index(first)
                     while tokens[i + 1] != second:
                         i = tokens.index(first, i + 1)
                 except (IndexError, ValueError):
@@ -373,7 +382,8 @@ def _score_text(
     found = words & _WORD_KEYS
     if len(tokens) > 1:
         found |= _phrases(tokens, words)
-    hits = [(key, _WORDS[key]) for key in found]
+    # Sorted: ties between equal cues are then reported the same way every run.
+    hits = [(key, _WORDS[key]) for key in sorted(found)]
     if not text.isascii() and _WIDE.search(text):
         hits.extend((cue, _CJK_WORDS[cue]) for cue in _CJK_KEYS if cue in text)
     # Where the hits sit only matters when there are hits.
@@ -390,7 +400,7 @@ def _score_text(
             cues[cat].append((w * (weight + extra), key))
             if extra:
                 bonus[cat] += w * extra
-    for stem in _stems(words):
+    for stem in sorted(_stems(words)):
         for cat, w in _STEMS[stem]:
             scores[cat] += w * weight
             cues[cat].append((w * weight, stem + "*"))
@@ -415,11 +425,121 @@ def _score_text(
             total[cat] += min(v, cap) + min(b, _SECTION_CAP * (_LEAD_BONUS + _END_BONUS))
 
 
+_Cues = list[list[tuple[float, str]]]
+_Scan = Callable[[str, int, int, str], tuple[list[float], _Cues]]
+
+
+def _scan_reference(
+    text: str, lead_end: int, end_start: int, system: str
+) -> tuple[list[float], _Cues]:
+    """Scores and cues of a prompt, per category in :data:`CATEGORIES` order: the plain-Python
+    scan, the reference the Rust one (:func:`native_scan`) is tested against."""
+    scores = dict.fromkeys(CATEGORIES, 0.0)
+    cues: dict[str, list[tuple[float, str]]] = {c: [] for c in CATEGORIES}
+    _score_text(text, _TEXT_WEIGHT, scores, cues, lead_end, end_start)
+    _score_text(system, _SYSTEM_WEIGHT, scores, cues)
+    return list(scores.values()), list(cues.values())
+
+
+def _python_ranges(pattern: str, chars: str) -> list[tuple[int, int]]:
+    """The code points ``pattern`` (one character class) matches, as inclusive ranges."""
+    out: list[tuple[int, int]] = []
+    for m in re.finditer(pattern + "+", chars):
+        lo, hi = ord(chars[m.start()]), ord(chars[m.end() - 1])
+        if lo < 0xD800 <= hi:  # a run across the surrogates left out of ``chars``
+            out += [(lo, 0xD7FF), (0xE000, hi)]
+        else:
+            out.append((lo, hi))
+    return out
+
+
+def _rust_pattern(pattern: re.Pattern[str], classes: dict[str, str]) -> str:
+    r"""``pattern`` in Rust's syntax with Python's own ``\d \w \s`` (code-point ranges), so the
+    two engines match the same texts. Only what the patterns above use is translated: ``\b``
+    always stands before a word character, and the patterns are only asked whether they match."""
+    src, out, i, in_class = pattern.pattern, [], 0, False
+    while i < len(src):
+        c = src[i]
+        if c == "\\" and i + 1 < len(src):
+            e = src[i + 1]
+            i += 2
+            if e in "dws":
+                out.append(classes[e] if in_class else f"[{classes[e]}]")
+            elif e in "DWS" and not in_class:
+                out.append(f"[^{classes[e.lower()]}]")
+            elif e == "b" and not in_class:
+                out.append(f"(?:\\A|[^{classes['w']}])")
+            elif e.isalpha() and e not in "u":
+                raise ValueError(f"no Rust translation for \\{e} in {src!r}")
+            else:
+                out.append("\\" + e)
+            continue
+        if c == "[" and not in_class:
+            in_class = True
+        elif c == "]" and in_class:
+            in_class = False
+        out.append(c)
+        i += 1
+    flags = "m" if pattern.flags & re.M else ""
+    if pattern.flags & (re.S | re.I | re.X):
+        raise ValueError(f"no Rust translation for the flags of {src!r}")
+    return f"(?{flags}:{''.join(out)})" if flags else "".join(out)
+
+
+@cache
+def native_scan() -> _Scan | None:
+    """The Rust cue scan built from the tables above (once: about 0.2 s to list Python's
+    character classes), or None without the extension."""
+    if _native is None or not hasattr(_native, "CueScanner"):
+        return None
+    chars = (
+        array.array("I", range(0xD800)).tobytes()
+        + array.array("I", range(0xE000, 0x110000)).tobytes()
+    ).decode("utf-32-le")
+    ranges = {k: _python_ranges(f"\\{k}", chars) for k in "dws"}
+    classes = {
+        k: "".join(f"\\x{{{lo:x}}}-\\x{{{hi:x}}}" for lo, hi in v) for k, v in ranges.items()
+    }
+    index = {c: i for i, c in enumerate(CATEGORIES)}
+
+    def entries(
+        table: dict[str, tuple[tuple[str, float], ...]],
+    ) -> list[tuple[str, list[tuple[int, float]]]]:
+        return [(k, [(index[c], w) for c, w in v]) for k, v in table.items()]
+
+    scanner = _native.CueScanner(
+        len(CATEGORIES),
+        entries(_WORDS),
+        entries(_STEMS),
+        entries(_CJK_WORDS),
+        [(m, index[cat], w, label) for cat, ms in _MARKERS.items() for m, w, label in ms],
+        [(_rust_pattern(p, classes), index[cat], w, label) for cat, _, p, w, label in _PATTERNS],
+        ranges["w"],
+        list(_WIDE_RANGES),
+        (_TEXT_WEIGHT, _SYSTEM_WEIGHT, _SECTION_CAP, _LEAD_BONUS, _END_BONUS),
+    )
+
+    def scan(text: str, lead_end: int, end_start: int, system: str) -> tuple[list[float], _Cues]:
+        try:
+            return scanner.scan(text, lead_end, end_start, system)
+        except UnicodeEncodeError:  # lone surrogates: not UTF-8, the Python scan takes them
+            return _scan_reference(text, lead_end, end_start, system)
+
+    return scan
+
+
 def classify(features: Features) -> Category:
     """The task category of the request whose features are given."""
+    return _classify(features, native_scan() or _scan_reference)
+
+
+def classify_reference(features: Features) -> Category:
+    """:func:`classify` with the plain-Python cue scan."""
+    return _classify(features, _scan_reference)
+
+
+def _classify(features: Features, scan: _Scan) -> Category:
     try:
-        scores = dict.fromkeys(CATEGORIES, 0.0)
-        cues: dict[str, list[tuple[float, str]]] = {c: [] for c in CATEGORIES}
         head, tail = features.head, features.tail
         text = f"{head}\n{tail}" if tail else head
         # The instruction is the first clause or the last line; the rest is mostly material
@@ -432,8 +552,9 @@ def classify(features: Features) -> Category:
             cut = max(last.rfind("\n"), last.rfind(". "))
             if cut > 0:
                 end_start = cut
-        _score_text(text, _TEXT_WEIGHT, scores, cues, lead_end, end_start)
-        _score_text(features.system, _SYSTEM_WEIGHT, scores, cues)
+        values, found = scan(text, lead_end, end_start, features.system)
+        scores = dict(zip(CATEGORIES, values, strict=True))
+        cues = dict(zip(CATEGORIES, found, strict=True))
         # Small talk is short: greetings and thanks inside a long text are material.
         if features.chars > _SMALL_TALK_CHARS:
             scores[CHAT] *= 0.3
@@ -454,8 +575,8 @@ def classify(features: Features) -> Category:
             name = CHAT
         else:
             name = best if top > 0 else QA
-        found = _top(cues[name])
-        return Category(name, 0.5 if found else 0.3, found or ("no clear cue",))
+        found_cues = _top(cues[name])
+        return Category(name, 0.5 if found_cues else 0.3, found_cues or ("no clear cue",))
     total = sum(scores.values())
     return Category(best, top / total, _top(cues[best]))
 

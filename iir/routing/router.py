@@ -18,7 +18,7 @@ from ..errors import ApiError
 from ..protocol import ChatRequest
 from ..registry import ModelRegistry
 from ..tokens import count_text
-from .classifier import Category, ClassifierError, classify
+from .classifier import Category, ClassifierError, classify, native_scan
 from .features import Features, extract
 from .policy import LOCAL_WILDCARD, STRATEGIES, ModelPolicy, Policy
 
@@ -135,6 +135,7 @@ class Router:
         # The token counter checks its tables on first use (~0.2 s): pay that at start-up, not
         # in the first routed request.
         count_text("warm-up")
+        native_scan()  # the classifier's Rust tables, built once per process (~0.2 s)
 
     # --- candidates ---------------------------------------------------------------------------
 
