@@ -67,7 +67,7 @@ class CueScanner:
         stems: list[tuple[str, list[tuple[int, float]]]],
         cjk: list[tuple[str, list[tuple[int, float]]]],
         markers: list[tuple[str, int, float, str]],
-        patterns: list[tuple[str, int, float, str]],
+        patterns: list[tuple[str, list[tuple[list[str], bool]], int, float, str]],
         word_chars: list[tuple[int, int]],
         wide_chars: list[tuple[int, int]],
         weights: tuple[float, float, float, float, float],

@@ -426,6 +426,9 @@ def _score_text(
 
 
 _Cues = list[list[tuple[float, str]]]
+_INDICES = range(len(CATEGORIES))
+_CHAT_AT = CATEGORIES.index(CHAT)
+_SUMMARIZATION_AT = CATEGORIES.index(SUMMARIZATION)
 _Scan = Callable[[str, int, int, str], tuple[list[float], _Cues]]
 
 
@@ -513,7 +516,16 @@ def native_scan() -> _Scan | None:
         entries(_STEMS),
         entries(_CJK_WORDS),
         [(m, index[cat], w, label) for cat, ms in _MARKERS.items() for m, w, label in ms],
-        [(_rust_pattern(p, classes), index[cat], w, label) for cat, _, p, w, label in _PATTERNS],
+        [
+            (
+                _rust_pattern(p, classes),
+                [(list(gate), gate is _DIGITS) for gate in gates],
+                index[cat],
+                w,
+                label,
+            )
+            for cat, gates, p, w, label in _PATTERNS
+        ],
         ranges["w"],
         list(_WIDE_RANGES),
         (_TEXT_WEIGHT, _SYSTEM_WEIGHT, _SECTION_CAP, _LEAD_BONUS, _END_BONUS),
@@ -552,18 +564,16 @@ def _classify(features: Features, scan: _Scan) -> Category:
             cut = max(last.rfind("\n"), last.rfind(". "))
             if cut > 0:
                 end_start = cut
-        values, found = scan(text, lead_end, end_start, features.system)
-        scores = dict(zip(CATEGORIES, values, strict=True))
-        cues = dict(zip(CATEGORIES, found, strict=True))
+        scores, cues = scan(text, lead_end, end_start, features.system)
         # Small talk is short: greetings and thanks inside a long text are material.
         if features.chars > _SMALL_TALK_CHARS:
-            scores[CHAT] *= 0.3
+            scores[_CHAT_AT] *= 0.3
         # Long material with an instruction to shorten it is the summarization signature.
-        if features.chars > 1500 and scores[SUMMARIZATION] > 0:
-            scores[SUMMARIZATION] += 2.0
-            cues[SUMMARIZATION].append((2.0, "long input"))
-        best = max(CATEGORIES, key=scores.__getitem__)
-        top = scores[best]
+        if features.chars > 1500 and scores[_SUMMARIZATION_AT] > 0:
+            scores[_SUMMARIZATION_AT] += 2.0
+            cues[_SUMMARIZATION_AT].append((2.0, "long input"))
+        at = max(_INDICES, key=scores.__getitem__)  # the first of equals, in CATEGORIES order
+        best, top = CATEGORIES[at], scores[at]
     except Exception as exc:  # a bug here must not become a 500 without a reason
         raise ClassifierError(f"{type(exc).__name__}: {exc}") from exc
     if top < _MIN_SCORE:
@@ -575,10 +585,9 @@ def _classify(features: Features, scan: _Scan) -> Category:
             name = CHAT
         else:
             name = best if top > 0 else QA
-        found_cues = _top(cues[name])
+        found_cues = _top(cues[CATEGORIES.index(name)])
         return Category(name, 0.5 if found_cues else 0.3, found_cues or ("no clear cue",))
-    total = sum(scores.values())
-    return Category(best, top / total, _top(cues[best]))
+    return Category(best, top / sum(scores), _top(cues[at]))
 
 
 def _top(found: list[tuple[float, str]]) -> tuple[str, ...]:

@@ -43,6 +43,10 @@ impl CharSet {
     }
 }
 
+/// A necessary condition of a pattern, cheaper to test: one of the literals is in the text, or
+/// (when the flag is set) the text is not ASCII.
+pub type Gate = (Vec<String>, bool);
+
 /// What a scan needs besides the text: the cue tables and how points add up.
 pub struct Tables {
     /// Whole words and two-word phrases ("how are").
@@ -52,8 +56,9 @@ pub struct Tables {
     pub cjk: Vec<(String, Entries)>,
     /// (literal, category, weight, label)
     pub markers: Vec<(String, usize, f64, String)>,
-    /// (Rust pattern, category, weight, label)
-    pub patterns: Vec<(String, usize, f64, String)>,
+    /// (Rust pattern, gates, category, weight, label): the pattern is only tried when each gate
+    /// passes, see [`Gate`].
+    pub patterns: Vec<(String, Vec<Gate>, usize, f64, String)>,
     pub word_chars: Vec<(u32, u32)>,
     pub wide_chars: Vec<(u32, u32)>,
     pub categories: usize,
@@ -75,7 +80,7 @@ pub struct Scanner {
     cjk: Vec<(String, Entries)>,
     cjk_keys: FxHashSet<String>,
     markers: Vec<(String, usize, f64, String)>,
-    patterns: Vec<(Regex, usize, f64, String)>,
+    patterns: Vec<(Vec<Gate>, Regex, usize, f64, String)>,
     word: CharSet,
     wide: CharSet,
     categories: usize,
@@ -119,6 +124,10 @@ fn tokens<'a>(text: &'a str, word: &CharSet) -> Vec<&'a str> {
 
 /// The first `n` characters of `s`, `None` when it is shorter.
 fn char_prefix(s: &str, n: usize) -> Option<&str> {
+    let b = s.as_bytes();
+    if b.len() >= n && b[..n].is_ascii() {
+        return Some(&s[..n]);
+    }
     if n == 0 {
         return Some("");
     }
@@ -199,9 +208,9 @@ impl Scanner {
         stem_lengths.sort_unstable_by(|a, b| b.cmp(a));
         let cjk_keys = t.cjk.iter().map(|(k, _)| k.clone()).collect();
         let mut patterns = Vec::with_capacity(t.patterns.len());
-        for (pattern, cat, w, label) in t.patterns {
+        for (pattern, gates, cat, w, label) in t.patterns {
             let re = Regex::new(&pattern).map_err(|e| format!("pattern {label:?}: {e}"))?;
-            patterns.push((re, cat, w, label));
+            patterns.push((gates, re, cat, w, label));
         }
         let all_cats = words
             .values()
@@ -210,7 +219,7 @@ impl Scanner {
             .flatten()
             .map(|&(c, _)| c)
             .chain(t.markers.iter().map(|m| m.1))
-            .chain(patterns.iter().map(|p| p.1));
+            .chain(patterns.iter().map(|p| p.2));
         if let Some(bad) = all_cats.into_iter().find(|&c| c >= t.categories) {
             return Err(format!("category index {bad} out of range"));
         }
@@ -275,6 +284,27 @@ impl Scanner {
         Scores { total, cues }
     }
 
+    /// Adds `word`'s cue (a whole word) to `found` and its stem to `stems`.
+    fn lookup<'t>(&'t self, word: &'t str, found: &mut Vec<&'t str>, stems: &mut Vec<&'t str>) {
+        if let Some((key, _)) = self.words.get_key_value(word) {
+            found.push(key);
+        }
+        let Some(head) = char_prefix(word, 4) else {
+            return;
+        };
+        if !self.stem_heads.contains(head) {
+            return;
+        }
+        for &len in &self.stem_lengths {
+            if let Some(p) = char_prefix(word, len) {
+                if let Some((stem, _)) = self.stems.get_key_value(p) {
+                    stems.push(stem);
+                    return;
+                }
+            }
+        }
+    }
+
     fn score_text(
         &self,
         text: &str,
@@ -291,35 +321,31 @@ impl Scanner {
         let mut scores = vec![0.0; n];
         let mut bonus = vec![0.0; n];
         let toks = tokens(text, &self.word);
-        let mut words: FxHashSet<&str> = toks.iter().copied().collect();
-        if text.contains('\'') {
-            // Elisions: l'area, d'une, qu'il; the whole token stays too (what's).
-            for t in &toks {
-                if let Some(i) = t.rfind('\'') {
-                    words.insert(&t[i + 1..]);
+        // Cue words and phrases, then stems, looked up token by token: a word's first four
+        // letters pick the few stems worth trying, longest first (one stem per word).
+        let mut found: Vec<&str> = Vec::new();
+        let mut stems: Vec<&str> = Vec::new();
+        let elisions = text.contains('\'');
+        for (i, &t) in toks.iter().enumerate() {
+            self.lookup(t, &mut found, &mut stems);
+            if elisions {
+                // Elisions: l'area, d'une, qu'il; the whole token counts too (what's).
+                if let Some(j) = t.rfind('\'') {
+                    self.lookup(&t[j + 1..], &mut found, &mut stems);
                 }
             }
-        }
-        let mut found: Vec<&str> = words
-            .iter()
-            .copied()
-            .filter(|w| self.words.contains_key(*w))
-            .collect();
-        if toks.len() > 1 {
-            for first in &toks {
-                if let Some(next) = self.phrase_next.get(*first) {
-                    for (second, phrase) in next {
-                        if words.contains(second.as_str())
-                            && !found.contains(&phrase.as_str())
-                            && adjacent(&toks, first, second)
-                        {
-                            found.push(phrase);
-                        }
+            if let (Some(next), Some(&after)) = (self.phrase_next.get(t), toks.get(i + 1)) {
+                for (second, phrase) in next {
+                    if second == after {
+                        found.push(phrase);
                     }
                 }
             }
         }
         found.sort_unstable();
+        found.dedup();
+        stems.sort_unstable();
+        stems.dedup();
         let mut hits: Vec<(&str, &Entries)> = found
             .iter()
             .filter_map(|k| self.words.get(*k).map(|e| (*k, e)))
@@ -357,26 +383,6 @@ impl Scanner {
                 }
             }
         }
-        let mut stems: Vec<&str> = Vec::new();
-        for w in &words {
-            let Some(head) = char_prefix(w, 4) else {
-                continue;
-            };
-            if !self.stem_heads.contains(head) {
-                continue;
-            }
-            for &len in &self.stem_lengths {
-                if let Some(p) = char_prefix(w, len) {
-                    if self.stems.contains_key(p) {
-                        if !stems.contains(&p) {
-                            stems.push(p);
-                        }
-                        break;
-                    }
-                }
-            }
-        }
-        stems.sort_unstable();
         for stem in stems {
             for &(cat, w) in &self.stems[stem] {
                 scores[cat] += w * weight;
@@ -389,8 +395,12 @@ impl Scanner {
                 cues[*cat].push((w * weight, label.clone()));
             }
         }
-        for (re, cat, w, label) in &self.patterns {
-            if re.is_match(text) {
+        let ascii = text.is_ascii();
+        for (gates, re, cat, w, label) in &self.patterns {
+            let open = gates.iter().all(|(literals, any_non_ascii)| {
+                (*any_non_ascii && !ascii) || literals.iter().any(|l| text.contains(l.as_str()))
+            });
+            if open && re.is_match(text) {
                 scores[*cat] += w * weight;
                 cues[*cat].push((w * weight, label.clone()));
             }
@@ -424,7 +434,13 @@ mod tests {
             stems: vec![("refactor".into(), vec![(0, 3.0)])],
             cjk: vec![("诗".into(), vec![(1, 4.0)])],
             markers: vec![("```".into(), 0, 4.0, "code block".into())],
-            patterns: vec![(r"\d\s?%".into(), 0, 2.0, "percentage".into())],
+            patterns: vec![(
+                r"\d\s?%".into(),
+                vec![(vec!["%".into()], false)],
+                0,
+                2.0,
+                "percentage".into(),
+            )],
             word_chars: ascii_word(),
             wide_chars: vec![(0x4e00, 0x9fff)],
             categories: 3,

@@ -546,8 +546,10 @@ impl PyRateLimiter {
 
 /// A cue: its key and its points as (category index, weight).
 type CueEntries = Vec<(String, Vec<(usize, f64)>)>;
-/// A literal marker or a pattern: (text, category index, weight, label).
-type CueRules = Vec<(String, usize, f64, String)>;
+/// Literal markers: (text, category index, weight, label).
+type CueMarkers = Vec<(String, usize, f64, String)>;
+/// Patterns: (Rust pattern, gates, category index, weight, label).
+type CuePatterns = Vec<(String, Vec<cues::Gate>, usize, f64, String)>;
 
 /// The routing classifier's cue tables, compiled once; `scan` scores one prompt.
 #[pyclass(module = "iir._native", name = "CueScanner", frozen)]
@@ -565,8 +567,8 @@ impl PyCueScanner {
         words: CueEntries,
         stems: CueEntries,
         cjk: CueEntries,
-        markers: CueRules,
-        patterns: CueRules,
+        markers: CueMarkers,
+        patterns: CuePatterns,
         word_chars: Vec<(u32, u32)>,
         wide_chars: Vec<(u32, u32)>,
         weights: (f64, f64, f64, f64, f64),
