@@ -68,12 +68,14 @@ class CueScanner:
         cjk: list[tuple[str, list[tuple[int, float]]]],
         markers: list[tuple[str, int, float, str]],
         patterns: list[tuple[str, list[tuple[list[str], bool]], int, float, str]],
-        word_chars: list[tuple[int, int]],
-        wide_chars: list[tuple[int, int]],
+        chars: tuple[list[tuple[int, int]], list[tuple[int, int]], list[tuple[int, int]], str],
         weights: tuple[float, float, float, float, float],
     ) -> None: ...
     def scan(
         self, text: str, lead_end: int, end_start: int, system: str, top: int = 3
+    ) -> tuple[list[float], list[list[tuple[float, str]]]]: ...
+    def scan_prompt(
+        self, head: str, tail: str, system: str, top: int = 3
     ) -> tuple[list[float], list[list[tuple[float, str]]]]: ...
 
 def rule_patterns() -> list[tuple[str, str]]: ...

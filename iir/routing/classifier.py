@@ -226,7 +226,8 @@ _SECTION_CAP = 9.0
 _LEAD_BONUS = 1.5
 _END_BONUS = 1.0
 _SMALL_TALK_CHARS = 120
-_CLAUSE_END = re.compile(r"[:\n\u3002\uff1a?\uff1f!]|\.\s")
+_CLAUSE_CHARS = ":\n\u3002\uff1a?\uff1f!"
+_CLAUSE_END = re.compile(f"[{re.escape(_CLAUSE_CHARS)}]|\\.\\s")
 _SHORT_CHARS = 25
 
 
@@ -429,14 +430,23 @@ _Cues = list[list[tuple[float, str]]]
 _INDICES = range(len(CATEGORIES))
 _CHAT_AT = CATEGORIES.index(CHAT)
 _SUMMARIZATION_AT = CATEGORIES.index(SUMMARIZATION)
-_Scan = Callable[[str, int, int, str], tuple[list[float], _Cues]]
+_Scan = Callable[[str, str, str], tuple[list[float], _Cues]]
 
 
-def _scan_reference(
-    text: str, lead_end: int, end_start: int, system: str
-) -> tuple[list[float], _Cues]:
+def _scan_reference(head: str, tail: str, system: str) -> tuple[list[float], _Cues]:
     """Scores and cues of a prompt, per category in :data:`CATEGORIES` order: the plain-Python
     scan, the reference the Rust one (:func:`native_scan`) is tested against."""
+    text = f"{head}\n{tail}" if tail else head
+    # The instruction is the first clause or the last line; the rest is mostly material
+    # (an article to summarize, code to translate), so cues there count extra.
+    lead_end, end_start = 0, -1
+    m = _CLAUSE_END.search(head, 0, 200)
+    if m is not None and m.end() < len(head.rstrip()):
+        lead_end = m.end()
+        last = text.rstrip()
+        cut = max(last.rfind("\n"), last.rfind(". "))
+        if cut > 0:
+            end_start = cut
     scores = dict.fromkeys(CATEGORIES, 0.0)
     cues: dict[str, list[tuple[float, str]]] = {c: [] for c in CATEGORIES}
     _score_text(text, _TEXT_WEIGHT, scores, cues, lead_end, end_start)
@@ -526,16 +536,15 @@ def native_scan() -> _Scan | None:
             )
             for cat, gates, p, w, label in _PATTERNS
         ],
-        ranges["w"],
-        list(_WIDE_RANGES),
+        (ranges["w"], list(_WIDE_RANGES), ranges["s"], _CLAUSE_CHARS),
         (_TEXT_WEIGHT, _SYSTEM_WEIGHT, _SECTION_CAP, _LEAD_BONUS, _END_BONUS),
     )
 
-    def scan(text: str, lead_end: int, end_start: int, system: str) -> tuple[list[float], _Cues]:
+    def scan(head: str, tail: str, system: str) -> tuple[list[float], _Cues]:
         try:
-            return scanner.scan(text, lead_end, end_start, system)
+            return scanner.scan_prompt(head, tail, system)
         except UnicodeEncodeError:  # lone surrogates: not UTF-8, the Python scan takes them
-            return _scan_reference(text, lead_end, end_start, system)
+            return _scan_reference(head, tail, system)
 
     return scan
 
@@ -552,19 +561,8 @@ def classify_reference(features: Features) -> Category:
 
 def _classify(features: Features, scan: _Scan) -> Category:
     try:
-        head, tail = features.head, features.tail
-        text = f"{head}\n{tail}" if tail else head
-        # The instruction is the first clause or the last line; the rest is mostly material
-        # (an article to summarize, code to translate), so cues there count extra.
-        lead_end, end_start = 0, -1
-        m = _CLAUSE_END.search(head, 0, 200)
-        if m is not None and m.end() < len(head.rstrip()):
-            lead_end = m.end()
-            last = text.rstrip()
-            cut = max(last.rfind("\n"), last.rfind(". "))
-            if cut > 0:
-                end_start = cut
-        scores, cues = scan(text, lead_end, end_start, features.system)
+        head = features.head
+        scores, cues = scan(head, features.tail, features.system)
         # Small talk is short: greetings and thanks inside a long text are material.
         if features.chars > _SMALL_TALK_CHARS:
             scores[_CHAT_AT] *= 0.3

@@ -61,6 +61,10 @@ pub struct Tables {
     pub patterns: Vec<(String, Vec<Gate>, usize, f64, String)>,
     pub word_chars: Vec<(u32, u32)>,
     pub wide_chars: Vec<(u32, u32)>,
+    /// Python's `\s`.
+    pub space_chars: Vec<(u32, u32)>,
+    /// The characters that end the first clause (and ". ").
+    pub clause_ends: String,
     pub categories: usize,
     pub text_weight: f64,
     pub system_weight: f64,
@@ -83,6 +87,8 @@ pub struct Scanner {
     patterns: Vec<(Vec<Gate>, Regex, usize, f64, String)>,
     word: CharSet,
     wide: CharSet,
+    space: CharSet,
+    clause_ends: Vec<char>,
     categories: usize,
     text_weight: f64,
     system_weight: f64,
@@ -235,6 +241,8 @@ impl Scanner {
             patterns,
             word: CharSet::new(t.word_chars),
             wide: CharSet::new(t.wide_chars),
+            space: CharSet::new(t.space_chars),
+            clause_ends: t.clause_ends.chars().collect(),
             categories: t.categories,
             text_weight: t.text_weight,
             system_weight: t.system_weight,
@@ -242,6 +250,51 @@ impl Scanner {
             lead_bonus: t.lead_bonus,
             end_bonus: t.end_bonus,
         })
+    }
+
+    /// The scores of a prompt whose last user message starts with `head` and ends with `tail`
+    /// (empty when the message is short), as [`Scanner::scan`] with the instruction's bounds.
+    pub fn scan_prompt(&self, head: &str, tail: &str, system: &str, top: usize) -> Scores {
+        let joined;
+        let text = if tail.is_empty() {
+            head
+        } else {
+            joined = format!("{head}\n{tail}");
+            &joined
+        };
+        let (lead_end, end_start) = self.instruction(head, text);
+        self.scan(text, lead_end, end_start, system, top)
+    }
+
+    /// Where the instruction may sit, in characters: the end of the first clause of `head` (in
+    /// its first 200 characters, and not its end) and the start of the last line or sentence of
+    /// `text`; 0 and -1 for none.
+    fn instruction(&self, head: &str, text: &str) -> (i64, i64) {
+        let mut clause_end = None;
+        let mut chars = head.chars().take(200).enumerate().peekable();
+        while let Some((i, c)) = chars.next() {
+            if self.clause_ends.contains(&c) {
+                clause_end = Some(i + 1);
+                break;
+            }
+            if c == '.' && chars.peek().is_some_and(|&(_, n)| self.space.contains(n)) {
+                clause_end = Some(i + 2);
+                break;
+            }
+        }
+        let Some(lead_end) = clause_end else {
+            return (0, -1);
+        };
+        let is_space = |c: char| self.space.contains(c);
+        if lead_end >= head.trim_end_matches(is_space).chars().count() {
+            return (0, -1);
+        }
+        let last = text.trim_end_matches(is_space);
+        let cut = match (last.rfind('\n'), last.rfind(". ")) {
+            (None, None) => 0,
+            (a, b) => last[..a.max(b).unwrap_or(0)].chars().count(),
+        };
+        (lead_end as i64, if cut > 0 { cut as i64 } else { -1 })
     }
 
     /// The scores of a prompt: `text` (the user message, with its first clause ending at character
@@ -443,6 +496,8 @@ mod tests {
             )],
             word_chars: ascii_word(),
             wide_chars: vec![(0x4e00, 0x9fff)],
+            space_chars: vec![(9, 13), (28, 32)],
+            clause_ends: ":\n?!".into(),
             categories: 3,
             text_weight: 1.0,
             system_weight: 0.5,
@@ -478,6 +533,30 @@ mod tests {
     }
 
     #[test]
+    fn the_instruction_is_the_first_clause_or_the_last_line() {
+        let s = scanner();
+        assert_eq!(
+            s.instruction("poem: about rain", "poem: about rain"),
+            (5, -1)
+        );
+        assert_eq!(s.instruction("a. b\nc. d  ", "a. b\nc. d  "), (3, 6));
+        assert_eq!(
+            s.instruction("only one clause:", "only one clause:"),
+            (0, -1)
+        );
+        assert_eq!(
+            s.instruction("no clause at all", "no clause at all"),
+            (0, -1)
+        );
+        let found = s.scan_prompt("poem: a", "python", "", 3);
+        assert_eq!(found.cues[1], vec![(4.0 * (1.0 + 1.5), "poem".to_string())]);
+        assert_eq!(
+            found.cues[0],
+            vec![(3.0 * (1.0 + 1.0), "python".to_string())]
+        );
+    }
+
+    #[test]
     fn the_section_cap_holds() {
         let s = scanner().scan("poem poem poem", 0, -1, "", 3);
         assert_eq!(s.total[1], 4.0);
@@ -495,6 +574,8 @@ mod tests {
             patterns: vec![],
             word_chars: ascii_word(),
             wide_chars: vec![],
+            space_chars: vec![],
+            clause_ends: String::new(),
             categories: 3,
             text_weight: 1.0,
             system_weight: 0.5,

@@ -551,6 +551,9 @@ type CueMarkers = Vec<(String, usize, f64, String)>;
 /// Patterns: (Rust pattern, gates, category index, weight, label).
 type CuePatterns = Vec<(String, Vec<cues::Gate>, usize, f64, String)>;
 
+/// Character classes as code-point ranges (word, wide, space) and the clause-ending characters.
+type CueChars = (Vec<(u32, u32)>, Vec<(u32, u32)>, Vec<(u32, u32)>, String);
+
 /// The routing classifier's cue tables, compiled once; `scan` scores one prompt.
 #[pyclass(module = "iir._native", name = "CueScanner", frozen)]
 struct PyCueScanner {
@@ -561,7 +564,7 @@ struct PyCueScanner {
 impl PyCueScanner {
     #[new]
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (categories, words, stems, cjk, markers, patterns, word_chars, wide_chars, weights))]
+    #[pyo3(signature = (categories, words, stems, cjk, markers, patterns, chars, weights))]
     fn new(
         categories: usize,
         words: CueEntries,
@@ -569,10 +572,10 @@ impl PyCueScanner {
         cjk: CueEntries,
         markers: CueMarkers,
         patterns: CuePatterns,
-        word_chars: Vec<(u32, u32)>,
-        wide_chars: Vec<(u32, u32)>,
+        chars: CueChars,
         weights: (f64, f64, f64, f64, f64),
     ) -> PyResult<Self> {
+        let (word_chars, wide_chars, space_chars, clause_ends) = chars;
         let (text_weight, system_weight, section_cap, lead_bonus, end_bonus) = weights;
         let tables = cues::Tables {
             words,
@@ -582,6 +585,8 @@ impl PyCueScanner {
             patterns,
             word_chars,
             wide_chars,
+            space_chars,
+            clause_ends,
             categories,
             text_weight,
             system_weight,
@@ -603,6 +608,18 @@ impl PyCueScanner {
         top: usize,
     ) -> (Vec<f64>, Vec<Vec<(f64, String)>>) {
         let s = self.inner.scan(text, lead_end, end_start, system, top);
+        (s.total, s.cues)
+    }
+
+    #[pyo3(signature = (head, tail, system, top = 3))]
+    fn scan_prompt(
+        &self,
+        head: &str,
+        tail: &str,
+        system: &str,
+        top: usize,
+    ) -> (Vec<f64>, Vec<Vec<(f64, String)>>) {
+        let s = self.inner.scan_prompt(head, tail, system, top);
         (s.total, s.cues)
     }
 }
