@@ -71,9 +71,6 @@ class CueScanner:
         chars: tuple[list[tuple[int, int]], list[tuple[int, int]], list[tuple[int, int]], str],
         weights: tuple[float, float, float, float, float],
     ) -> None: ...
-    def scan(
-        self, text: str, lead_end: int, end_start: int, system: str, top: int = 3
-    ) -> tuple[list[float], list[list[tuple[float, str]]]]: ...
     def scan_prompt(
         self, head: str, tail: str, system: str, top: int = 3
     ) -> tuple[list[float], list[list[tuple[float, str]]]]: ...

@@ -126,6 +126,37 @@ def test_the_rust_cue_scan_is_built() -> None:
     assert native_scan() is not None
 
 
+def test_text_that_is_not_utf8_goes_through_the_python_scan() -> None:
+    f = extract(chat("summarize this \ud800 text: python code"))  # type: ignore[arg-type]
+    assert classify(f) == classify_reference(f)
+    assert classify(f).name == "summarization"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"words": [("x", [(99, 1.0)])]}, "category index 99 out of range"),
+        ({"stems": [("ab", [(0, 1.0)])]}, "too short"),
+        ({"patterns": [("(", [], 0, 1.0, "broken")]}, 'pattern "broken"'),
+    ],
+)
+def test_bad_cue_tables_are_refused(change: dict[str, object], message: str) -> None:
+    from iir import _native
+
+    args: dict[str, object] = {
+        "categories": 9,
+        "words": [],
+        "stems": [],
+        "cjk": [],
+        "markers": [],
+        "patterns": [],
+        "chars": ([], [], [], ""),
+        "weights": (1.0, 0.5, 9.0, 1.5, 1.0),
+    }
+    with pytest.raises(ValueError, match=message):
+        _native.CueScanner(**(args | change))  # type: ignore[arg-type]
+
+
 # Texts made of cue words, markers and the characters the patterns look at, so that random texts
 # reach every kind of cue, position bonus and cap.
 _CUE_BITS = [

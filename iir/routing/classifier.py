@@ -14,6 +14,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
+from operator import itemgetter
 
 from .features import Features
 
@@ -589,5 +590,5 @@ def _classify(features: Features, scan: _Scan) -> Category:
 
 
 def _top(found: list[tuple[float, str]]) -> tuple[str, ...]:
-    found.sort(key=lambda x: -x[0])
+    found.sort(key=itemgetter(0), reverse=True)  # stable: equals keep the order found
     return tuple(dict.fromkeys(label for _, label in found))[:3]

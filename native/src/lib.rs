@@ -554,7 +554,7 @@ type CuePatterns = Vec<(String, Vec<cues::Gate>, usize, f64, String)>;
 /// Character classes as code-point ranges (word, wide, space) and the clause-ending characters.
 type CueChars = (Vec<(u32, u32)>, Vec<(u32, u32)>, Vec<(u32, u32)>, String);
 
-/// The routing classifier's cue tables, compiled once; `scan` scores one prompt.
+/// The routing classifier's cue tables, compiled once; `scan_prompt` scores one prompt.
 #[pyclass(module = "iir._native", name = "CueScanner", frozen)]
 struct PyCueScanner {
     inner: cues::Scanner,
@@ -596,19 +596,6 @@ impl PyCueScanner {
         };
         let inner = cues::Scanner::new(tables).map_err(PyValueError::new_err)?;
         Ok(PyCueScanner { inner })
-    }
-
-    #[pyo3(signature = (text, lead_end, end_start, system, top = 3))]
-    fn scan(
-        &self,
-        text: &str,
-        lead_end: i64,
-        end_start: i64,
-        system: &str,
-        top: usize,
-    ) -> (Vec<f64>, Vec<Vec<(f64, String)>>) {
-        let s = self.inner.scan(text, lead_end, end_start, system, top);
-        (s.total, s.cues)
     }
 
     #[pyo3(signature = (head, tail, system, top = 3))]
