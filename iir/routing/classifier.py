@@ -3,8 +3,11 @@
 Explainable by construction: every point a category scores comes from a named cue (a word, a word
 stem, a two-word phrase, a CJK keyword or a structural pattern such as a code fence), and the
 decision reports the cues that won. Cost is linear in the (bounded) text the features kept: one
-word split, a few dictionary look-ups per word and a handful of regular expressions, so a decision
-takes tens of microseconds.
+word split, a few dictionary look-ups per word and a handful of regular expressions.
+
+The scan runs in Rust (``iir._native.CueScanner``, built from the tables below once per process:
+about 10 us for a 1 KB prompt); the plain-Python scan here is its reference, and the tests hold
+the two to identical results.
 """
 
 from __future__ import annotations
