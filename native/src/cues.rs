@@ -6,6 +6,7 @@
 //! which stays the reference: for any text this scan gives the same scores and cues, in the same
 //! order, as the Python one. Word characters are Python's `\w` (handed over as code-point ranges,
 //! so both sides agree whatever Unicode version each was built with).
+use aho_corasick::AhoCorasick;
 use regex_automata::meta::Regex;
 use rustc_hash::{FxHashMap, FxHashSet};
 
@@ -47,6 +48,9 @@ impl CharSet {
 /// (when the flag is set) the text is not ASCII.
 pub type Gate = (Vec<String>, bool);
 
+/// A [`Gate`] with its literals as ids in the scanner's literal automaton.
+type LiteralGate = (Vec<usize>, bool);
+
 /// What a scan needs besides the text: the cue tables and how points add up.
 pub struct Tables {
     /// Whole words and two-word phrases ("how are").
@@ -83,8 +87,13 @@ pub struct Scanner {
     stem_lengths: Vec<usize>,
     cjk: Vec<(String, Entries)>,
     cjk_keys: FxHashSet<String>,
-    markers: Vec<(String, usize, f64, String)>,
-    patterns: Vec<(Vec<Gate>, Regex, usize, f64, String)>,
+    /// Every marker and gate literal, found in one pass over the text.
+    literals: AhoCorasick,
+    literal_count: usize,
+    /// (literal id, category, weight, label)
+    markers: Vec<(usize, usize, f64, String)>,
+    /// (gates as literal ids, Rust pattern, category, weight, label)
+    patterns: Vec<(Vec<LiteralGate>, Regex, usize, f64, String)>,
     word: CharSet,
     wide: CharSet,
     space: CharSet,
@@ -131,7 +140,10 @@ fn tokens<'a>(text: &'a str, word: &CharSet) -> Vec<&'a str> {
 /// The first `n` characters of `s`, `None` when it is shorter.
 fn char_prefix(s: &str, n: usize) -> Option<&str> {
     let b = s.as_bytes();
-    if b.len() >= n && b[..n].is_ascii() {
+    if b.len() < n {
+        return None; // fewer bytes, so fewer characters
+    }
+    if b[..n].is_ascii() {
         return Some(&s[..n]);
     }
     if n == 0 {
@@ -213,18 +225,40 @@ impl Scanner {
         }
         stem_lengths.sort_unstable_by(|a, b| b.cmp(a));
         let cjk_keys = t.cjk.iter().map(|(k, _)| k.clone()).collect();
+        let mut literal_ids: FxHashMap<String, usize> = FxHashMap::default();
+        let mut literal_list: Vec<String> = Vec::new();
+        let mut id = |lit: String| -> usize {
+            *literal_ids.entry(lit.clone()).or_insert_with(|| {
+                literal_list.push(lit);
+                literal_list.len() - 1
+            })
+        };
+        let mut markers = Vec::with_capacity(t.markers.len());
+        for (lit, cat, w, label) in t.markers {
+            markers.push((id(lit), cat, w, label));
+        }
         let mut patterns = Vec::with_capacity(t.patterns.len());
         for (pattern, gates, cat, w, label) in t.patterns {
             let re = Regex::new(&pattern).map_err(|e| format!("pattern {label:?}: {e}"))?;
+            let gates = gates
+                .into_iter()
+                .map(|(lits, any_non_ascii)| {
+                    (lits.into_iter().map(&mut id).collect(), any_non_ascii)
+                })
+                .collect();
             patterns.push((gates, re, cat, w, label));
         }
+        if literal_list.iter().any(String::is_empty) {
+            return Err("empty marker or gate literal".to_string());
+        }
+        let literals = AhoCorasick::new(&literal_list).map_err(|e| format!("markers: {e}"))?;
         let all_cats = words
             .values()
             .chain(stems.values())
             .chain(t.cjk.iter().map(|(_, e)| e))
             .flatten()
             .map(|&(c, _)| c)
-            .chain(t.markers.iter().map(|m| m.1))
+            .chain(markers.iter().map(|m| m.1))
             .chain(patterns.iter().map(|p| p.2));
         if let Some(bad) = all_cats.into_iter().find(|&c| c >= t.categories) {
             return Err(format!("category index {bad} out of range"));
@@ -237,7 +271,9 @@ impl Scanner {
             stem_lengths,
             cjk: t.cjk,
             cjk_keys,
-            markers: t.markers,
+            literals,
+            literal_count: literal_list.len(),
+            markers,
             patterns,
             word: CharSet::new(t.word_chars),
             wide: CharSet::new(t.wide_chars),
@@ -442,16 +478,20 @@ impl Scanner {
                 cues[cat].push((w * weight, format!("{stem}*")));
             }
         }
-        for (marker, cat, w, label) in &self.markers {
-            if text.contains(marker.as_str()) {
+        let mut present = vec![false; self.literal_count];
+        for m in self.literals.find_overlapping_iter(text) {
+            present[m.pattern().as_usize()] = true;
+        }
+        for (lit, cat, w, label) in &self.markers {
+            if present[*lit] {
                 scores[*cat] += w * weight;
                 cues[*cat].push((w * weight, label.clone()));
             }
         }
         let ascii = text.is_ascii();
         for (gates, re, cat, w, label) in &self.patterns {
-            let open = gates.iter().all(|(literals, any_non_ascii)| {
-                (*any_non_ascii && !ascii) || literals.iter().any(|l| text.contains(l.as_str()))
+            let open = gates.iter().all(|(lits, any_non_ascii)| {
+                (*any_non_ascii && !ascii) || lits.iter().any(|&l| present[l])
             });
             if open && re.is_match(text) {
                 scores[*cat] += w * weight;
