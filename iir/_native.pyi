@@ -56,6 +56,25 @@ class RateLimiter:
     def burst(self) -> int: ...
     def __len__(self) -> int: ...
 
+@final
+class CueScanner:
+    """The routing classifier's cue tables, compiled once (see ``iir.routing.classifier``)."""
+
+    def __init__(
+        self,
+        categories: int,
+        words: list[tuple[str, list[tuple[int, float]]]],
+        stems: list[tuple[str, list[tuple[int, float]]]],
+        cjk: list[tuple[str, list[tuple[int, float]]]],
+        markers: list[tuple[str, int, float, str]],
+        patterns: list[tuple[str, list[tuple[list[str], bool]], int, float, str]],
+        chars: tuple[list[tuple[int, int]], list[tuple[int, int]], list[tuple[int, int]], str],
+        weights: tuple[float, float, float, float, float],
+    ) -> None: ...
+    def scan_prompt(
+        self, head: str, tail: str, system: str, top: int = 3
+    ) -> tuple[list[float], list[list[tuple[float, str]]]]: ...
+
 def rule_patterns() -> list[tuple[str, str]]: ...
 def count_text(text: str, encoding: str = "o200k_base") -> int: ...
 def count_texts(texts: list[str], encoding: str = "o200k_base") -> int: ...

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -12,14 +13,32 @@ from hypothesis import strategies as st
 from iir.config import ConfigError, load_settings
 from iir.errors import ApiError
 from iir.protocol import parse_chat_request
-from iir.routing.classifier import CATEGORIES, classify
+from iir.routing.classifier import (
+    _PHRASE_KEYS,
+    _TOKEN,
+    CATEGORIES,
+    _phrases,
+    _tokens,
+    classify,
+    classify_reference,
+    native_scan,
+)
 from iir.routing.features import extract
 from iir.routing.language import detect
 from iir.routing.policy import DEFAULT_FILE, PolicyError, load_policy, parse_policy
 from iir.routing.router import Router, check_strategy
 
 from .harness import IIR
-from .routing_eval import IMAGE, TOOL, evaluate, evaluate_holdout, make_router
+from .routing_eval import (
+    HOLDOUT,
+    IMAGE,
+    TOOL,
+    chat_body,
+    evaluate,
+    evaluate_holdout,
+    load_cases,
+    make_router,
+)
 
 # The levels this classifier reached on tests/data/routing_cases.jsonl (98.1% of categories,
 # 99.4% of decisions); the floors leave room for a case or two, not for a regression.
@@ -67,6 +86,141 @@ def test_classifier_takes_any_text(text: str) -> None:
     assert category.name in CATEGORIES
     assert 0 <= category.confidence <= 1
     assert category.cues
+
+
+@given(
+    st.text(alphabet=st.sampled_from(list("ab_Z09'+#- .,:;()\n\t!?\"/\x1c\x00é")), max_size=200)
+    | st.text(max_size=200)
+)
+@settings(max_examples=500, deadline=None)
+def test_fast_word_split_matches_the_token_pattern(text: str) -> None:
+    # The classifier splits ASCII text without the regular expression; it must find the same words.
+    tokens = _TOKEN.findall(text)
+    assert _tokens(text) == tokens
+    # Phrase cues are found without joining every pair of neighbouring words.
+    pairs = {f"{a} {b}" for a, b in pairwise(tokens)}
+    assert _phrases(tokens, set(tokens)) == pairs & _PHRASE_KEYS
+
+
+@given(st.lists(st.sampled_from(["how", "are", "you", "step", "by", "to", "english", "x"])))
+def test_phrase_cues_are_neighbouring_words(tokens: list[str]) -> None:
+    pairs = {f"{a} {b}" for a, b in pairwise(tokens)}
+    assert _phrases(tokens, set(tokens)) == pairs & _PHRASE_KEYS
+
+
+def test_phrase_after_an_elision_is_no_error() -> None:
+    # "how" is a word of the text only as the end of "l'how", not a token of its own.
+    assert _phrases(["l'how", "are"], {"l'how", "how", "are"}) == set()
+    assert classify(extract(chat("l'how are you doing"))).name in CATEGORIES  # type: ignore[arg-type]
+
+
+def _same(text: str, system: str | None = None) -> None:
+    messages = [{"role": "user", "content": text}]
+    if system is not None:
+        messages.insert(0, {"role": "system", "content": system})
+    f = extract(parse_chat_request({"model": "auto", "messages": messages}))
+    assert classify(f) == classify_reference(f), (text, system)
+
+
+def test_the_rust_cue_scan_is_built() -> None:
+    assert native_scan() is not None
+
+
+def test_text_that_is_not_utf8_goes_through_the_python_scan() -> None:
+    f = extract(chat("summarize this \ud800 text: python code"))  # type: ignore[arg-type]
+    assert classify(f) == classify_reference(f)
+    assert classify(f).name == "summarization"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"words": [("x", [(99, 1.0)])]}, "category index 99 out of range"),
+        ({"stems": [("ab", [(0, 1.0)])]}, "too short"),
+        ({"patterns": [("(", [], 0, 1.0, "broken")]}, 'pattern "broken"'),
+    ],
+)
+def test_bad_cue_tables_are_refused(change: dict[str, object], message: str) -> None:
+    from iir import _native
+
+    args: dict[str, object] = {
+        "categories": 9,
+        "words": [],
+        "stems": [],
+        "cjk": [],
+        "markers": [],
+        "patterns": [],
+        "chars": ([], [], [], ""),
+        "weights": (1.0, 0.5, 9.0, 1.5, 1.0),
+    }
+    with pytest.raises(ValueError, match=message):
+        _native.CueScanner(**(args | change))  # type: ignore[arg-type]
+
+
+# Texts made of cue words, markers and the characters the patterns look at, so that random texts
+# reach every kind of cue, position bonus and cap.
+_CUE_BITS = [
+    "summarize",
+    "translate",
+    "into english",
+    "python",
+    "refactoring",
+    "compare",
+    "how are",
+    "step by step",
+    "poem",
+    "l'area",
+    "qu'est-ce",
+    "c++",
+    "```",
+    "def f(x):",
+    "import os",
+    "select a from b",
+    '{"k":',
+    "3 * 4",
+    "5%",
+    "d/dx",
+    "tl;dr",
+    "诗",
+    "翻译",
+    "python代码",
+    "json",
+    ": ",
+    ". ",
+    ".\x1c",
+    ".\u3000",
+    "。",
+    "\uff1a",
+    "\n",
+    "? ",
+    " ",
+    "x",
+    "²",
+    "٣",
+    "\x1c",
+    "\u3000",
+    "é",
+]
+
+
+@given(
+    st.lists(st.sampled_from(_CUE_BITS), max_size=80).map("".join)
+    | st.text(max_size=800)
+    | st.text(alphabet=st.sampled_from(list("ab 1+*=%(\"{}:.\n'é٣²诗\x1c")), max_size=300),
+    st.none() | st.lists(st.sampled_from(_CUE_BITS), max_size=20).map("".join) | st.text(),
+)
+@settings(max_examples=600, deadline=None)
+def test_rust_and_python_cue_scans_agree(text: str, system: str | None) -> None:
+    # The Python scan is the reference: category, confidence and cues must be identical.
+    _same(text or " ", system)
+
+
+def test_rust_and_python_cue_scans_agree_on_the_evaluation_sets() -> None:
+    cases = load_cases() + load_cases(HOLDOUT)
+    assert len(cases) >= 350
+    for case in cases:
+        f = extract(parse_chat_request(chat_body(case)))
+        assert classify(f) == classify_reference(f), case["prompt"][:80]
 
 
 def test_classifier_explains_itself() -> None:

@@ -28,11 +28,16 @@ class Features:
     needs_vision: bool
     needs_structured: bool  # response_format json_object / json_schema
     turns: int  # messages in the conversation
-    language: str  # ISO 639-1 code, or "und" when unknown
     head: str  # start of the last user message, lower-cased
     tail: str  # end of the last user message (empty when the message is short), lower-cased
     system: str  # start of the system/developer prompt, lower-cased
     chars: int  # length of the last user message
+
+    @property
+    def language(self) -> str:
+        """ISO 639-1 code, or "und" when unknown. Reported, never routed on: found when asked
+        for, not on every decision."""
+        return detect(self.head)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -101,7 +106,6 @@ def extract(chat: ChatRequest) -> Features:
         needs_vision=_needs_vision(chat),
         needs_structured=_needs_structured(chat),
         turns=len(chat.messages),
-        language=detect(head),
         head=head,
         tail=tail,
         system=system.lower(),

@@ -18,7 +18,7 @@ from ..errors import ApiError
 from ..protocol import ChatRequest
 from ..registry import ModelRegistry
 from ..tokens import count_text
-from .classifier import Category, ClassifierError, classify
+from .classifier import Category, ClassifierError, classify, native_scan
 from .features import Features, extract
 from .policy import LOCAL_WILDCARD, STRATEGIES, ModelPolicy, Policy
 
@@ -135,6 +135,7 @@ class Router:
         # The token counter checks its tables on first use (~0.2 s): pay that at start-up, not
         # in the first routed request.
         count_text("warm-up")
+        native_scan()  # the classifier's Rust tables, built once per process (~0.2 s)
 
     # --- candidates ---------------------------------------------------------------------------
 
@@ -144,7 +145,11 @@ class Router:
         every request would cost more than the rest of the decision."""
         now = time.monotonic()
         if self._avail is None or now - self._avail[0] > AVAILABILITY_TTL:
-            self._avail = (now, list(self._scan()))
+            # The first of each name only: decided here, once, instead of in every request.
+            found: dict[str, tuple[ModelPolicy, str, Backend, str, int | None]] = {}
+            for a in self._scan():
+                found.setdefault(a[1], a)
+            self._avail = (now, list(found.values()))
         return self._avail[1]
 
     def _scan(self) -> Iterator[tuple[ModelPolicy, str, Backend, str, int | None]]:
@@ -170,16 +175,12 @@ class Router:
     ) -> tuple[list[Option], list[tuple[str, str]], int]:
         options: list[Option] = []
         excluded: list[tuple[str, str]] = []
-        seen: set[str] = set()
         out_tokens = f.output_tokens or self.policy.default_output_tokens
         needed = f.prompt_tokens + out_tokens
-        available = 0
-        for mp, name, backend, target, ctx in self._available():
-            if name in seen:
-                continue
-            seen.add(name)
-            available += 1
+        found = self._available()
+        for mp, name, backend, target, ctx in found:
             context = ctx or mp.context_length
+            tier = mp.quality[category]
             why = None
             if needed > context:
                 why = f"context {context} < {needed} tokens needed"
@@ -189,7 +190,7 @@ class Router:
                 why = "no image input"
             elif f.needs_structured and not mp.structured_output:
                 why = "no structured output"
-            elif mp.tier(category) == 0:
+            elif tier == 0:
                 why = f"policy: never for {category}"
             load = backend.load(target)
             if why is None and load.circuit == "open":
@@ -201,21 +202,19 @@ class Router:
                 Option(
                     name=name,
                     local=mp.local,
-                    tier=mp.tier(category),
+                    tier=tier,
                     cost=mp.cost(f.prompt_tokens, out_tokens),
                     load=load,
                     context_length=context,
                 )
             )
-        return options, excluded, available
+        return options, excluded, len(found)
 
     # --- strategies ---------------------------------------------------------------------------
 
     def _order(
         self, strategy: str, category: str, options: list[Option]
     ) -> tuple[list[Option], str]:
-        local = sorted((o for o in options if o.local), key=Option.quality_key)
-        remote = sorted((o for o in options if not o.local), key=Option.quality_key)
         if strategy == "quality":
             ordered = sorted(options, key=Option.quality_key)
             return (
@@ -227,6 +226,8 @@ class Router:
             if not ordered:
                 return ordered, ""
             return ordered, f"cheapest model able to serve it (~${ordered[0].cost:.6f})"
+        local = sorted((o for o in options if o.local), key=Option.quality_key)
+        remote = sorted((o for o in options if not o.local), key=Option.quality_key)
         if strategy == "local-only":
             return local, f"local only; best local tier for {category}" if local else ""
         if strategy == "remote-only":
