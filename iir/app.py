@@ -26,7 +26,7 @@ from .chat import ChatService
 from .config import Settings, load_settings
 from .errors import ApiError
 from .hardware import register_gpu_metrics
-from .http import JSON, Request, Response, StreamResponse, json_response
+from .http import JSON, DisconnectWatch, Request, Response, StreamResponse, json_response
 from .ids import random_hex
 from .infer import INFER_SCHEMAS, InferService
 from .jobs import JOB_SCHEMAS, JobPool, JobStore, StoreError, db_path
@@ -260,27 +260,22 @@ class App:
             resp.status, [("content-type", resp.content_type), *base, *resp.headers]
         )
 
-        async def pump() -> None:
-            async for chunk in resp.chunks:
-                await transport.send_bytes(chunk)
-
-        producer = asyncio.ensure_future(pump())
-        gone = asyncio.ensure_future(proto.client_disconnect())
+        left = False
         try:
-            await asyncio.wait({producer, gone}, return_when=asyncio.FIRST_COMPLETED)
+            with DisconnectWatch(proto) as watch:
+                try:
+                    async for chunk in resp.chunks:
+                        await transport.send_bytes(chunk)
+                except ProtocolClosed:
+                    left = True
+                except Exception:
+                    applog.exception("stream failed while sending", extra={"route": req.route})
         finally:
-            left = not producer.done()
-            for task in (producer, gone):
-                task.cancel()
-            with suppress(asyncio.CancelledError, ProtocolClosed):
-                await producer
-            with suppress(asyncio.CancelledError):
-                await gone
             aclose = getattr(resp.chunks, "aclose", None)
             if aclose is not None:
                 with suppress(Exception):
-                    await aclose()
-        if left or (producer.exception() if not producer.cancelled() else None):
+                    await aclose()  # a producer stopped early releases what it holds now
+        if left or watch.gone:
             metrics.STREAM_DISCONNECTS.inc()
             applog.info(
                 "client disconnected; generation cancelled",

@@ -6,16 +6,26 @@ Cross-cutting steps that wrap every route (rate limits, auth, metrics, logs) liv
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import aclosing
 from typing import Any, TypeVar
 
+import orjson
+
 from . import metrics, overhead, tokens
 from .backends.base import Backend, Completion, Delta, StreamEvent, Usage
 from .errors import ApiError, client_closed
-from .http import SSE_DONE, SSE_HEADERS, Request, Response, StreamResponse, json_response, sse_frame
+from .http import (
+    SSE_DONE,
+    SSE_HEADERS,
+    DisconnectWatch,
+    Request,
+    Response,
+    StreamResponse,
+    json_response,
+    sse_frame,
+)
 from .limits import Limits
 from .protocol import ChatRequest, completion_id, now, parse_chat_request, usage_dict
 from .registry import ModelRegistry
@@ -111,52 +121,13 @@ def falls_back(err: ApiError) -> bool:
     return err.status >= 500 or err.status in _FALLBACK_STATUSES
 
 
-# Answers faster than this never start the disconnect watch: it would cost more than it saves.
-_WATCH_AFTER = 0.005
-
-
-class _DisconnectWatch:
-    """Cancels a request's task once its client is gone. Started by a timer, so a fast answer
-    costs one timer and no extra task; a slow one (a model generating) is watched."""
-
-    __slots__ = ("gone", "req", "task", "watcher")
-
-    def __init__(self, req: Request, task: asyncio.Task[Any]) -> None:
-        self.req = req
-        self.task = task
-        self.watcher: asyncio.Future[None] | None = None
-        self.gone = False
-
-    def start(self) -> None:
-        self.watcher = asyncio.ensure_future(self._watch())
-
-    async def _watch(self) -> None:
-        await self.req.proto.client_disconnect()
-        self.gone = True
-        self.task.cancel()
-
-    def stop(self) -> None:
-        if self.watcher is not None:
-            self.watcher.cancel()
-
-
 async def _while_connected(req: Request, work: Awaitable[T]) -> T:
-    """Runs ``work`` but cancels it as soon as the client goes away: a provider still generating
-    an answer nobody will read costs tokens (streams are watched the same way by the app)."""
-    task = asyncio.current_task()
-    assert task is not None
-    watch = _DisconnectWatch(req, task)
-    timer = asyncio.get_running_loop().call_later(_WATCH_AFTER, watch.start)
-    try:
+    """Runs ``work`` but cancels it as soon as the client goes away (streams are watched the
+    same way by the app while they are sent)."""
+    with DisconnectWatch(req.proto):
         return await work
-    except asyncio.CancelledError:
-        if not watch.gone or task.uncancel() > 0:
-            raise  # cancelled by something else (shutdown): not ours to turn into an answer
-        log.info("client disconnected; request cancelled", extra={"event": "disconnect"})
-        raise client_closed() from None
-    finally:
-        timer.cancel()
-        watch.stop()
+    log.info("client disconnected; request cancelled", extra={"event": "disconnect"})
+    raise client_closed()
 
 
 class ChatService:
@@ -388,6 +359,12 @@ class ChatService:
     ) -> AsyncIterator[bytes]:
         cid, created = completion_id(), now()
         clean = _StreamCleaner(self.scrubber)
+        # Every content frame shares its head: serialized once, up to `"choices":`.
+        head = b"data: " + orjson.dumps(chunk_body(cid, created, model, []))[: -len(b"[]}")]
+
+        def frame(delta: Delta) -> bytes:
+            return head + orjson.dumps((delta_choice(delta),)) + b"}\n\n"
+
         yield sse_frame(
             chunk_body(
                 cid,
@@ -414,20 +391,20 @@ class ChatService:
                     else:
                         delta = clean(event)
                         if delta is not None:
-                            yield sse_frame(chunk_body(cid, created, model, [delta_choice(delta)]))
+                            yield frame(delta)
                     event = await anext(events, None)
             except ApiError as err:
                 err.message = self.scrubber.scrub_text(err.message)[0]
                 log.warning("stream failed", extra={"error": err.message, "backend": backend.name})
                 for delta in clean.leftovers():
-                    yield sse_frame(chunk_body(cid, created, model, [delta_choice(delta)]))
+                    yield frame(delta)
                 yield error_frame(err)
                 yield SSE_DONE
                 return
             except Exception:
                 log.exception("stream failed", extra={"backend": backend.name})
                 for delta in clean.leftovers():
-                    yield sse_frame(chunk_body(cid, created, model, [delta_choice(delta)]))
+                    yield frame(delta)
                 yield error_frame(ApiError(502, f"{backend.name} backend error during the stream"))
                 yield SSE_DONE
                 return
@@ -435,7 +412,7 @@ class ChatService:
                 if clean.counts:
                     metrics.count_redactions("response", clean.counts)
         for delta in clean.leftovers():
-            yield sse_frame(chunk_body(cid, created, model, [delta_choice(delta)]))
+            yield frame(delta)
         if usage is None:
             usage = self._estimate_usage(chat, model, clean.texts())
         if settle is not None:

@@ -5,8 +5,10 @@ IIR uses no web framework (see DESIGN.md): these few types are all a handler nee
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from types import TracebackType
 from typing import Any
 
 import orjson
@@ -132,3 +134,49 @@ def _too_large(limit: int) -> ApiError:
     return ApiError(
         413, f"Request body exceeds the limit of {limit} bytes", code="payload_too_large"
     )
+
+
+class DisconnectWatch:
+    """Cancels the current task once the client is gone: a model still generating an answer
+    nobody will read costs GPU time or a provider's tokens.
+
+    ``with DisconnectWatch(proto) as watch:`` around the work; if the client left, the block's
+    cancellation is swallowed and ``watch.gone`` is true. The watch starts only after
+    ``AFTER`` seconds, from a timer: a fast answer costs one timer and no task.
+    """
+
+    AFTER = 0.005
+
+    __slots__ = ("gone", "proto", "task", "timer", "watcher")
+
+    def __init__(self, proto: Any) -> None:
+        self.proto = proto
+        self.gone = False
+        self.watcher: asyncio.Future[None] | None = None
+
+    def __enter__(self) -> DisconnectWatch:
+        task = asyncio.current_task()
+        assert task is not None
+        self.task = task
+        self.timer = asyncio.get_running_loop().call_later(self.AFTER, self._start)
+        return self
+
+    def _start(self) -> None:
+        self.watcher = asyncio.ensure_future(self._watch())
+
+    async def _watch(self) -> None:
+        await self.proto.client_disconnect()
+        self.gone = True
+        self.task.cancel()
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        self.timer.cancel()
+        if self.watcher is not None:
+            self.watcher.cancel()
+        # Swallow only our own cancellation; one from elsewhere (shutdown) goes on.
+        return kind is asyncio.CancelledError and self.gone and self.task.uncancel() == 0
