@@ -193,23 +193,7 @@ impl PyScrubber {
     }
 
     fn is_secret_key(&self, key: &str) -> bool {
-        // Every secret word ends with one of these: most keys are ruled out without the regex
-        // (non-ASCII keys go to the regex, whose case folding knows e.g. the Kelvin sign).
-        const ENDINGS: [&[u8]; 6] = [
-            b"password",
-            b"passwd",
-            b"passphrase",
-            b"secret",
-            b"key",
-            b"token",
-        ];
-        let k = key.as_bytes();
-        key.len() <= 64
-            && (!key.is_ascii()
-                || ENDINGS
-                    .iter()
-                    .any(|e| k.len() >= e.len() && k[k.len() - e.len()..].eq_ignore_ascii_case(e)))
-            && self.key_regex.is_match(key)
+        key.len() <= 64 && rules::may_be_secret_key(key) && self.key_regex.is_match(key)
     }
 
     fn rule_index(&self, name: &str) -> usize {

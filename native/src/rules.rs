@@ -101,6 +101,21 @@ pub fn secret_key_pattern() -> String {
     format!(r"^(?i:[a-z0-9_.-]{{0,40}}){SECRET_WORD}$")
 }
 
+/// What every word of `SECRET_WORD` ends with; kept in step with it by a test.
+const SECRET_WORD_ENDINGS: [&str; 6] =
+    ["password", "passwd", "passphrase", "secret", "key", "token"];
+
+/// Whether `key` can match `secret_key_pattern` at all: an ASCII key must end with a secret
+/// word's ending, which rules most keys out without the regex. Non-ASCII keys always go to the
+/// regex, whose case folding knows more than ASCII (e.g. the Kelvin sign for `k`).
+pub fn may_be_secret_key(key: &str) -> bool {
+    let k = key.as_bytes();
+    !key.is_ascii()
+        || SECRET_WORD_ENDINGS.iter().any(|e| {
+            k.len() >= e.len() && k[k.len() - e.len()..].eq_ignore_ascii_case(e.as_bytes())
+        })
+}
+
 /// The built-in rules, in priority order.
 pub fn builtin() -> Vec<Rule> {
     let tok = |name, p: &str| rule(name, format!("{B}{p}"), true);
@@ -182,4 +197,37 @@ pub fn builtin() -> Vec<Rule> {
             false,
         ),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_secret_key_passes_the_ending_filter() {
+        let key = regex_automata::meta::Regex::new(&secret_key_pattern()).unwrap();
+        let word = regex_automata::meta::Regex::new(&format!("^{SECRET_WORD}$")).unwrap();
+        // The spelled-out secret words are among the triggers (the assignment rule needs them).
+        let words: Vec<&str> = TRIGGERS
+            .iter()
+            .copied()
+            .filter(|t| word.is_match(t))
+            .collect();
+        assert!(words.contains(&"password") && words.contains(&"api_key") && words.len() >= 10);
+        for w in &words {
+            for prefix in ["", "db_", "X.", "my-", "OPENAI_", "a1"] {
+                for k in [
+                    format!("{prefix}{w}"),
+                    format!("{prefix}{}", w.to_uppercase()),
+                    format!("{prefix}{w}s"),
+                    format!("{prefix}{w}_id"),
+                ] {
+                    if key.is_match(&k) {
+                        assert!(may_be_secret_key(&k), "{k} matches but is filtered out");
+                    }
+                }
+                assert!(key.is_match(&format!("{prefix}{w}")));
+            }
+        }
+    }
 }
