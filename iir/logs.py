@@ -99,8 +99,10 @@ class JsonFormatter(logging.Formatter):
         return text
 
 
-_LEVELS = {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "warning"}
-_LEVELS.update({logging.ERROR: "error", logging.CRITICAL: "critical"})
+_LEVELS = {
+    level: logging.getLevelName(level).lower()
+    for level in (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR, logging.CRITICAL)
+}
 
 _access = logging.getLogger("iir.access")
 
@@ -181,13 +183,8 @@ class BatchedStreamHandler(logging.Handler):
             self.flush()
 
     def flush(self) -> None:
-        with self._write_lock:
-            lines = []
-            try:
-                while True:
-                    lines.append(self._lines.popleft())
-            except IndexError:
-                pass
+        with self._write_lock:  # the only place lines leave the queue: it holds at least len()
+            lines = [self._lines.popleft() for _ in range(len(self._lines))]
             if lines:
                 with suppress(OSError, ValueError):  # a closed or broken stderr loses lines only
                     self.stream.write("\n".join(lines) + "\n")
