@@ -15,7 +15,7 @@ import signal
 import stat
 import sys
 
-from iir.logforward import (
+from iir.ops.logforward import (
     UdpSender,
     follow,
     forward,

@@ -1,8 +1,8 @@
 """What the Rust hot path costs one 1 KB chat request, measured two ways in one run.
 
 1. In process: exactly the calls the server makes per request (scrub the request, count the
-   prompt's tokens, the per-IP, per-key and token-budget checks through ``iir.limits``, settle
-   the budget, scrub the answer) against the 50 µs goal.
+   prompt's tokens, the per-IP, per-key and token-budget checks through
+   ``iir.policy.limits``, settle the budget, scrub the answer) against the 50 µs goal.
 2. End to end over loopback: IIR with every limit and the prompt-token cap enabled against IIR
    with them disabled (scrubbing is always on), in the same run.
 """
@@ -14,12 +14,14 @@ from collections.abc import Iterator
 import orjson
 import pytest
 
-from iir import tokens
-from iir.backends.base import Choice, Completion, Usage
-from iir.chat import completion_body
-from iir.config import Settings
-from iir.limits import Limits
-from iir.scrub import Scrubber
+from iir.backends.echo import EchoBackend
+from iir.backends.registry import ModelRegistry
+from iir.core.settings import Settings
+from iir.core.types import Choice, Completion, Usage
+from iir.policy import tokens
+from iir.policy.limits import Limits
+from iir.policy.scrub import Scrubber
+from iir.service.pipeline import Pipeline
 from tests.harness import Server
 
 from .conftest import record
@@ -44,18 +46,16 @@ def test_hotpath_steps_for_a_1kb_request(benchmark) -> None:
         )
     )
     tokens.warm_up()
-    answer = completion_body(
-        "chatcmpl-x", 0, "gpt-4o", Completion([Choice(0, TEXT_1KB[:400], "stop")], Usage(300, 100))
-    )
+    pipeline = Pipeline(ModelRegistry([EchoBackend()]), scrubber, limits=limits)
 
     def per_request() -> None:
         body, _ = scrubber.scrub(BODY)
         prompt = tokens.count_chat(body["messages"], "gpt-4o")
         limits.check_ip(limits.client("192.0.2.10", None))
         limits.check_key("key-id")
-        limits.reserve_tokens("key-id", prompt + 256)
-        limits.reconcile_tokens("key-id", prompt + 256, prompt + 100)
-        scrubber.scrub(answer)
+        limits.reserve_tokens("key-id", prompt + 256).settle(prompt + 100)
+        answer = Completion([Choice(0, TEXT_1KB[:400], "stop")], Usage(300, 100))
+        pipeline._scrub_completion(answer)
 
     benchmark.pedantic(per_request, rounds=3000, iterations=1, warmup_rounds=100)
     data = benchmark.stats.stats.sorted_data

@@ -17,9 +17,9 @@ from limits.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter
 
 from bench.corpus import chat_text
 from bench.py_scrubber import PyScrubber
-from iir.ratelimit import RateLimiter
-from iir.scrub import Scrubber
-from iir.tokens import count_text
+from iir.policy.ratelimit import RateLimiter
+from iir.policy.scrub import Scrubber
+from iir.policy.tokens import count_text
 from tests.harness import REPO
 from tests.tiktoken_offline import reference
 

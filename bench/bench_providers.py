@@ -110,7 +110,7 @@ def test_provider_path(
         model = "bench-model"
     else:
         url = iir.url + "/v1/chat/completions"
-        headers = {**iir.auth, "content-type": "application/json"}
+        headers = {**iir.policy.auth, "content-type": "application/json"}
         # echo: IIR's own floor (HTTP, auth, validation, logging) with no upstream at all
         model = "openai/bench-model" if target == "iir" else "iir/echo"
     body = orjson.dumps({"model": model, "messages": [{"role": "user", "content": "Hello there"}]})

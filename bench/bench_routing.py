@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from iir import _native
-from iir.protocol import parse_chat_request
+from iir.core.protocol import parse_chat_request
 from tests.routing_eval import make_router
 
 from .conftest import record

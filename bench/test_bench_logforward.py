@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from iir.logforward import UdpLogHandler
+from iir.ops.logforward import UdpLogHandler
 
 LINE = '{"level": "info", "route": "/v1/chat/completions", "status": 200, "duration_ms": 1.2}'
 

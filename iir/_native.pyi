@@ -58,7 +58,7 @@ class RateLimiter:
 
 @final
 class CueScanner:
-    """The routing classifier's cue tables, compiled once (see ``iir.routing.classifier``)."""
+    """The routing classifier's cue tables, compiled once (see ``iir.policy.routing.classifier``)."""
 
     def __init__(
         self,

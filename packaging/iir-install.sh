@@ -74,7 +74,7 @@ if [ -e "$ENV_FILE" ]; then
     esac
 else
     say "creating $ENV_FILE with a new API key"
-    key="$("$VENV/bin/python" -m iir.keygen --prefix iir)" || fail "key generation failed"
+    key="$("$VENV/bin/python" -m iir.cli.keygen --prefix iir)" || fail "key generation failed"
     tmp="$ETC/.iir.env.new"
     (
         umask 077

@@ -13,14 +13,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from iir.backends.base import Backend, Completion, Load, ModelCard, StreamEvent
+from iir.backends.base import Backend
 from iir.backends.echo import EchoBackend
-from iir.errors import ApiError
-from iir.protocol import ChatRequest, parse_chat_request
-from iir.registry import ModelRegistry
-from iir.routing.classifier import CATEGORIES
-from iir.routing.policy import STRATEGIES, load_policy
-from iir.routing.router import Router
+from iir.backends.registry import ModelRegistry
+from iir.core.errors import ApiError
+from iir.core.protocol import ChatRequest, parse_chat_request
+from iir.core.types import Completion, Load, ModelCard, StreamEvent
+from iir.policy.routing.classifier import CATEGORIES
+from iir.policy.routing.router import Router
+from iir.policy.routing.rules import STRATEGIES, load_policy
 
 DATA = Path(__file__).parent / "data"
 CASES = DATA / "routing_cases.jsonl"

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from iir.hardware import GpuCollector, Nvml, read_hardware
+from iir.ops.hardware import GpuCollector, Nvml, read_hardware
 
 from .harness import Server
 

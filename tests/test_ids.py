@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 
-from iir.ids import random_hex
+from iir.core.ids import random_hex
 
 
 def test_shape_and_uniqueness() -> None:

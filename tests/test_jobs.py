@@ -27,10 +27,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from iir.api.jobs.serving import Jobs
 from iir.backends.echo import EchoBackend
-from iir.chat import ChatService
-from iir.jobs import (
-    JobPool,
+from iir.backends.registry import ModelRegistry
+from iir.policy.scrub import Scrubber
+from iir.service.jobs import JobPool
+from iir.service.pipeline import Pipeline
+from iir.store.jobs import (
     JobStore,
     cancel_job_offline,
     claim_job,
@@ -41,9 +44,6 @@ from iir.jobs import (
     purge_jobs,
     show_job,
 )
-from iir.protocol import parse_chat_request
-from iir.registry import ModelRegistry
-from iir.scrub import Scrubber
 
 from . import harness
 from .harness import IIR, Server, free_port
@@ -125,23 +125,35 @@ def test_submit_poll_succeed(srv: Server) -> None:
         # Polling again gives the same stored result.
         assert poll(c, job_id, srv.key).json() == body
     assert metric(srv, 'iir_jobs{status="succeeded"}') >= 1
-    assert metric(srv, "iir_job_queue_depth") >= 0
     assert metric(srv, 'iir_job_duration_seconds_count{status="succeeded"}') >= 1
 
 
-def test_run_time_failure_is_stored_with_the_usual_error_shape(srv: Server) -> None:
+def test_unknown_model_is_refused_at_submission(srv: Server) -> None:
     with srv.client() as c:
-        job_id = submit(c, {**chat(), "model": "nope/missing"}, srv.key)
-        r = wait_status(c, job_id, srv.key, ("succeeded", "failed"))
+        r = c.post(ASYNC, json={**chat(), "model": "nope/missing"}, headers=srv.auth)
+        assert r.status_code == 404, r.text
+        assert r.json()["error"]["code"] == "model_not_found"
+        assert "nope/missing" in r.json()["error"]["message"]
+
+
+def test_run_time_failure_is_stored_with_the_usual_error_shape() -> None:
+    # A configured provider that is down when the job runs: accepted, then failed with a 502.
+    env = {
+        "OPENAI_API_KEY": "sk-test-" + "x" * 40,
+        "IIR_OPENAI_BASE_URL": f"http://127.0.0.1:{free_port()}/v1",
+        "IIR_ALLOW_INSECURE_UPSTREAM": "true",
+        "IIR_UPSTREAM_RETRIES": "0",
+    }
+    with Server(env=env) as s, s.client() as c:
+        job_id = submit(c, {**chat(), "model": "openai/gpt-4o-mini"}, s.key)
+        r = wait_status(c, job_id, s.key, ("succeeded", "failed"))
         body = r.json()
         assert r.headers["x-iir-job-status"] == "failed"
         assert set(body) == {"job_id", "status", "error"}
         assert body["job_id"] == job_id and body["status"] == "failed"
         validate(body["error"], "Error")
-        validate_ours(srv, body, "JobStatus")
-        validate_ours(srv, body, "JobResult")
-        assert body["error"]["code"] == "model_not_found"
-        assert "nope/missing" in body["error"]["message"]
+        validate_ours(s, body, "JobStatus")
+        assert body["error"]["type"] == "upstream_error", body
 
 
 @pytest.mark.parametrize(
@@ -504,14 +516,13 @@ def test_everything_stored_passes_the_scrubber(tmp_path: Path) -> None:
 
     async def scenario() -> tuple[Any, Any]:
         store = JobStore(tmp_path / "iir.db", ttl=3600)
-        chat_service = ChatService(ModelRegistry([EchoBackend()]), scrubber=Scrubber())
-        pool = JobPool(store, chat_service, scrub=scrub)
+        jobs = Jobs(Pipeline(ModelRegistry([EchoBackend()]), Scrubber()))
+        pool = JobPool(store, jobs.run, scrub=scrub, on_end=jobs.ended)
+        jobs.bind(pool)
         await pool.start()
         try:
-            ok = await pool.submit("owner", "chat", parse_chat_request(chat(f"key {secret}")))
-            bad = await pool.submit(
-                "owner", "chat", parse_chat_request({**chat(secret), "model": secret})
-            )
+            ok = await pool.submit("owner", "chat", chat(f"key {secret}"))
+            bad = await pool.submit("owner", "chat", {**chat(secret), "model": secret})
             done = []
             for job_id in (ok, bad):
                 job = await pool.wait("owner", job_id, 30)

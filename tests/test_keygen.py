@@ -1,4 +1,4 @@
-"""generate_api_key.py and iir.keygen: key shape, options and bad input, through a real process."""
+"""generate_api_key.py and iir.cli.keygen: key shape, options and bad input, through a real process."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from iir import keygen
+from iir.cli import keygen
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "generate_api_key.py"

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from iir import logforward
-from iir.logforward import UdpLogHandler, UdpSender, parse_sink, truncate_line
+from iir.ops import logforward
+from iir.ops.logforward import UdpLogHandler, UdpSender, parse_sink, truncate_line
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "forward_logs_udp.py"

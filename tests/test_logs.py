@@ -7,7 +7,7 @@ import logging
 import threading
 import time
 
-from iir.logs import BatchedStreamHandler
+from iir.ops.logs import BatchedStreamHandler
 
 
 def _logger(handler: logging.Handler, name: str) -> logging.Logger:

@@ -173,7 +173,7 @@ def test_install_into_temporary_root(installed: Path) -> None:
         [
             str(venv / "bin/python"),
             "-c",
-            "import iir, iir._native, iir.keygen, granian; print(iir.__file__)",
+            "import iir, iir._native, iir.cli.keygen, granian; print(iir.__file__)",
         ],
         capture_output=True,
         text=True,

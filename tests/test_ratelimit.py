@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from iir.ratelimit import Decision, RateLimiter, client_ip, ip_key, parse_trusted_proxies
+from iir.policy.ratelimit import Decision, RateLimiter, client_ip, ip_key, parse_trusted_proxies
 
 
 class FakeClock:

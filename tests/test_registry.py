@@ -13,11 +13,12 @@ import jsonschema
 import orjson
 import pytest
 
-from iir.backends.base import Backend, BackendStatus, Completion, ModelCard, ProviderStatus
+from iir.backends.base import Backend
 from iir.backends.echo import EchoBackend
-from iir.modeldir import scan
-from iir.protocol import ChatRequest
-from iir.registry import ModelRegistry
+from iir.backends.local.modeldir import scan
+from iir.backends.registry import ModelRegistry
+from iir.core.protocol import ChatRequest
+from iir.core.types import BackendStatus, Completion, ModelCard, ProviderStatus
 
 from .harness import REPO, Server
 from .test_vllm_backend import FACTORY, wait_ready
@@ -327,8 +328,8 @@ def test_concurrent_http_refreshes_share_one_run(tmp_path: Path) -> None:
 def test_refresh_leaves_a_failing_folder_model_to_its_retry(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from iir.backends.vllm import VllmBackend
-    from iir.config import load_settings
+    from iir.backends.local.vllm import VllmBackend
+    from iir.core.settings import load_settings
 
     from . import fake_vllm
     from .test_vllm_backend import until

@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from iir.config import ConfigError, load_settings
-from iir.errors import ApiError
-from iir.protocol import parse_chat_request
-from iir.routing.classifier import (
+from iir.core.errors import ApiError
+from iir.core.protocol import parse_chat_request
+from iir.core.settings import ConfigError, load_settings
+from iir.policy.routing.classifier import (
     _PHRASE_KEYS,
     _TOKEN,
     CATEGORIES,
@@ -23,10 +23,10 @@ from iir.routing.classifier import (
     classify_reference,
     native_scan,
 )
-from iir.routing.features import extract
-from iir.routing.language import detect
-from iir.routing.policy import DEFAULT_FILE, PolicyError, load_policy, parse_policy
-from iir.routing.router import Router, check_strategy
+from iir.policy.routing.features import extract
+from iir.policy.routing.language import detect
+from iir.policy.routing.router import Router, check_strategy
+from iir.policy.routing.rules import DEFAULT_FILE, PolicyError, load_policy, parse_policy
 
 from .harness import IIR
 from .routing_eval import (
@@ -266,7 +266,7 @@ def test_features_see_tools_images_structured_output_and_limits() -> None:
 
 
 def test_prompt_tokens_come_from_the_rust_counter() -> None:
-    from iir.tokens import count_chat
+    from iir.policy.tokens import count_chat
 
     text = "The quick brown fox jumps over the lazy dog. " * 50
     f = extract(chat(text))  # type: ignore[arg-type]
@@ -282,7 +282,7 @@ def test_prompt_tokens_come_from_the_rust_counter() -> None:
 def test_local_first_goes_remote_when_the_local_queue_is_full() -> None:
     router, _ = make_router()
     echo = router.registry.backends[0]
-    from iir.backends.base import Load
+    from iir.core.types import Load
 
     echo.load = lambda model: Load(queue=router.local_max_queue + 1)  # type: ignore[method-assign]
     d = router.decide(chat("Hello!"))  # type: ignore[arg-type]
@@ -339,7 +339,7 @@ def test_policy_that_forbids_every_option_is_503() -> None:
 
 
 def test_nothing_configured_is_503() -> None:
-    from iir.registry import ModelRegistry
+    from iir.backends.registry import ModelRegistry
 
     empty = Router(parse_policy("", "test"), ModelRegistry([]))
     with pytest.raises(ApiError) as err:

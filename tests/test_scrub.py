@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from iir.scrub import REDACTED, Scrubber, is_secret_name, secret_values
+from iir.policy.scrub import REDACTED, Scrubber, is_secret_name, secret_values
 from tests.secret_samples import MAKERS, SURVIVORS, make
 
 ENV = {

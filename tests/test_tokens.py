@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from iir import _native
-from iir.tokens import count_chat, count_text, encode, encoding_for_model, warm_up
+from iir.policy.tokens import count_chat, count_text, encode, encoding_for_model, warm_up
 from tests.tiktoken_offline import rank_file_sha256, reference
 
 ENCODINGS = ["o200k_base", "cl100k_base"]

@@ -15,11 +15,11 @@ import openai
 import orjson
 import pytest
 
-from iir.backends.base import FAILED, READY, UNAVAILABLE, Delta, Usage
-from iir.backends.vllm import VllmBackend, VllmEngineFactory, engine_args
-from iir.config import load_settings
-from iir.errors import ApiError
-from iir.protocol import parse_chat_request
+from iir.backends.local.vllm import VllmBackend, VllmEngineFactory, engine_args
+from iir.core.errors import ApiError
+from iir.core.protocol import parse_chat_request
+from iir.core.settings import load_settings
+from iir.core.types import FAILED, READY, UNAVAILABLE, Delta, Usage
 
 from . import fake_vllm
 from .harness import IIR, REPO, Server

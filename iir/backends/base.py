@@ -1,107 +1,27 @@
 """The one interface every backend implements.
 
-A backend turns a validated :class:`~iir.protocol.ChatRequest` into either a whole
-:class:`Completion` or an async stream of :class:`Delta` pieces followed by one optional
-:class:`Usage`. Ids, timestamps, SSE framing, scrubbing and metrics are the server's job, so a
-backend only speaks about content.
+A backend turns a :class:`~iir.core.protocol.ScrubbedChat` (validated, and scrubbed by the
+request pipeline: the only request type a backend accepts) into either a whole
+:class:`~iir.core.types.Completion` or an async stream of :class:`~iir.core.types.Delta` pieces
+followed by one optional :class:`~iir.core.types.Usage`.
 """
 
 from __future__ import annotations
 
 import abc
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from typing import Any
 
-from ..protocol import ChatRequest
-
-
-@dataclass(slots=True)
-class ModelCard:
-    id: str
-    owned_by: str
-    created: int = 0
-    context_length: int | None = None
-
-
-@dataclass(slots=True)
-class Usage:
-    prompt_tokens: int
-    completion_tokens: int
-    # Provider-specific breakdowns (cached tokens, reasoning tokens) in OpenAI's field names.
-    details: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(slots=True)
-class Choice:
-    index: int
-    content: str | None
-    finish_reason: str
-    tool_calls: list[dict[str, Any]] | None = None
-    refusal: str | None = None
-    logprobs: dict[str, Any] | None = None
-
-
-@dataclass(slots=True)
-class Completion:
-    choices: list[Choice]
-    usage: Usage | None = None
-    system_fingerprint: str | None = None
-
-
-@dataclass(slots=True)
-class Delta:
-    """A piece of one choice; ``tool_calls`` uses OpenAI's streaming delta shape."""
-
-    index: int = 0
-    content: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
-    finish_reason: str | None = None
-    refusal: str | None = None
-    logprobs: dict[str, Any] | None = None
-
-
-StreamEvent = Delta | Usage
-
-# States a model can be in, as ``GET /v1/registry/status`` reports them.
-READY, LOADING, FAILED, UNAVAILABLE = "ready", "loading", "failed", "unavailable"
-
-
-@dataclass(slots=True)
-class ModelStatus:
-    id: str
-    source: str  # "local", "echo" or the provider's name
-    state: str = READY
-    reason: str | None = None
-    context_length: int | None = None
-
-
-@dataclass(slots=True)
-class ProviderStatus:
-    name: str
-    configured: bool
-    circuit: str = "closed"  # closed | open | half_open
-    reason: str | None = None
-
-
-@dataclass(slots=True)
-class BackendStatus:
-    models: list[ModelStatus]
-    provider: ProviderStatus | None = None
-    # Extra top-level sections of the registry status (e.g. ``local_engine``).
-    sections: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(slots=True, frozen=True)
-class Load:
-    """Live state routing reads before picking a model (see :meth:`Backend.load`)."""
-
-    circuit: str = "closed"  # closed | open | half_open (remote providers' breaker)
-    queue: int = 0  # requests waiting or running on this model here (the local engine)
-    latency_s: float | None = None  # recent typical time to first byte, when measured
-
-
-IDLE = Load()
+from iir.core.protocol import ScrubbedChat
+from iir.core.types import (
+    IDLE,
+    READY,
+    BackendStatus,
+    Completion,
+    Load,
+    ModelCard,
+    ModelStatus,
+    StreamEvent,
+)
 
 
 class Backend(abc.ABC):
@@ -120,11 +40,11 @@ class Backend(abc.ABC):
         return name if any(card.id == name for card in self.models()) else None
 
     @abc.abstractmethod
-    async def complete(self, request: ChatRequest, model: str) -> Completion:
+    async def complete(self, request: ScrubbedChat, model: str) -> Completion:
         """Runs ``request`` on ``model`` (the backend's own model id) and returns the whole answer."""
 
     @abc.abstractmethod
-    def stream(self, request: ChatRequest, model: str) -> AsyncIterator[StreamEvent]:
+    def stream(self, request: ScrubbedChat, model: str) -> AsyncIterator[StreamEvent]:
         """Runs ``request`` and yields pieces as they come; cancelling the consumer aborts it."""
 
     async def start(self) -> None:  # noqa: B027 - optional hook

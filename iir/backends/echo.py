@@ -12,8 +12,9 @@ import logging
 import re
 from collections.abc import AsyncIterator
 
-from ..protocol import ChatRequest
-from .base import Backend, Choice, Completion, Delta, ModelCard, StreamEvent, Usage
+from iir.backends.base import Backend
+from iir.core.protocol import ChatRequest, ScrubbedChat
+from iir.core.types import Choice, Completion, Delta, ModelCard, StreamEvent, Usage
 
 MODEL = "iir/echo"
 
@@ -68,7 +69,7 @@ class EchoBackend(Backend):
     def models(self) -> list[ModelCard]:
         return [ModelCard(id=MODEL, owned_by="iir", created=1_700_000_000)]
 
-    async def complete(self, request: ChatRequest, model: str) -> Completion:
+    async def complete(self, request: ScrubbedChat, model: str) -> Completion:
         out, finish = _answer(request)
         if self.delay and out:
             await asyncio.sleep(self.delay * len(out))
@@ -78,7 +79,7 @@ class EchoBackend(Backend):
             choices=choices, usage=Usage(prompt_tokens(request), len(out) * request.n)
         )
 
-    async def stream(self, request: ChatRequest, model: str) -> AsyncIterator[StreamEvent]:
+    async def stream(self, request: ScrubbedChat, model: str) -> AsyncIterator[StreamEvent]:
         out, finish = _answer(request)
         sent = 0
         try:

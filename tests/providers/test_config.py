@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from iir.config import ConfigError, load_settings
+from iir.core.settings import ConfigError, load_settings
 
 from ..harness import IIR, free_port
 

@@ -13,10 +13,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from iir.backends.anthropic import StreamTranslator
-from iir.backends.base import Delta, Usage
-from iir.errors import ApiError
-from iir.upstream import (
+from iir.backends.providers.anthropic import StreamTranslator
+from iir.backends.providers.client import (
     CLOSED,
     HALF_OPEN,
     OPEN,
@@ -25,6 +23,8 @@ from iir.upstream import (
     _sse_events,
     upstream_message,
 )
+from iir.core.errors import ApiError
+from iir.core.types import Delta, Usage
 
 
 class Clock:
@@ -263,8 +263,8 @@ _message = st.one_of(
 def test_anthropic_translation_never_breaks(
     messages: list[dict[str, object]], stop: object
 ) -> None:
-    from iir.backends import anthropic
-    from iir.protocol import parse_chat_request
+    from iir.backends.providers import anthropic
+    from iir.core.protocol import parse_chat_request
 
     chat = parse_chat_request({"model": "anthropic/m", "messages": messages, "stop": stop})
     try:

@@ -1,0 +1,107 @@
+"""The parts of one IIR process, built once from the settings: what every handler is given.
+
+This is the composition root: the only place that knows which backends, limits and stores exist,
+and the route table (every API surface's ``ROUTES``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from iir.api import registry, routing, system
+from iir.api.chat import api_router as chat
+from iir.api.infer import api_router as infer
+from iir.api.jobs import api_router as jobs
+from iir.api.jobs.serving import Jobs
+from iir.api.router import Route
+from iir.backends.base import Backend
+from iir.backends.echo import EchoBackend
+from iir.backends.local.vllm import VllmBackend
+from iir.backends.providers.catalog import remote_backends
+from iir.backends.registry import ModelRegistry
+from iir.core.settings import Settings
+from iir.policy.auth import KeyRing
+from iir.policy.limits import Limits
+from iir.policy.routing.router import Router
+from iir.policy.routing.rules import load_policy
+from iir.policy.scrub import Scrubber
+from iir.service.jobs import JobPool
+from iir.service.pipeline import Pipeline
+from iir.store.jobs import JobStore
+from iir.store.sqlite import db_path
+
+#: Every route IIR serves, surface by surface.
+ROUTES: list[Route] = [
+    *system.ROUTES,
+    *chat.ROUTES,
+    *jobs.ROUTES,
+    *infer.ROUTES,
+    *routing.ROUTES,
+    *registry.ROUTES,
+]
+
+
+@dataclass(eq=False)
+class Services:
+    settings: Settings
+    keys: KeyRing
+    limits: Limits
+    scrubber: Scrubber
+    backends: list[Backend]
+    registry: ModelRegistry
+    pipeline: Pipeline
+    jobs: Jobs
+    job_pool: JobPool
+    routes: list[Route] = field(default_factory=lambda: list(ROUTES))
+    #: ``/openapi.json``, rendered on first request.
+    openapi: bytes | None = None
+
+
+def build(settings: Settings) -> Services:
+    limits = Limits(settings)
+    # Secrets: the process's secret environment values (provider keys too) and IIR's own keys.
+    scrubber = Scrubber.from_environ(settings.env, extra_secrets=settings.api_keys)
+    backends: list[Backend] = [
+        EchoBackend(settings.echo_token_delay_ms),
+        VllmBackend(settings),
+        *remote_backends(settings),
+    ]
+    models = ModelRegistry(backends)
+    router = Router(
+        settings.routing_policy or load_policy(settings.routing_file),
+        models,
+        settings.routing_strategy,
+        settings.local_max_queue,
+    )
+    pipeline = Pipeline(
+        models,
+        scrubber,
+        limits=limits,
+        router=router,
+        fallbacks=settings.upstream.fallbacks,
+        max_prompt_tokens=settings.max_prompt_tokens,
+        default_model=settings.default_model,
+    )
+    job_runner = Jobs(pipeline)
+    pool = JobPool(
+        JobStore(
+            db_path(settings.data_dir), settings.job_ttl_seconds, timeout=settings.job_db_timeout
+        ),
+        job_runner.run,
+        settings.job_concurrency,
+        settings.job_queue_max,
+        scrub=scrubber.scrub,
+        on_end=job_runner.ended,
+    )
+    job_runner.bind(pool)
+    return Services(
+        settings=settings,
+        keys=KeyRing(settings.api_keys),
+        limits=limits,
+        scrubber=scrubber,
+        backends=backends,
+        registry=models,
+        pipeline=pipeline,
+        jobs=job_runner,
+        job_pool=pool,
+    )

@@ -1,0 +1,111 @@
+"""The routes around the models: health, version, metrics, the API document and its page, and
+the list of models."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Literal
+
+import orjson
+from pydantic import BaseModel
+
+from iir import __version__
+from iir.api import openapi
+from iir.api.http import Request, Response, json_response
+from iir.api.router import Route
+from iir.core.errors import ApiError
+from iir.ops import metrics
+
+if TYPE_CHECKING:
+    from iir.api.services import Services
+
+
+class Health(BaseModel):
+    status: Literal["ok", "degraded"]
+    reasons: list[str] | None = None
+
+
+class Version(BaseModel):
+    version: str
+
+
+class Model(BaseModel):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"]
+    data: list[Model]
+
+
+async def health(svc: Services, req: Request) -> Response:
+    # 503 while a local engine is dead or failed, so that a load balancer or systemd watchdog
+    # notices; everything else (echo, remote providers) is still served meanwhile.
+    problems = svc.registry.degraded()
+    if problems:
+        return json_response({"status": "degraded", "reasons": problems}, status=503)
+    return json_response({"status": "ok"})
+
+
+async def version(svc: Services, req: Request) -> Response:
+    return json_response({"version": __version__})
+
+
+async def metrics_text(svc: Services, req: Request) -> Response:
+    body, content_type = metrics.render()
+    return Response(200, body, content_type)
+
+
+async def openapi_json(svc: Services, req: Request) -> Response:
+    if svc.openapi is None:
+        svc.openapi = orjson.dumps(openapi.build(svc.routes))
+    return Response(200, svc.openapi)
+
+
+async def docs(svc: Services, req: Request) -> Response:
+    return Response(200, openapi.DOCS_HTML.encode(), "text/html; charset=utf-8")
+
+
+async def docs_asset(svc: Services, req: Request, name: str) -> Response:
+    kind = openapi.DOCS_ASSETS.get(name)
+    folder = openapi.swagger_dir()
+    if kind is None or folder is None:
+        raise ApiError(404, "No such docs asset", code="not_found")
+    body = await asyncio.to_thread((folder / name).read_bytes)
+    return Response(200, body, kind, [("cache-control", "public, max-age=86400")])
+
+
+async def models(svc: Services, req: Request) -> Response:
+    data = [
+        {"id": c.id, "object": "model", "created": c.created, "owned_by": c.owned_by}
+        for c in svc.registry.cards()
+    ]
+    return json_response({"object": "list", "data": data})
+
+
+ROUTES = [
+    Route("GET", "/health", health, "Health check", auth=False, response=Health),
+    Route("GET", "/version", version, "Version of IIR", auth=False, response=Version),
+    Route(
+        "GET",
+        "/metrics",
+        metrics_text,
+        "Prometheus metrics",
+        auth=False,
+        content_type="text/plain",
+    ),
+    Route("GET", "/openapi.json", openapi_json, "This document", auth=False),
+    Route("GET", "/docs", docs, "Interactive API docs", auth=False, content_type="text/html"),
+    Route(
+        "GET",
+        "/docs/assets/{name}",
+        docs_asset,
+        "Assets of the docs page",
+        auth=False,
+        content_type="application/octet-stream",
+    ),
+    Route("GET", "/v1/models", models, "List available models", response=ModelList),
+]

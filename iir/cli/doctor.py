@@ -1,0 +1,139 @@
+"""``iir doctor``: checks what an operator would check by hand before calling for help.
+
+Each check says ok, warn or FAIL with one line of detail; any FAIL makes the exit status 1.
+Secrets never appear in the table: keys are named by their variable, never shown.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sqlite3
+import stat
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from iir.core.settings import ConfigError, Settings, load_settings
+
+OK, WARN, FAIL = "ok", "warn", "FAIL"
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: str
+    detail: str
+
+
+def _env_file(path: str | None) -> Check:
+    if not path:
+        return Check("env file", OK, "none given (environment only)")
+    p = Path(path)
+    try:
+        mode = p.stat().st_mode
+        p.read_bytes()
+    except OSError as exc:
+        return Check("env file", FAIL, f"{path}: {exc.strerror}")
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        return Check("env file", WARN, f"{path} is readable by others (chmod 600 it)")
+    return Check("env file", OK, path)
+
+
+def _data_dir(settings: Settings) -> Check:
+    d = settings.data_dir
+    if not d.exists():
+        return Check("data directory", WARN, f"{d} does not exist yet (created at start-up)")
+    if not os.access(d, os.W_OK | os.X_OK):
+        return Check("data directory", FAIL, f"{d} is not writable")
+    return Check("data directory", OK, str(d.resolve()))
+
+
+def _database(settings: Settings) -> Check:
+    db = settings.data_dir / "iir.db"
+    if not db.exists():
+        return Check("database", OK, f"{db} not created yet")
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=2) as conn:
+            result = conn.execute("PRAGMA quick_check").fetchone()[0]
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+    except sqlite3.Error as exc:
+        return Check("database", FAIL, f"{db}: {exc}")
+    if result != "ok":
+        return Check("database", FAIL, f"{db}: integrity check failed: {result}")
+    return Check("database", OK, f"{db} (schema version {version})")
+
+
+def _gpu() -> Check:
+    from iir.ops.hardware import read_hardware
+
+    facts = read_hardware()
+    if not facts.gpus:
+        return Check("GPU (NVML)", WARN, f"no GPU: {facts.gpu_reason or 'none found'}")
+    names = ", ".join(f"{g.index}: {g.name}" for g in facts.gpus)
+    return Check(
+        "GPU (NVML)", OK, f"{len(facts.gpus)} GPU(s): {names}; driver {facts.driver_version}"
+    )
+
+
+def _vllm(settings: Settings) -> Check:
+    wanted = bool(settings.local_models or settings.model_dir)
+    if importlib.util.find_spec("vllm") is None:
+        status = FAIL if wanted else WARN
+        return Check("vLLM", status, "not installed (pip install 'iir[vllm]' for local models)")
+    from importlib.metadata import version
+
+    return Check("vLLM", OK, f"installed, version {version('vllm')}")
+
+
+def _providers(settings: Settings, timeout: float) -> list[Check]:
+    from iir.backends.providers.catalog import remote_backends
+
+    out = []
+    for backend in remote_backends(settings):
+        name = f"provider {backend.name}"
+        if not backend.configured:
+            out.append(Check(name, OK, f"not configured (set {backend.missing})"))
+            continue
+        url = backend.base_url.rstrip("/") + (backend.models_path or "/")
+        req = urllib.request.Request(url, headers=backend.auth_headers())
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                out.append(Check(name, OK, f"{backend.base_url} answered {resp.status}"))
+        except urllib.error.HTTPError as exc:
+            if exc.code in (401, 403):
+                out.append(Check(name, FAIL, f"{backend.base_url} refused the key ({exc.code})"))
+            else:
+                out.append(Check(name, WARN, f"{backend.base_url} answered {exc.code}"))
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            out.append(Check(name, FAIL, f"{backend.base_url} unreachable: {reason}"))
+    return out
+
+
+def run_checks(
+    environ: Mapping[str, str], env_file: str | None, timeout: float = 3.0
+) -> list[Check]:
+    checks = [_env_file(env_file)]
+    try:
+        settings = load_settings(environ, env_file)
+    except ConfigError as exc:
+        checks.append(Check("configuration", FAIL, str(exc)))
+        return checks
+    checks.append(Check("configuration", OK, f"{len(settings.api_keys)} API key(s)"))
+    checks += [_data_dir(settings), _database(settings), _gpu(), _vllm(settings)]
+    checks += _providers(settings, timeout)
+    return checks
+
+
+def render(checks: list[Check]) -> str:
+    width = max(len(c.name) for c in checks)
+    return "\n".join(f"{c.status:<4}  {c.name:<{width}}  {c.detail}" for c in checks)
+
+
+def main(environ: Mapping[str, str], env_file: str | None, timeout: float) -> int:
+    checks = run_checks(environ, env_file, timeout)
+    print(render(checks))
+    return 1 if any(c.status == FAIL for c in checks) else 0

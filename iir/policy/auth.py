@@ -1,0 +1,48 @@
+"""Bearer-key authentication.
+
+Keys are kept only as SHA-256 digests and compared with :func:`hmac.compare_digest` against every
+configured key, so neither timing nor an early exit tells an attacker how close a guess was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Iterable
+
+from iir.core.errors import ApiError
+
+
+def key_id(key: str) -> str:
+    """A stable, non-reversible identifier for a key (for rate-limit buckets and job ownership)."""
+    return hashlib.sha256(b"iir-key-id:" + key.encode()).hexdigest()[:32]
+
+
+class KeyRing:
+    def __init__(self, keys: Iterable[str]) -> None:
+        # (digest, id) per key: the id is derived once here, not per request.
+        self._keys = [(hashlib.sha256(k.encode()).digest(), key_id(k)) for k in keys]
+
+    def authenticate(self, authorization: str | None) -> str:
+        """Returns the key's id, or raises 401 (no usable header) / 403 (unknown key)."""
+        challenge = [("www-authenticate", 'Bearer realm="iir"')]
+        if not authorization:
+            raise ApiError(
+                401, "Missing Authorization header (expected 'Bearer <API_KEY>')", headers=challenge
+            )
+        scheme, _, token = authorization.strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token or " " in token:
+            raise ApiError(
+                401,
+                "Malformed Authorization header (expected 'Bearer <API_KEY>')",
+                headers=challenge,
+            )
+        digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+        found = None
+        for known, ident in self._keys:  # every key is compared: no early exit
+            if hmac.compare_digest(digest, known):
+                found = ident
+        if found is None:
+            raise ApiError(403, "Invalid API key", code="invalid_api_key")
+        return found
