@@ -6,7 +6,7 @@ Example: ``python generate_api_key.py --length 40 --prefix myservice``
 
 import sys
 
-from iir.keygen import main
+from iir.cli.keygen import main
 
 if __name__ == "__main__":
     sys.exit(main(prog="generate_api_key.py"))
