@@ -49,13 +49,10 @@ echo "build_deb: collecting dependency wheels"
 install -m 0644 "$TOP/iir.service" "$STAGE/lib/systemd/system/iir.service"
 install -m 0755 "$HERE/iir-install.sh" "$STAGE/usr/lib/iir/iir-install.sh"
 install -m 0644 "$HERE/iir.env.template" "$SHARE/iir.env.template"
-# forward_logs_udp.pyz: the script and iir.ops.logforward in one file that runs on any machine with
+# forward_logs_udp.pyz: the standard-library-only script as one runnable file for any machine with
 # Python 3.8+ (copy it to the machine that receives the logs).
-mkdir -p "$WORK/pyz/iir/ops"
+mkdir -p "$WORK/pyz"
 cp "$TOP/forward_logs_udp.py" "$WORK/pyz/"
-cp "$TOP/iir/ops/logforward.py" "$WORK/pyz/iir/ops/"
-: >"$WORK/pyz/iir/__init__.py"
-: >"$WORK/pyz/iir/ops/__init__.py"
 printf 'import sys\n\nfrom forward_logs_udp import main\n\nsys.exit(main())\n' >"$WORK/pyz/__main__.py"
 "$PYTHON" -m zipapp "$WORK/pyz" -p "/usr/bin/env python3" -o "$WORK/forward_logs_udp.pyz"
 install -m 0755 "$WORK/forward_logs_udp.pyz" "$SHARE/forward_logs_udp.pyz"

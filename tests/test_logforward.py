@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import contextlib
+import importlib.util
+import io
 import json
 import logging
 import os
@@ -15,15 +18,44 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 from iir.ops import logforward
-from iir.ops.logforward import UdpLogHandler, UdpSender, parse_sink, truncate_line
+from iir.ops.logforward import UdpLogHandler, UdpSender
+from iir.policy.scrub import Scrubber
+
+from .secret_samples import make
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "forward_logs_udp.py"
 WAIT = 10.0  # generous upper bound for "should arrive"; never a speed assertion
+PYTHON38 = "/root/.pyenv/versions/3.8.18/bin/python"
+
+
+def _load_script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("forward_logs_udp", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+FORWARDER = _load_script()
+# The server's sender and the standalone script each carry the sink syntax and datagram format.
+BOTH = [pytest.param(logforward, id="server"), pytest.param(FORWARDER, id="script")]
+
+
+def oldest_python() -> str | None:
+    """A Python 3.8 interpreter (the script's promise) when this machine has one."""
+    found = [p for p in (PYTHON38, shutil.which("python3.8")) if p and Path(p).exists()]
+    return found[0] if found else None
+
+
+def pythons() -> list[str]:
+    oldest = oldest_python()
+    return [sys.executable, *([oldest] if oldest else [])]
 
 
 @pytest.fixture
@@ -65,8 +97,9 @@ class JsonFormatter(logging.Formatter):
         ("[fe80::1%eth0]:65535", ("fe80::1%eth0", 65535)),
     ],
 )
-def test_parse_sink_accepts(text: str, expected: tuple[str, int]) -> None:
-    assert parse_sink(text) == expected
+@pytest.mark.parametrize("impl", BOTH)
+def test_parse_sink_accepts(impl: ModuleType, text: str, expected: tuple[str, int]) -> None:
+    assert impl.parse_sink(text) == expected
 
 
 @pytest.mark.parametrize(
@@ -85,10 +118,20 @@ def test_parse_sink_accepts(text: str, expected: tuple[str, int]) -> None:
         ("ho st:1", "whitespace"),
     ],
 )
-def test_parse_sink_rejects_with_clear_error(text: str, fragment: str) -> None:
+@pytest.mark.parametrize("impl", BOTH)
+def test_parse_sink_rejects_with_clear_error(impl: ModuleType, text: str, fragment: str) -> None:
     with pytest.raises(ValueError, match=r".") as info:
-        parse_sink(text)
+        impl.parse_sink(text)
     assert fragment in str(info.value)
+    assert str(info.value) == _message(logforward.parse_sink, text)  # both copies say the same
+
+
+def _message(parse: object, text: str) -> str:
+    try:
+        parse(text)  # type: ignore[operator]
+    except ValueError as exc:
+        return str(exc)
+    raise AssertionError(f"{text!r} was accepted")
 
 
 def test_handler_from_env() -> None:
@@ -104,17 +147,26 @@ def test_handler_from_env() -> None:
 # --- truncation ----------------------------------------------------------------------------
 
 
-def test_short_line_unchanged_with_newline() -> None:
-    assert truncate_line('{"a": 1}\n', 1200) == b'{"a": 1}\n'
+@pytest.mark.parametrize("impl", BOTH)
+def test_short_line_unchanged_with_newline(impl: ModuleType) -> None:
+    assert impl.truncate_line('{"a": 1}\n', 1200) == b'{"a": 1}\n'
+    assert impl.truncate_line("crlf\r\n", 1200) == b"crlf\n"
 
 
-def test_long_line_truncated_with_marker_and_valid_utf8() -> None:
+@pytest.mark.parametrize("impl", BOTH)
+def test_long_line_truncated_with_marker_and_valid_utf8(impl: ModuleType) -> None:
     line = "x" + "é€😀" * 2000
-    data = truncate_line(line, 1200)
+    data = impl.truncate_line(line, 1200)
     assert len(data) <= 1200
     assert data.endswith(b"...[truncated]\n")
     data.decode("utf-8")  # strict: a cut never splits a character
     assert len(data) > 1200 - 4 - len(b"...[truncated]\n")
+    assert data == logforward.truncate_line(line, 1200)
+
+
+def test_both_copies_share_the_datagram_limits() -> None:
+    assert FORWARDER.DEFAULT_MAX_DATAGRAM == logforward.DEFAULT_MAX_DATAGRAM
+    assert FORWARDER.TRUNCATION_MARKER == logforward.TRUNCATION_MARKER
 
 
 # --- the handler against a real listener ---------------------------------------------------
@@ -391,11 +443,9 @@ def test_script_listen_on_busy_port_is_a_clear_error() -> None:
 
 
 def test_script_runs_on_oldest_supported_python(receiver: socket.socket) -> None:
-    candidates = ["/root/.pyenv/versions/3.8.18/bin/python", shutil.which("python3.8")]
-    found = [p for p in candidates if p and Path(p).exists()]
-    if not found:
-        pytest.skip("no Python 3.8 interpreter on this machine")
-    python = found[0]
+    python = oldest_python()
+    if python is None:
+        pytest.skip("no Python 3.8 interpreter on this machine (the syntax test still covers 3.8)")
     port = receiver.getsockname()[1]
     result = subprocess.run(
         [python, "-S", str(SCRIPT), "--sink", f"127.0.0.1:{port}"],
@@ -452,18 +502,43 @@ def test_sink_mode_survives_undecodable_stdin(receiver: socket.socket) -> None:
     assert recv_lines(receiver, 2) == ["bad \ufffd\ufffd bytes\n".encode(), b"next\n"]
 
 
-def test_unreadable_file_is_a_clear_error() -> None:
-    # Root reads any file, so as root the script runs as nobody (with the system Python,
-    # which nobody can execute).
-    command = [sys.executable, "-S", str(SCRIPT)]
-    if os.geteuid() == 0:
-        if not (Path("/usr/bin/python3").exists() and shutil.which("setpriv")):
-            pytest.skip("as root this needs setpriv and /usr/bin/python3 to drop privileges")
-        command = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
-        command += ["/usr/bin/python3", "-S", str(SCRIPT)]
-    folder = Path(tempfile.mkdtemp())
+def _traversable_by_anyone(path: Path) -> bool:
+    return all(p.stat().st_mode & 0o001 for p in (path, *path.parents))
+
+
+@contextlib.contextmanager
+def world_readable_folder() -> Iterator[Path]:
+    """A fresh 0755 folder that an unprivileged user can reach (its parents searchable by all).
+
+    The checkout, ``tmp_path`` or ``$TMPDIR`` may sit under a private (0700) folder, so a test that
+    drops privileges brings what it runs into a folder of its own, created here.
+    """
+    for base in (tempfile.gettempdir(), "/tmp", "/var/tmp", "/dev/shm"):
+        where = Path(base).resolve()
+        if where.is_dir() and _traversable_by_anyone(where):
+            break
+    else:
+        pytest.skip("no temporary folder that an unprivileged user can reach")
+    folder = Path(tempfile.mkdtemp(prefix="iir-unprivileged-", dir=where))
     try:
         folder.chmod(0o755)
+        yield folder
+    finally:
+        shutil.rmtree(folder)
+
+
+def test_unreadable_file_is_a_clear_error() -> None:
+    # Root reads any file, so as root the script runs as nobody (with the system Python,
+    # which nobody can execute), from a copy in a folder that nobody can reach.
+    with world_readable_folder() as folder:
+        script_copy = Path(shutil.copy(SCRIPT, folder / SCRIPT.name))
+        script_copy.chmod(0o644)
+        command = [sys.executable, "-I", "-S", str(script_copy)]
+        if os.geteuid() == 0:
+            if not (Path("/usr/bin/python3").exists() and shutil.which("setpriv")):
+                pytest.skip("as root this needs setpriv and /usr/bin/python3 to drop privileges")
+            command = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+            command += ["/usr/bin/python3", "-I", "-S", str(script_copy)]
         log = folder / "private.log"
         log.write_text("x\n")
         log.chmod(0)
@@ -472,10 +547,9 @@ def test_unreadable_file_is_a_clear_error() -> None:
             capture_output=True,
             text=True,
             timeout=WAIT,
+            cwd=folder,
             check=False,
         )
-    finally:
-        shutil.rmtree(folder)
     assert proc.returncode == 1, proc.stderr
     assert "cannot read" in proc.stderr and "Permission denied" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -486,3 +560,181 @@ def test_file_must_be_a_regular_file(tmp_path: Path) -> None:
     _, err = proc.communicate(timeout=WAIT)
     assert proc.returncode == 2
     assert "not a regular file" in err
+
+
+# --- the script alone: one standard-library file ------------------------------------------
+
+
+def test_script_is_python38_syntax() -> None:
+    # Only syntax can be checked without a 3.8 interpreter; the run on 3.8 above does the rest.
+    ast.parse(SCRIPT.read_text(), filename=str(SCRIPT), feature_version=(3, 8))
+
+
+def test_script_imports_only_the_standard_library_and_iir_optionally() -> None:
+    tree = ast.parse(SCRIPT.read_text())
+    outside: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            names = [node.module or ""]
+        else:
+            continue
+        outside += [n for n in names if n.split(".")[0] not in sys.stdlib_module_names]
+    assert outside == ["iir.policy.scrub"]
+    # ...and that one only inside a try in the function that falls back without it.
+    (func,) = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "iir_scrubber"]
+    (guard,) = [n for n in func.body if isinstance(n, ast.Try)]
+    assert any(isinstance(n, ast.ImportFrom) and n.module == "iir.policy.scrub" for n in guard.body)
+
+
+@pytest.fixture
+def alone(tmp_path: Path) -> Path:
+    """The script copied alone into an empty folder, as on a machine without IIR."""
+    folder = tmp_path / "alone"
+    folder.mkdir()
+    return Path(shutil.copy(SCRIPT, folder / SCRIPT.name))
+
+
+@contextlib.contextmanager
+def listening(python: str, path: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    proc = subprocess.Popen(
+        [python, "-I", "-S", str(path), "--listen", "0", "--bind", "127.0.0.1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=path.parent,
+    )
+    try:
+        assert proc.stderr is not None
+        banner = proc.stderr.readline()
+        assert banner.startswith("listening on 127.0.0.1:"), banner
+        yield proc, int(banner.rsplit(":", 1)[1].split("/")[0])
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        assert proc.wait(WAIT) == 0
+
+
+@pytest.mark.parametrize("python", pythons())
+def test_alone_under_isolated_python_sends_and_listens(python: str, alone: Path) -> None:
+    with listening(python, alone) as (listener, port):
+        sent = subprocess.run(
+            [python, "-I", "-S", str(alone), "--sink", f"127.0.0.1:{port}"],
+            input="first line\n\nsecond line\n",
+            capture_output=True,
+            text=True,
+            timeout=WAIT,
+            cwd=alone.parent,
+            check=False,
+        )
+        assert sent.returncode == 0, sent.stderr
+        # Without IIR it forwards as is and says so, once.
+        notes = sent.stderr.splitlines()
+        assert len(notes) == 1 and "IIR is not importable here" in notes[0], sent.stderr
+        assert "not scrubbed" in notes[0]
+        assert listener.stdout is not None
+        assert listener.stdout.readline() == "first line\n"
+        assert listener.stdout.readline() == "second line\n"
+    assert sorted(p.name for p in alone.parent.iterdir()) == [SCRIPT.name]
+
+
+def test_alone_scrubs_with_iir_when_importable(alone: Path, receiver: socket.socket) -> None:
+    env_secret = "forwarder-env-secret-0123456789"
+    token = make("openai_key", 7)
+    env = {**os.environ, "FORWARDER_TEST_TOKEN": env_secret}
+    lines = [f"login with {env_secret} ok", f"calling with {token} now", "nothing secret here"]
+    port = receiver.getsockname()[1]
+    # This interpreter has IIR installed: the copy finds it through site-packages.
+    sent = subprocess.run(
+        [sys.executable, str(alone), "--sink", f"127.0.0.1:{port}"],
+        input="".join(line + "\n" for line in lines),
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+        cwd=alone.parent,
+        env=env,
+        check=False,
+    )
+    assert sent.returncode == 0, sent.stderr
+    assert "not importable" not in sent.stderr
+    got = recv_lines(receiver, 3)
+    scrubber = Scrubber.from_environ(env)
+    assert got == [scrubber.scrub_text(line)[0].encode() + b"\n" for line in lines]
+    assert got[2] == b"nothing secret here\n"
+    for data in got[:2]:
+        assert b"REDACTED" in data
+        assert env_secret.encode() not in data and token.encode() not in data
+
+
+def test_listener_strips_control_characters() -> None:
+    with listener_process() as (proc, port):
+        send = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        hostile = (
+            "\x1b[2J\x1b[31mred\x1b[0m\tcol\r\nforged\x00line\x07\x7f"
+            "\u009b31m\u202egnp.exe\u2028end\n"
+        )
+        send.sendto(hostile.encode(), ("127.0.0.1", port))
+        send.sendto(b"\xff\xfe invalid utf-8\n", ("127.0.0.1", port))
+        send.close()
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "[2J[31mred[0m col  forgedline31mgnp.exeend\n"
+        assert proc.stdout.readline() == "\ufffd\ufffd invalid utf-8\n"
+
+
+@pytest.mark.parametrize(
+    ("datagram", "printed"),
+    [
+        (b"plain\n", b"plain\n"),
+        (b"no newline", b"no newline\n"),
+        (b"crlf\r\n", b"crlf\n"),
+        (b"a\nb\n", b"a b\n"),
+        ("caf\u00e9 \u2603\n".encode(), "caf\u00e9 \u2603\n".encode()),
+        (b"\x1b]0;title\x07x\n", b"]0;titlex\n"),
+        ("\u2066iso\u2069\u200f\n".encode(), b"iso\n"),
+        (b"", b"\n"),
+    ],
+)
+def test_printable(datagram: bytes, printed: bytes) -> None:
+    assert FORWARDER.printable(datagram) == printed
+
+
+def test_line_cutter_keeps_a_bounded_part_of_each_line() -> None:
+    limit = 100
+    text = "a" * 10_000 + "\nshort\n" + "b" * 250 + "\nlast without newline"
+    cutter = FORWARDER.LineCutter(limit)
+    sizes: list[int] = []
+
+    class Recording(io.StringIO):
+        def readline(self, size: int | None = -1) -> str:
+            assert size is not None and 0 < size <= limit
+            sizes.append(size)
+            return super().readline(size)
+
+    got = list(cutter.lines(Recording(text)))
+    assert got == ["a" * limit, "short\n", "b" * limit, "last without newline"]
+    assert sizes
+
+
+def test_line_cutter_joins_a_line_written_in_pieces() -> None:
+    cutter = FORWARDER.LineCutter(1000)
+    assert cutter.feed("par") is None
+    assert cutter.feed("tial") is None
+    assert cutter.feed(" line\n") == "partial line\n"
+    assert cutter.feed("next\n") == "next\n"
+
+
+def test_sink_mode_cuts_a_huge_stdin_line(receiver: socket.socket) -> None:
+    port = receiver.getsockname()[1]
+    proc = subprocess.run(
+        [sys.executable, "-I", "-S", str(SCRIPT), "--sink", f"127.0.0.1:{port}"],
+        input=b"x" * 5_000_000 + b"\nafter\n",
+        capture_output=True,
+        timeout=WAIT * 3,
+        cwd="/",
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    first, second = recv_lines(receiver, 2)
+    assert first.endswith(b"...[truncated]\n") and len(first) <= FORWARDER.DEFAULT_MAX_DATAGRAM
+    assert second == b"after\n"

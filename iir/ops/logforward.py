@@ -1,11 +1,11 @@
-"""Log lines over UDP: the sender behind ``REMOTE_LOG_SINK``, a file/stdin forwarder and a listener.
-
-Standard library only and Python 3.8+ syntax, because ``forward_logs_udp.py`` runs it on machines
-that have nothing but a system Python. The server's ``UdpLogHandler`` and the script share
-``UdpSender``, so both truncate, drop and warn the same way.
+"""Log lines over UDP: the sender behind ``REMOTE_LOG_SINK``.
 
 Sending never blocks or fails the caller: lines go into a bounded queue drained by one daemon
 thread; a full queue, an unresolvable host or a send error drops the line and counts it.
+
+``forward_logs_udp.py`` (the file/stdin forwarder and the listener) is one standard-library file
+that must run without IIR, so it cannot import this module: it carries its own copies of
+``parse_sink``, ``parse_port`` and ``truncate_line``, which the tests hold to the same cases.
 """
 
 from __future__ import annotations
@@ -18,8 +18,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from typing import IO
+from collections.abc import Callable
 
 # Stays under the IPv6 minimum MTU (1280) minus headers, so a datagram is never fragmented.
 DEFAULT_MAX_DATAGRAM = 1200
@@ -351,81 +350,3 @@ def attach_from_env(
         handler.setFormatter(formatter)
     logger.addHandler(handler)
     return handler
-
-
-def follow(path: str, from_start: bool = False, poll: float = 0.25) -> Iterator[str]:
-    """Yield lines appended to ``path`` like ``tail -F``: survives truncation and rotation."""
-    handle: IO[str] = open(path, encoding="utf-8", errors="replace", newline="")  # noqa: SIM115
-    try:
-        if not from_start:
-            handle.seek(0, os.SEEK_END)
-        inode = os.fstat(handle.fileno()).st_ino
-        pending = ""
-        while True:
-            chunk = handle.readline()
-            if chunk:
-                pending += chunk
-                if pending.endswith("\n"):
-                    yield pending
-                    pending = ""
-                continue
-            try:
-                stat = os.stat(path)
-            except FileNotFoundError:
-                time.sleep(poll)
-                continue
-            if stat.st_ino != inode:
-                # Rotated: finish the old file, then continue from the start of the new one.
-                rest = handle.read()
-                if rest or pending:
-                    yield pending + rest
-                    pending = ""
-                handle.close()
-                handle = open(path, encoding="utf-8", errors="replace", newline="")  # noqa: SIM115
-                inode = os.fstat(handle.fileno()).st_ino
-                continue
-            if stat.st_size < handle.tell():
-                handle.seek(0)  # truncated in place
-                continue
-            time.sleep(poll)
-    finally:
-        handle.close()
-
-
-def forward(lines: Iterable[str], sender: UdpSender, wait: float | None = 1.0) -> int:
-    """Send each line; a standalone forwarder may wait briefly for room instead of dropping."""
-    count = 0
-    for line in lines:
-        if not line.strip():
-            continue
-        if sender.submit(line, timeout=wait):
-            count += 1
-    return count
-
-
-def listen(
-    port: int,
-    host: str = "0.0.0.0",
-    out: IO[str] | None = None,
-    ready: Callable[[tuple[str, int]], None] | None = None,
-    max_datagrams: int | None = None,
-) -> int:
-    """Print every datagram that arrives on ``host:port`` as one line; return how many arrived."""
-    stream = out if out is not None else sys.stdout
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_DGRAM)
-    try:
-        sock.bind((host, port))
-        if ready is not None:
-            bound = sock.getsockname()
-            ready((str(bound[0]), int(bound[1])))
-        received = 0
-        while max_datagrams is None or received < max_datagrams:
-            data, _ = sock.recvfrom(65535)
-            received += 1
-            text = data.decode("utf-8", "replace")
-            stream.write(text if text.endswith("\n") else text + "\n")
-            stream.flush()
-        return received
-    finally:
-        sock.close()
