@@ -33,9 +33,11 @@ run: install $(DEV_ENV)  ## serve on $(HOST):$(PORT) with ./var as the data dire
 	@echo "Try: curl -H \"Authorization: Bearer $$(sed -n 's/^IIR_API_KEY=//p' $(DEV_ENV))\" http://$(HOST):$(PORT)/v1/models"
 	IIR_DATA_DIR=$(DATA) $(BIN)/iir serve --host $(HOST) --port $(PORT) --env-file $(DEV_ENV)
 
-lint: install  ## ruff (check + format) and cargo (fmt + clippy)
+lint: install  ## ruff, the import contract, mypy, cargo fmt and clippy
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+	$(BIN)/mypy
 	cargo fmt --all -- --check
 	cargo clippy --all-targets --quiet -- -D warnings
 

@@ -18,10 +18,11 @@ from iir.backends.echo import EchoBackend
 from iir.backends.registry import ModelRegistry
 from iir.core.errors import ApiError
 from iir.core.protocol import ChatRequest, parse_chat_request
+from iir.core.settings import STRATEGIES
 from iir.core.types import Completion, Load, ModelCard, StreamEvent
 from iir.policy.routing.classifier import CATEGORIES
 from iir.policy.routing.router import Router
-from iir.policy.routing.rules import STRATEGIES, load_policy
+from iir.policy.routing.rules import load_policy
 
 DATA = Path(__file__).parent / "data"
 CASES = DATA / "routing_cases.jsonl"

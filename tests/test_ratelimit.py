@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from iir.policy.ratelimit import Decision, RateLimiter, client_ip, ip_key, parse_trusted_proxies
+from iir.core.settings import parse_trusted_proxies
+from iir.policy.ratelimit import Decision, RateLimiter, client_ip, ip_key
 
 
 class FakeClock:
@@ -217,8 +218,8 @@ def test_ip_key(ip: str, key: str) -> None:
 
 
 def test_parse_trusted_proxies() -> None:
-    assert parse_trusted_proxies("") == []
-    assert parse_trusted_proxies("127.0.0.1") == [ipaddress.ip_network("127.0.0.1/32")]
+    assert parse_trusted_proxies("") == ()
+    assert parse_trusted_proxies("127.0.0.1") == (ipaddress.ip_network("127.0.0.1/32"),)
     with pytest.raises(ValueError, match=r"invalid trusted proxy '10\.0\.0\.0/33'"):
         parse_trusted_proxies("10.0.0.1, 10.0.0.0/33")
     with pytest.raises(ValueError, match=r"invalid trusted proxy 'proxy\.local'"):

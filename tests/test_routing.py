@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from iir.cli.checks import load_config
 from iir.core.errors import ApiError
 from iir.core.protocol import parse_chat_request
 from iir.core.settings import ConfigError, load_settings
@@ -445,7 +446,7 @@ def test_settings_refuse_bad_routing_values(tmp_path: Path) -> None:
     ]
     for env, message in cases:
         with pytest.raises(ConfigError) as err:
-            load_settings({**base, **env})
+            load_config({**base, **env})
         assert message in str(err.value)
     s = load_settings({**base, "IIR_ROUTING_STRATEGY": "cost", "IIR_DEFAULT_MODEL": "auto"})
     assert s.routing_strategy == "cost" and s.default_model == "auto"

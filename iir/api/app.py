@@ -15,7 +15,7 @@ import time
 from contextlib import suppress
 from typing import Any
 
-from granian.rsgi import ProtocolClosed
+from granian.rsgi import ProtocolClosed  # type: ignore[attr-defined]
 
 from iir import __version__
 from iir.api import services
@@ -138,7 +138,7 @@ class App:
             if route.auth:
                 req.key_id = self.svc.keys.authenticate(req.header("authorization"))
                 req.reply_headers += self.svc.limits.check_key(req.key_id)
-            resp = await route.handler(self.svc, req, **params)
+            resp: Response | StreamResponse = await route.handler(self.svc, req, **params)
             resp.headers += req.reply_headers
             return resp
         except ApiError as err:
@@ -147,8 +147,8 @@ class App:
             return Response(err.status, err.body(), JSON, err.headers + req.reply_headers)
         except Exception:
             applog.exception("unhandled error", extra={"route": req.route})
-            err = ApiError(500, f"Internal error (request id {req.request_id})")
-            return Response(500, err.body(), JSON)
+            internal = ApiError(500, f"Internal error (request id {req.request_id})")
+            return Response(500, internal.body(), JSON)
 
     async def _stream(
         self, proto: Any, req: Request, resp: StreamResponse, base: list[tuple[str, str]]

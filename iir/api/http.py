@@ -13,7 +13,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 import orjson
-from granian.rsgi import ProtocolClosed
+from granian.rsgi import ProtocolClosed  # type: ignore[attr-defined]
 
 from iir.core.errors import ApiError, bad_request, client_closed
 from iir.service.pipeline import Caller
@@ -61,7 +61,7 @@ SSE_DONE = b"data: [DONE]\n\n"
 
 def error_frame(err: ApiError) -> bytes:
     """A failure after the stream began: the error object as one frame (``[DONE]`` follows)."""
-    return sse_frame({"error": err.to_dict()["error"], "detail": err.message})
+    return sse_frame({"error": err.error_object(), "detail": err.message})
 
 
 class Request:
@@ -100,7 +100,8 @@ class Request:
         self._body: bytes | None = None
 
     def header(self, name: str) -> str | None:
-        return self.headers.get(name)
+        value: str | None = self.headers.get(name)
+        return value
 
     def caller(self) -> Caller:
         """Who asks, as the request pipeline needs it: the key and the routing strategy."""

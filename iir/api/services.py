@@ -68,7 +68,7 @@ def build(settings: Settings) -> Services:
     ]
     models = ModelRegistry(backends)
     router = Router(
-        settings.routing_policy or load_policy(settings.routing_file),
+        load_policy(settings.routing_file),
         models,
         settings.routing_strategy,
         settings.local_max_queue,

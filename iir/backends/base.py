@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import AsyncIterator
+from typing import ClassVar
 
 from iir.core.protocol import ScrubbedChat
 from iir.core.types import (
@@ -27,7 +28,7 @@ from iir.core.types import (
 class Backend(abc.ABC):
     """A place a chat request can run. ``name`` labels metrics and logs (never a secret)."""
 
-    name: str = "backend"
+    name: ClassVar[str] = "backend"
     # True for backends that run on this box's own GPU: routing's "@local" stands for their models.
     local: bool = False
 

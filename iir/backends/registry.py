@@ -73,6 +73,7 @@ class ModelRegistry:
             if fresh:
                 await asyncio.to_thread(NVML.reset)
             self._hardware = await asyncio.to_thread(read_hardware)
+        assert self._hardware is not None
         return self._hardware
 
     async def status(self) -> dict[str, Any]:

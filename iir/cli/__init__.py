@@ -45,7 +45,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from iir.core.settings import ConfigError, load_settings
+    from iir.cli.checks import load_config
+    from iir.core.settings import ConfigError
 
     environ = dict(os.environ)
     if args.host:
@@ -53,7 +54,7 @@ def _serve(args: argparse.Namespace) -> int:
     if args.port is not None:
         environ["IIR_PORT"] = str(args.port)
     try:
-        settings = load_settings(environ, args.env_file)
+        settings = load_config(environ, args.env_file)
         from iir.cli.serve import serve
 
         serve(settings, args.env_file)

@@ -16,7 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from iir.core.settings import ConfigError, Settings, load_settings
+from iir.cli.checks import load_config
+from iir.core.settings import ConfigError, Settings
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 
@@ -118,7 +119,7 @@ def run_checks(
 ) -> list[Check]:
     checks = [_env_file(env_file)]
     try:
-        settings = load_settings(environ, env_file)
+        settings = load_config(environ, env_file)
     except ConfigError as exc:
         checks.append(Check("configuration", FAIL, str(exc)))
         return checks

@@ -71,16 +71,12 @@ class ApiError(Exception):
         )
         self.headers = headers or []
 
+    def error_object(self) -> dict[str, Any]:
+        """OpenAI's ``error`` object."""
+        return {"message": self.message, "type": self.type, "param": self.param, "code": self.code}
+
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "detail": self.message,
-            "error": {
-                "message": self.message,
-                "type": self.type,
-                "param": self.param,
-                "code": self.code,
-            },
-        }
+        return {"detail": self.message, "error": self.error_object()}
 
     def body(self) -> bytes:
         return orjson.dumps(self.to_dict())

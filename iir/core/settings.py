@@ -1,47 +1,38 @@
-"""Settings from the environment, optionally backed by an env file.
+"""Settings from the environment, optionally backed by an env file (pydantic-settings).
 
 The environment wins over the file, so an operator can override one value of
-``/etc/iir/iir.env`` for a single run. Any bad value stops start-up (exit code 2) with one line
-naming the variable, because a gateway that starts half-configured fails later and less clearly.
+``/etc/iir/iir.env`` for a single run. Each setting is declared once, with its variable, default
+and bounds; any bad value stops start-up (exit code 2) with one line naming the variable, because
+a gateway that starts half-configured fails later and less clearly. Settings that belong to another
+layer's data (the routing policy file, the log sink) are checked by ``iir serve`` and
+``iir doctor`` before the server starts (:mod:`iir.cli.checks`).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from dotenv import dotenv_values
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
-
-
-class ConfigError(Exception):
-    """A configuration value that cannot be used; the message names the variable."""
-
-
-@dataclass(frozen=True)
-class UpstreamSettings:
-    """How IIR talks to remote providers: timeouts, retries, circuit breaker, fallbacks."""
-
-    connect_timeout: float = 5.0
-    first_byte_timeout: float = 120.0
-    idle_timeout: float = 60.0
-    retries: int = 2
-    backoff_base: float = 0.25
-    backoff_max: float = 8.0
-    breaker_window: float = 30.0
-    breaker_min_requests: int = 10
-    breaker_failure_rate: float = 0.5
-    breaker_open_seconds: float = 15.0
-    models_refresh_seconds: float = 600.0
-    models_timeout: float = 5.0
-    anthropic_max_tokens: int = 4096
-    # model -> ordered alternatives tried when it fails before any byte reached the client
-    fallbacks: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-
+LogLevel = Literal["debug", "info", "warning", "error", "critical"]
+#: Routing strategies (see :mod:`iir.policy.routing.router`); the first is the default.
+STRATEGIES: tuple[str, ...] = ("local-first", "cost", "quality", "local-only", "remote-only")
+Strategy = Literal["local-first", "cost", "quality", "local-only", "remote-only"]
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # Base URLs a provider may be pointed at; each must be an http(s) URL.
 PROVIDER_URL_VARS = (
@@ -53,140 +44,157 @@ PROVIDER_URL_VARS = (
 )
 
 
-@dataclass(frozen=True)
-class Settings:
-    host: str = "127.0.0.1"
-    port: int = 8000
-    api_keys: tuple[str, ...] = ()
-    data_dir: Path = Path("./var")
-    max_body_bytes: int = 4 * 1024 * 1024
-    log_level: str = "info"
-    shutdown_timeout: float = 30.0
-    echo_token_delay_ms: float = 0.0
-    # Routing for model "auto" (iir.policy.routing): the policy file (None: the built-in one), the default
-    # strategy, the local queue depth above which local-first goes remote, the model assumed when
-    # a request names none (None: the model field is required).
-    routing_file: Path | None = None
-    routing_strategy: str = "local-first"
-    local_max_queue: int = 8
-    default_model: str | None = None
-    routing_policy: Any = field(default=None, repr=False)  # iir.policy.routing.rules.Policy
-    job_concurrency: int = 4
-    job_queue_max: int = 10000
-    job_ttl_seconds: int = 86400
-    job_db_timeout: float = 5.0
-    upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
-    # Local engine (vLLM in process) and the model registry; see README "Local engine and registry".
-    local_models: tuple[tuple[str, str], ...] = ()  # (served name, path or hub id)
-    model_dir: Path | None = None
-    autoload_models: bool = False
-    vllm: VllmSettings = field(default_factory=lambda: VllmSettings())
-    rate_limit_per_ip: int = 600
-    rate_limit_rpm_per_key: int = 0
-    rate_limit_tpm_per_key: int = 0
-    trusted_proxies: str = ""
-    max_prompt_tokens: int = 0
-    remote_log_sink: str = ""
-    # The merged environment (file values overlaid by the process environment): providers and the
-    # secret scrubber read their own variables from here.
-    env: Mapping[str, str] = field(default_factory=dict, repr=False)
+class ConfigError(Exception):
+    """A configuration value that cannot be used; the message names the variable."""
 
 
-@dataclass(frozen=True)
-class VllmSettings:
+_OTHER_VARS = frozenset({"REMOTE_LOG_SINK"})
+
+# The merged environment the settings are read from (see load_settings).
+_ENV: ContextVar[Mapping[str, str] | None] = ContextVar("iir_settings_env", default=None)
+
+
+class _MappingSource(EnvSettingsSource):
+    """pydantic-settings' environment source, reading the merged env instead of ``os.environ``."""
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        # Only IIR's own variables: a field's name never doubles as a variable.
+        env = _ENV.get() or {}
+        return {k: v for k, v in env.items() if k.startswith("IIR_") or k in _OTHER_VARS}
+
+
+class _FromEnv(BaseSettings):
+    """Each field names its variable with ``validation_alias``; empty values mean "default"."""
+
+    model_config = SettingsConfigDict(
+        case_sensitive=True,
+        env_ignore_empty=True,
+        extra="ignore",
+        frozen=True,
+        populate_by_name=True,
+        str_strip_whitespace=True,
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, _MappingSource(settings_cls, case_sensitive=True))
+
+
+def _var(name: str, default: Any = None, **bounds: Any) -> Any:
+    return Field(default, validation_alias=name, **bounds)
+
+
+Seconds = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class UpstreamSettings(_FromEnv):
+    """How IIR talks to remote providers: timeouts, retries, circuit breaker, fallbacks."""
+
+    connect_timeout: Seconds = _var("IIR_UPSTREAM_CONNECT_TIMEOUT", 5.0, ge=0.001)
+    first_byte_timeout: Seconds = _var("IIR_UPSTREAM_FIRST_BYTE_TIMEOUT", 120.0, ge=0.001)
+    idle_timeout: Seconds = _var("IIR_UPSTREAM_IDLE_TIMEOUT", 60.0, ge=0.001)
+    retries: int = _var("IIR_UPSTREAM_RETRIES", 2, ge=0, le=10)
+    backoff_base: Seconds = _var("IIR_UPSTREAM_BACKOFF_BASE", 0.25, ge=0.0)
+    backoff_max: Seconds = _var("IIR_UPSTREAM_BACKOFF_MAX", 8.0, ge=0.0)
+    breaker_window: Seconds = _var("IIR_BREAKER_WINDOW", 30.0, ge=0.001)
+    breaker_min_requests: int = _var("IIR_BREAKER_MIN_REQUESTS", 10, ge=1)
+    breaker_failure_rate: Seconds = _var("IIR_BREAKER_FAILURE_RATE", 0.5, gt=0.0, le=1.0)
+    breaker_open_seconds: Seconds = _var("IIR_BREAKER_OPEN_SECONDS", 15.0, ge=0.001)
+    models_refresh_seconds: Seconds = _var("IIR_MODELS_REFRESH_SECONDS", 600.0, ge=1.0)
+    models_timeout: Seconds = _var("IIR_MODELS_TIMEOUT", 5.0, ge=0.001)
+    anthropic_max_tokens: int = _var("IIR_ANTHROPIC_MAX_TOKENS", 4096, ge=1)
+    #: model -> ordered alternatives tried when it fails before any byte reached the client
+    fallbacks: Annotated[dict[str, tuple[str, ...]], NoDecode] = _var("IIR_FALLBACKS", {})
+
+    @field_validator("fallbacks", mode="before")
+    @classmethod
+    def _fallbacks(cls, raw: Any) -> Any:
+        return _parse_fallbacks(raw) if isinstance(raw, str) else raw
+
+
+class VllmSettings(_FromEnv):
     """Engine arguments handed to vLLM's ``AsyncEngineArgs``; None leaves vLLM's default."""
 
-    gpu_memory_utilization: float | None = None
-    max_model_len: int | None = None
-    tensor_parallel_size: int = 1
-    pipeline_parallel_size: int = 1
-    distributed_backend: str | None = None  # "mp" or "ray"
-    dtype: str | None = None
-    quantization: str | None = None
-    enforce_eager: bool | None = None
-    restart_backoff_s: float = 1.0
-    # Tests only: "module:attr" naming a stand-in engine factory (see tests/fake_vllm.py).
-    engine_factory: str | None = None
+    gpu_memory_utilization: float | None = _var(
+        "IIR_VLLM_GPU_MEMORY_UTILIZATION", None, gt=0.0, le=1.0
+    )
+    max_model_len: int | None = _var("IIR_VLLM_MAX_MODEL_LEN", None, ge=1)
+    tensor_parallel_size: int = _var("IIR_VLLM_TENSOR_PARALLEL_SIZE", 1, ge=1, le=1024)
+    pipeline_parallel_size: int = _var("IIR_VLLM_PIPELINE_PARALLEL_SIZE", 1, ge=1, le=1024)
+    distributed_backend: Literal["mp", "ray"] | None = _var("IIR_VLLM_DISTRIBUTED_BACKEND")
+    dtype: Literal["auto", "half", "float16", "bfloat16", "float", "float32"] | None = _var(
+        "IIR_VLLM_DTYPE"
+    )
+    quantization: str | None = _var("IIR_VLLM_QUANTIZATION", None, pattern=r"^[A-Za-z0-9_.\-]+$")
+    enforce_eager: bool | None = _var("IIR_VLLM_ENFORCE_EAGER")
+    restart_backoff_s: Seconds = _var("IIR_VLLM_RESTART_BACKOFF_S", 1.0, ge=0.01)
+    #: Tests only: "module:attr" naming a stand-in engine factory (see tests/fake_vllm.py).
+    engine_factory: str | None = _var("IIR_VLLM_ENGINE_FACTORY", None, pattern=r"^[\w.]+:[\w.]+$")
 
 
-def read_env_file(path: str | os.PathLike[str]) -> dict[str, str]:
-    p = Path(path)
-    try:
-        with p.open("r", encoding="utf-8") as fh:
-            fh.read(1)
-    except OSError as exc:
-        raise ConfigError(f"env file {str(p)!r} cannot be read: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"env file {str(p)!r} is not UTF-8 text") from None
-    return {k: v for k, v in dotenv_values(p).items() if v is not None}
+class Settings(_FromEnv):
+    host: str = _var("IIR_HOST", "127.0.0.1", min_length=1)
+    port: int = _var("IIR_PORT", 8000, ge=0, le=65535)
+    #: Every accepted API key: IIR_API_KEY, then IIR_ALLOWED_KEYS (comma-separated).
+    api_keys: tuple[str, ...] = ()
+    data_dir: Path = _var("IIR_DATA_DIR", Path("./var"))
+    max_body_bytes: int = _var("IIR_MAX_BODY_BYTES", 4 * 1024 * 1024, ge=1)
+    log_level: LogLevel = _var("IIR_LOG_LEVEL", "info")
+    shutdown_timeout: Seconds = _var("IIR_SHUTDOWN_TIMEOUT", 30.0, ge=0.0)
+    echo_token_delay_ms: Seconds = _var("IIR_ECHO_TOKEN_DELAY_MS", 0.0, ge=0.0)
+    # Routing for model "auto" (iir.policy.routing): the policy file (None: the built-in one), the
+    # default strategy, the local queue depth above which local-first goes remote, the model
+    # assumed when a request names none (None: the model field is required).
+    routing_file: Path | None = _var("IIR_ROUTING_FILE")
+    routing_strategy: Strategy = _var("IIR_ROUTING_STRATEGY", "local-first")
+    local_max_queue: int = _var("IIR_LOCAL_MAX_QUEUE", 8, ge=0)
+    default_model: str | None = _var(
+        "IIR_DEFAULT_MODEL", None, max_length=256, pattern=r"^[^\x00-\x1f\x7f]+$"
+    )
+    job_concurrency: int = _var("IIR_JOB_CONCURRENCY", 4, ge=1, le=1024)
+    job_queue_max: int = _var("IIR_JOB_QUEUE_MAX", 10000, ge=1)
+    job_ttl_seconds: int = _var("IIR_JOB_TTL_SECONDS", 86400, ge=1)
+    job_db_timeout: Seconds = _var("IIR_JOB_DB_TIMEOUT", 5.0, ge=0.0)
+    # Local engine (vLLM in process) and the model registry.
+    local_models: Annotated[tuple[tuple[str, str], ...], NoDecode] = _var("IIR_LOCAL_MODELS", ())
+    model_dir: Path | None = _var("IIR_MODEL_DIR")
+    autoload_models: bool = _var("IIR_AUTOLOAD_MODELS", False)
+    rate_limit_per_ip: int = _var("IIR_RATE_LIMIT_PER_IP", 600, ge=0)
+    rate_limit_rpm_per_key: int = _var("IIR_RATE_LIMIT_RPM_PER_KEY", 0, ge=0)
+    rate_limit_tpm_per_key: int = _var("IIR_RATE_LIMIT_TPM_PER_KEY", 0, ge=0)
+    trusted_proxies: Annotated[tuple[IPNetwork, ...], NoDecode] = _var("IIR_TRUSTED_PROXIES", ())
+    max_prompt_tokens: int = _var("IIR_MAX_PROMPT_TOKENS", 0, ge=0)
+    remote_log_sink: str = _var("REMOTE_LOG_SINK", "")
+    upstream: UpstreamSettings = Field(default_factory=UpstreamSettings)
+    vllm: VllmSettings = Field(default_factory=VllmSettings)
+    #: The merged environment (file values overlaid by the process environment): providers and
+    #: the secret scrubber read their own variables from here.
+    env: Mapping[str, str] = Field(default_factory=dict, repr=False)
+
+    @field_validator("log_level", "routing_strategy", mode="before")
+    @classmethod
+    def _lower(cls, raw: Any) -> Any:
+        return raw.lower() if isinstance(raw, str) else raw
+
+    @field_validator("local_models", mode="before")
+    @classmethod
+    def _local_models(cls, raw: Any) -> Any:
+        return _parse_local_models(raw) if isinstance(raw, str) else raw
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _proxies(cls, raw: Any) -> Any:
+        return parse_trusted_proxies(raw) if isinstance(raw, str) else raw
 
 
-def merged_env(
-    environ: Mapping[str, str], env_file: str | os.PathLike[str] | None
-) -> dict[str, str]:
-    merged = read_env_file(env_file) if env_file else {}
-    merged.update(environ)
-    return merged
-
-
-def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int | None = None) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a whole number") from None
-    if value < lo or (hi is not None and value > hi):
-        bound = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
-        raise ConfigError(f"{name}={value} must be {bound}")
-    return value
-
-
-def _float(env: Mapping[str, str], name: str, default: float, lo: float) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a number") from None
-    if not value >= lo or value == float("inf"):
-        raise ConfigError(f"{name}={raw} must be a finite number of at least {lo:g}")
-    return value
-
-
-def _bool(env: Mapping[str, str], name: str, default: bool | None) -> bool | None:
-    raw = env.get(name, "").strip().lower()
-    if not raw:
-        return default
-    if raw in ("1", "true", "yes", "on"):
-        return True
-    if raw in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(f"{name}={raw!r} must be true or false (1/0, yes/no, on/off)")
-
-
-def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str | None:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return None
-    if raw not in choices:
-        raise ConfigError(f"{name}={raw!r} must be one of {', '.join(choices)}")
-    return raw
-
-
-def _word(env: Mapping[str, str], name: str) -> str | None:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return None
-    if not all(c.isalnum() or c in "_-." for c in raw):
-        raise ConfigError(f"{name}={raw!r} must be a single word (letters, digits, _ - .)")
-    return raw
-
-
-def _local_models(env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
-    raw = env.get("IIR_LOCAL_MODELS", "")
+def _parse_local_models(raw: str) -> tuple[tuple[str, str], ...]:
     out: list[tuple[str, str]] = []
     for item in (i.strip() for i in raw.split(",")):
         if not item:
@@ -194,46 +202,53 @@ def _local_models(env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
         name, sep, path = item.partition("=")
         name, path = (name.strip(), path.strip()) if sep else (item, item)
         if not name or not path:
-            raise ConfigError(
-                f"IIR_LOCAL_MODELS: {item!r} must be 'path-or-id' or 'served-name=path-or-id'"
-            )
+            raise ValueError(f"{item!r} must be 'path-or-id' or 'served-name=path-or-id'")
         if any(n == name for n, _ in out):
-            raise ConfigError(f"IIR_LOCAL_MODELS: the served name {name!r} is given twice")
+            raise ValueError(f"the served name {name!r} is given twice")
         out.append((name, path))
     return tuple(out)
 
 
-def _vllm(env: Mapping[str, str]) -> VllmSettings:
-    util = _float(env, "IIR_VLLM_GPU_MEMORY_UTILIZATION", -1.0, 0.0)
-    if util != -1.0 and not 0.0 < util <= 1.0:
-        raise ConfigError(f"IIR_VLLM_GPU_MEMORY_UTILIZATION={util:g} must be above 0 and at most 1")
-    max_len = (
-        _int(env, "IIR_VLLM_MAX_MODEL_LEN", 0, 1)
-        if env.get("IIR_VLLM_MAX_MODEL_LEN", "").strip()
-        else None
-    )
-    factory = env.get("IIR_VLLM_ENGINE_FACTORY", "").strip() or None
-    if factory is not None:
-        module, sep, attr = factory.partition(":")
-        if not sep or not module or not attr:
-            raise ConfigError(f"IIR_VLLM_ENGINE_FACTORY={factory!r} must be 'module:attribute'")
-    return VllmSettings(
-        gpu_memory_utilization=None if util == -1.0 else util,
-        max_model_len=max_len,
-        tensor_parallel_size=_int(env, "IIR_VLLM_TENSOR_PARALLEL_SIZE", 1, 1, 1024),
-        pipeline_parallel_size=_int(env, "IIR_VLLM_PIPELINE_PARALLEL_SIZE", 1, 1, 1024),
-        distributed_backend=_choice(env, "IIR_VLLM_DISTRIBUTED_BACKEND", ("mp", "ray")),
-        dtype=_choice(
-            env, "IIR_VLLM_DTYPE", ("auto", "half", "float16", "bfloat16", "float", "float32")
-        ),
-        quantization=_word(env, "IIR_VLLM_QUANTIZATION"),
-        enforce_eager=_bool(env, "IIR_VLLM_ENFORCE_EAGER", None),
-        restart_backoff_s=_float(env, "IIR_VLLM_RESTART_BACKOFF_S", 1.0, 0.01),
-        engine_factory=factory,
-    )
+def _parse_fallbacks(raw: str) -> dict[str, tuple[str, ...]]:
+    """``IIR_FALLBACKS=model=alt1|alt2;other=alt3`` (whitespace around items is ignored)."""
+    out: dict[str, tuple[str, ...]] = {}
+    for rule in raw.split(";"):
+        rule = rule.strip()
+        if not rule:
+            continue
+        model, sep, alts = rule.partition("=")
+        model = model.strip()
+        chain = tuple(a.strip() for a in alts.split("|") if a.strip())
+        if not sep or not model or not chain:
+            raise ValueError(
+                f"{rule!r} is not 'model=alternative|alternative' (rules are separated by ';')"
+            )
+        if model in out:
+            raise ValueError(f"{model!r} has two rules")
+        if model in chain:
+            raise ValueError(f"{model!r} lists itself as its fallback")
+        out[model] = tuple(dict.fromkeys(chain))
+    return out
 
 
-def _keys(env: Mapping[str, str]) -> tuple[str, ...]:
+def parse_trusted_proxies(value: str) -> tuple[IPNetwork, ...]:
+    """A comma-separated list of IP addresses and CIDR networks; ValueError names a bad entry."""
+    networks: list[IPNetwork] = []
+    for raw in value.split(","):
+        entry = raw.strip()
+        if not entry:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(entry, strict=False))
+        except ValueError:
+            raise ValueError(
+                f"invalid trusted proxy {entry!r}: expected an IP address or CIDR network "
+                "such as 10.0.0.1 or 10.0.0.0/8"
+            ) from None
+    return tuple(networks)
+
+
+def _api_keys(env: Mapping[str, str]) -> tuple[str, ...]:
     keys: list[str] = []
     single = env.get("IIR_API_KEY", "").strip()
     if "IIR_API_KEY" in env and not single:
@@ -259,143 +274,61 @@ def _keys(env: Mapping[str, str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(keys))
 
 
-def _routing(env: Mapping[str, str]) -> dict[str, object]:
-    from iir.policy.routing.rules import STRATEGIES, PolicyError, load_policy
-
-    strategy = env.get("IIR_ROUTING_STRATEGY", "").strip().lower() or "local-first"
-    if strategy not in STRATEGIES:
-        raise ConfigError(
-            f"IIR_ROUTING_STRATEGY={strategy!r} must be one of {', '.join(STRATEGIES)}"
-        )
-    raw_file = env.get("IIR_ROUTING_FILE", "").strip()
-    routing_file = Path(raw_file) if raw_file else None
-    try:
-        policy = load_policy(routing_file)  # refuse a bad file now, not at the first request
-    except PolicyError as exc:
-        raise ConfigError(f"IIR_ROUTING_FILE={raw_file or '(built-in)'}: {exc}") from None
-    default_model = env.get("IIR_DEFAULT_MODEL", "").strip() or None
-    if default_model is not None and (len(default_model) > 256 or not default_model.isprintable()):
-        raise ConfigError("IIR_DEFAULT_MODEL must be a model name of at most 256 characters")
-    return {
-        "routing_file": routing_file,
-        "routing_strategy": strategy,
-        "local_max_queue": _int(env, "IIR_LOCAL_MAX_QUEUE", 8, 0),
-        "default_model": default_model,
-        "routing_policy": policy,
-    }
-
-
-def _fallbacks(env: Mapping[str, str]) -> dict[str, tuple[str, ...]]:
-    """``IIR_FALLBACKS=model=alt1|alt2;other=alt3`` (whitespace around items is ignored)."""
-    raw = env.get("IIR_FALLBACKS", "").strip()
-    out: dict[str, tuple[str, ...]] = {}
-    if not raw:
-        return out
-    for rule in raw.split(";"):
-        rule = rule.strip()
-        if not rule:
-            continue
-        model, sep, alts = rule.partition("=")
-        model = model.strip()
-        chain = tuple(a.strip() for a in alts.split("|") if a.strip())
-        if not sep or not model or not chain:
-            raise ConfigError(
-                f"IIR_FALLBACKS: {rule!r} is not 'model=alternative|alternative' "
-                "(rules are separated by ';')"
-            )
-        if model in out:
-            raise ConfigError(f"IIR_FALLBACKS: {model!r} has two rules")
-        if model in chain:
-            raise ConfigError(f"IIR_FALLBACKS: {model!r} lists itself as its fallback")
-        out[model] = tuple(dict.fromkeys(chain))
-    return out
-
-
-def _upstream(env: Mapping[str, str]) -> UpstreamSettings:
+def _check_provider_urls(env: Mapping[str, str]) -> None:
     for name in PROVIDER_URL_VARS:
         raw = env.get(name, "").strip()
         if raw and not (raw.startswith(("http://", "https://")) and len(raw.split("://", 1)[1])):
             raise ConfigError(f"{name}={raw!r} must be an http:// or https:// URL")
-    rate = _float(env, "IIR_BREAKER_FAILURE_RATE", 0.5, 0.0)
-    if not 0.0 < rate <= 1.0:
-        raise ConfigError(f"IIR_BREAKER_FAILURE_RATE={rate:g} must be above 0 and at most 1")
-    return UpstreamSettings(
-        connect_timeout=_float(env, "IIR_UPSTREAM_CONNECT_TIMEOUT", 5.0, 0.001),
-        first_byte_timeout=_float(env, "IIR_UPSTREAM_FIRST_BYTE_TIMEOUT", 120.0, 0.001),
-        idle_timeout=_float(env, "IIR_UPSTREAM_IDLE_TIMEOUT", 60.0, 0.001),
-        retries=_int(env, "IIR_UPSTREAM_RETRIES", 2, 0, 10),
-        backoff_base=_float(env, "IIR_UPSTREAM_BACKOFF_BASE", 0.25, 0.0),
-        backoff_max=_float(env, "IIR_UPSTREAM_BACKOFF_MAX", 8.0, 0.0),
-        breaker_window=_float(env, "IIR_BREAKER_WINDOW", 30.0, 0.001),
-        breaker_min_requests=_int(env, "IIR_BREAKER_MIN_REQUESTS", 10, 1),
-        breaker_failure_rate=rate,
-        breaker_open_seconds=_float(env, "IIR_BREAKER_OPEN_SECONDS", 15.0, 0.001),
-        models_refresh_seconds=_float(env, "IIR_MODELS_REFRESH_SECONDS", 600.0, 1.0),
-        models_timeout=_float(env, "IIR_MODELS_TIMEOUT", 5.0, 0.001),
-        anthropic_max_tokens=_int(env, "IIR_ANTHROPIC_MAX_TOKENS", 4096, 1),
-        fallbacks=_fallbacks(env),
-    )
 
 
-def _proxies(env: Mapping[str, str]) -> str:
-    from iir.policy.ratelimit import parse_trusted_proxies
-
-    raw = env.get("IIR_TRUSTED_PROXIES", "")
+def read_env_file(path: str | os.PathLike[str]) -> dict[str, str]:
+    p = Path(path)
     try:
-        parse_trusted_proxies(raw)
-    except ValueError as exc:
-        raise ConfigError(f"IIR_TRUSTED_PROXIES: {exc}") from None
-    return raw
+        with p.open("r", encoding="utf-8") as fh:
+            fh.read(1)
+    except OSError as exc:
+        raise ConfigError(f"env file {str(p)!r} cannot be read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"env file {str(p)!r} is not UTF-8 text") from None
+    return {k: v for k, v in dotenv_values(p).items() if v is not None}
 
 
-def _log_sink(env: Mapping[str, str]) -> str:
-    from iir.ops.logforward import parse_sink
+def merged_env(
+    environ: Mapping[str, str], env_file: str | os.PathLike[str] | None
+) -> dict[str, str]:
+    merged = read_env_file(env_file) if env_file else {}
+    merged.update(environ)
+    return merged
 
-    raw = env.get("REMOTE_LOG_SINK", "").strip()
-    if raw:
-        try:
-            parse_sink(raw)
-        except ValueError as exc:
-            raise ConfigError(f"REMOTE_LOG_SINK: {exc}") from None
-    return raw
+
+def _one_line(exc: ValidationError, env: Mapping[str, str]) -> str:
+    """The first error as ``VARIABLE='value': what is wrong``."""
+    err = exc.errors(include_url=False)[0]
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    if err["loc"]:
+        name = str(err["loc"][0])
+        if name in env:
+            return f"{name}={env[name].strip()!r}: {msg}"
+        return f"{name}: {msg}"
+    return msg
 
 
 def load_settings(
     environ: Mapping[str, str] | None = None,
     env_file: str | os.PathLike[str] | None = None,
 ) -> Settings:
+    """Reads every setting from ``environ`` (default: the process's) over ``env_file``."""
     env = merged_env(os.environ if environ is None else environ, env_file)
-    level = env.get("IIR_LOG_LEVEL", "info").strip().lower() or "info"
-    if level not in LOG_LEVELS:
-        raise ConfigError(f"IIR_LOG_LEVEL={level!r} must be one of {', '.join(LOG_LEVELS)}")
-    host = env.get("IIR_HOST", "127.0.0.1").strip() or "127.0.0.1"
-    data_dir = Path(env.get("IIR_DATA_DIR", "./var").strip() or "./var")
-    return Settings(
-        host=host,
-        port=_int(env, "IIR_PORT", 8000, 0, 65535),
-        api_keys=_keys(env),
-        data_dir=data_dir,
-        max_body_bytes=_int(env, "IIR_MAX_BODY_BYTES", 4 * 1024 * 1024, 1),
-        log_level=level,
-        shutdown_timeout=_float(env, "IIR_SHUTDOWN_TIMEOUT", 30.0, 0.0),
-        echo_token_delay_ms=_float(env, "IIR_ECHO_TOKEN_DELAY_MS", 0.0, 0.0),
-        **_routing(env),
-        job_concurrency=_int(env, "IIR_JOB_CONCURRENCY", 4, 1, 1024),
-        job_queue_max=_int(env, "IIR_JOB_QUEUE_MAX", 10000, 1),
-        job_ttl_seconds=_int(env, "IIR_JOB_TTL_SECONDS", 86400, 1),
-        job_db_timeout=_float(env, "IIR_JOB_DB_TIMEOUT", 5.0, 0.0),
-        upstream=_upstream(env),
-        local_models=_local_models(env),
-        model_dir=Path(env["IIR_MODEL_DIR"].strip())
-        if env.get("IIR_MODEL_DIR", "").strip()
-        else None,
-        autoload_models=bool(_bool(env, "IIR_AUTOLOAD_MODELS", False)),
-        vllm=_vllm(env),
-        rate_limit_per_ip=_int(env, "IIR_RATE_LIMIT_PER_IP", 600, 0),
-        rate_limit_rpm_per_key=_int(env, "IIR_RATE_LIMIT_RPM_PER_KEY", 0, 0),
-        rate_limit_tpm_per_key=_int(env, "IIR_RATE_LIMIT_TPM_PER_KEY", 0, 0),
-        trusted_proxies=_proxies(env),
-        max_prompt_tokens=_int(env, "IIR_MAX_PROMPT_TOKENS", 0, 0),
-        remote_log_sink=_log_sink(env),
-        env=env,
-    )
+    _check_provider_urls(env)
+    token = _ENV.set(env)
+    try:
+        return Settings(
+            api_keys=_api_keys(env),
+            upstream=UpstreamSettings(),
+            vllm=VllmSettings(),
+            env=env,
+        )
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc, env)) from None
+    finally:
+        _ENV.reset(token)

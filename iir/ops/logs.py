@@ -67,7 +67,7 @@ class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         attrs = record.__dict__
         done = attrs.get("_iir_line")
-        if done is not None:
+        if isinstance(done, str):
             return done  # already formatted for another handler (stderr, then UDP)
         line: dict[str, Any] = {
             "time": self._time(record),
@@ -113,7 +113,7 @@ class _AccessRecord(logging.LogRecord):
 
     pathname = filename = module = ""
     lineno = 0
-    funcName = stack_info = thread = threadName = process = processName = taskName = None
+    funcName = stack_info = thread = threadName = process = processName = taskName = None  # type: ignore[assignment]
     relativeCreated = 0.0
 
     def __init__(self, fields: dict[str, Any]) -> None:
@@ -139,7 +139,7 @@ def access(fields: dict[str, Any]) -> None:
 def _lean_records() -> None:
     """Skips what IIR's lines never show: the caller's frame (a stack walk per line), thread and
     process names (the logging HOWTO's "Optimization" section)."""
-    logging._srcfile = None  # type: ignore[attr-defined]
+    logging._srcfile = None
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False

@@ -11,7 +11,7 @@ import math
 from iir.core.errors import ApiError
 from iir.core.settings import Settings
 from iir.ops import metrics
-from iir.policy.ratelimit import Decision, RateLimiter, client_ip, ip_key, parse_trusted_proxies
+from iir.policy.ratelimit import Decision, RateLimiter, client_ip, ip_key
 
 Headers = list[tuple[str, str]]
 
@@ -39,7 +39,7 @@ class Limits:
         self.per_ip = RateLimiter(settings.rate_limit_per_ip)
         self.key_requests = RateLimiter(settings.rate_limit_rpm_per_key)
         self.key_tokens = RateLimiter(settings.rate_limit_tpm_per_key)
-        self.trusted = parse_trusted_proxies(settings.trusted_proxies)
+        self.trusted = settings.trusted_proxies
         self._ip_keys: dict[str, str] = {}
 
     def client(self, peer: str, forwarded_for: str | None) -> str:

@@ -11,8 +11,7 @@ import ipaddress
 from collections.abc import Callable, Sequence
 
 from iir import _native
-
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+from iir.core.settings import IPNetwork
 
 #: The outcome of one check: ``allowed``, ``limit``, ``remaining``, ``reset_seconds``,
 #: ``retry_after_seconds``. Immutable and compared by value, like a frozen dataclass, but built
@@ -83,26 +82,6 @@ class RateLimiter:
 
     def __len__(self) -> int:
         return len(self._inner)
-
-
-def parse_trusted_proxies(value: str) -> list[IPNetwork]:
-    """Parse a comma-separated list of IP addresses and CIDR networks.
-
-    Raises ValueError naming the bad entry.
-    """
-    networks: list[IPNetwork] = []
-    for raw in value.split(","):
-        entry = raw.strip()
-        if not entry:
-            continue
-        try:
-            networks.append(ipaddress.ip_network(entry, strict=False))
-        except ValueError:
-            raise ValueError(
-                f"invalid trusted proxy {entry!r}: expected an IP address or CIDR network "
-                "such as 10.0.0.1 or 10.0.0.0/8"
-            ) from None
-    return networks
 
 
 def _parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:

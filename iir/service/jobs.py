@@ -59,7 +59,7 @@ def unavailable(exc: StoreUnavailable) -> ApiError:
 
 
 def _error_body(err: ApiError) -> dict[str, Any]:
-    return err.to_dict()["error"]
+    return err.error_object()
 
 
 def _no_job(job_id: str) -> ApiError:

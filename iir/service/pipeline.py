@@ -20,6 +20,8 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import ValidationError
+
 from iir.backends.base import Backend
 from iir.backends.registry import ModelRegistry
 from iir.core.errors import ApiError, bad_request
@@ -144,7 +146,7 @@ class Pipeline:
         chat = translate(body)
         try:
             request = ScrubbedChat.model_validate(chat)
-        except ValueError as exc:
+        except ValidationError as exc:
             raise validation_error(exc) from None
         return request, chat["messages"]
 

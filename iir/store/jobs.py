@@ -410,8 +410,10 @@ class JobStore:
                     outcomes.append((fn(conn, *args), None))
                 except Exception as exc:
                     conn.execute("ROLLBACK TO op")
-                    err = StoreUnavailable(str(exc)) if isinstance(exc, sqlite3.Error) else exc
-                    outcomes.append((None, err))
+                    failed: Exception = (
+                        StoreUnavailable(str(exc)) if isinstance(exc, sqlite3.Error) else exc
+                    )
+                    outcomes.append((None, failed))
                 conn.execute("RELEASE op")
             try:
                 conn.execute("COMMIT")

@@ -67,7 +67,7 @@ def connect(path: Path, timeout: float = 5.0) -> sqlite3.Connection:
 
 def migrate(conn: sqlite3.Connection) -> int:
     """Brings the schema to :data:`SCHEMA_VERSION`; refuses a file from a newer IIR."""
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
     if version > SCHEMA_VERSION:
         raise StoreError(
             f"schema version {version} is newer than this IIR understands ({SCHEMA_VERSION}); "

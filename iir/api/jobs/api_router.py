@@ -40,7 +40,7 @@ async def get(svc: Services, req: Request, job_id: str) -> Response:
         return json_response(job.result, headers=headers)
     body: dict[str, Any] = {"job_id": job.id, "status": job.status}
     if job.status == "failed":
-        body["error"] = job.error or ApiError(500, "The job failed").to_dict()["error"]
+        body["error"] = job.error or ApiError(500, "The job failed").error_object()
     return json_response(body, headers=headers)
 
 

@@ -26,7 +26,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import aclosing, suppress
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from iir.backends.base import Backend
 from iir.backends.local.modeldir import FoundModel, scan
@@ -139,7 +139,8 @@ def load_factory(ref: str | None) -> EngineFactory:
         target = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
         raise RuntimeError(f"IIR_VLLM_ENGINE_FACTORY={ref!r} cannot be loaded: {exc}") from None
-    return target() if inspect.isclass(target) or inspect.isfunction(target) else target
+    factory = target() if inspect.isclass(target) or inspect.isfunction(target) else target
+    return cast(EngineFactory, factory)
 
 
 @dataclass(slots=True)
@@ -260,10 +261,10 @@ class VllmBackend(Backend):
                     lm.restart_task.cancel()
                 del self._models[name]
         for f in found:
-            lm = self._models.get(f.name)
+            known = self._models.get(f.name)
             # Configured models win over folders of the same name; a folder already being
             # served, loaded or retried keeps its entry (and its engine) untouched.
-            if lm is not None and (lm.origin == "configured" or lm.want_loaded):
+            if known is not None and (known.origin == "configured" or known.want_loaded):
                 continue
             lm = LocalModel(f.name, str(f.path), "model_dir", context_length=f.context_length)
             if f.problem:
@@ -588,7 +589,7 @@ class VllmBackend(Backend):
 
             def text(token_id: int, lp: Any) -> str:
                 tok = getattr(lp, "decoded_token", None)
-                return tok if tok is not None else lm.tokenizer.decode([token_id])
+                return str(tok) if tok is not None else str(lm.tokenizer.decode([token_id]))
 
             token = text(tid, chosen) if chosen is not None else lm.tokenizer.decode([tid])
             item = _top_logprob(token, chosen.logprob if chosen is not None else -9999.0)
@@ -608,7 +609,7 @@ class VllmBackend(Backend):
         finish: dict[int, str] = {}
         lps: dict[int, list[dict[str, Any]]] = {}
         usage: Usage | None = None
-        async with aclosing(self.stream(request, model)) as events:
+        async with aclosing(self.stream(request, model)) as events:  # type: ignore[type-var]
             async for event in events:
                 if isinstance(event, Usage):
                     usage = event
@@ -633,7 +634,7 @@ class VllmBackend(Backend):
         lm, ids, params = await self._prepare(request, model)
         top = request.top_logprobs or 0
         prompt_tokens, completion_tokens = len(ids), 0
-        async with aclosing(self._generate(lm, ids, params)) as outputs:
+        async with aclosing(self._generate(lm, ids, params)) as outputs:  # type: ignore[type-var]
             async for out in outputs:
                 if out.prompt_token_ids:
                     prompt_tokens = len(out.prompt_token_ids)

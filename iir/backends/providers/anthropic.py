@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 
 import orjson
 
-from iir.backends.providers.base import ProviderBackend, bad_answer
+from iir.backends.providers.base import ProviderBackend, as_object, bad_answer
 from iir.core.errors import bad_request
 from iir.core.protocol import ChatRequest, Message, ScrubbedChat
 from iir.core.types import Choice, Completion, Delta, ModelCard, StreamEvent, Usage
@@ -288,11 +288,11 @@ class StreamTranslator:
             raise bad_answer("anthropic", "a stream event is not a JSON object")
         kind = ev.get("type", event)
         if kind == "message_start":
-            msg = ev.get("message") if isinstance(ev.get("message"), dict) else {}
-            self.start_usage = msg.get("usage") if isinstance(msg.get("usage"), dict) else {}
+            msg = as_object(ev.get("message"))
+            self.start_usage = as_object(msg.get("usage"))
             return []
         if kind == "content_block_start":
-            block = ev.get("content_block") if isinstance(ev.get("content_block"), dict) else {}
+            block = as_object(ev.get("content_block"))
             if block.get("type") == "tool_use":
                 k = len(self.tool_index)
                 self.tool_index[ev.get("index", -1)] = k
@@ -307,19 +307,19 @@ class StreamTranslator:
                 return [Delta(content=block["text"])]
             return []
         if kind == "content_block_delta":
-            delta = ev.get("delta") if isinstance(ev.get("delta"), dict) else {}
+            delta = as_object(ev.get("delta"))
             if delta.get("type") == "text_delta" and isinstance(delta.get("text"), str):
                 return [Delta(content=delta["text"])] if delta["text"] else []
             if delta.get("type") == "input_json_delta":
-                k = self.tool_index.get(ev.get("index", -1))
+                slot = self.tool_index.get(ev.get("index", -1))
                 partial = delta.get("partial_json")
-                if k is None or not isinstance(partial, str) or not partial:
+                if slot is None or not isinstance(partial, str) or not partial:
                     return []
-                return [Delta(tool_calls=[{"index": k, "function": {"arguments": partial}}])]
+                return [Delta(tool_calls=[{"index": slot, "function": {"arguments": partial}}])]
             return []  # thinking, signature and citation deltas have no OpenAI counterpart
         if kind == "message_delta":
-            delta = ev.get("delta") if isinstance(ev.get("delta"), dict) else {}
-            u = ev.get("usage") if isinstance(ev.get("usage"), dict) else {}
+            delta = as_object(ev.get("delta"))
+            u = as_object(ev.get("usage"))
             if isinstance(u.get("output_tokens"), int):
                 self.output_tokens = u["output_tokens"]
             if delta.get("stop_reason"):
@@ -329,7 +329,7 @@ class StreamTranslator:
             self.done = True
             return [usage(self.start_usage, self.output_tokens)]
         if kind == "error":
-            err = ev.get("error") if isinstance(ev.get("error"), dict) else {}
+            err = as_object(ev.get("error"))
             raise bad_answer(
                 "anthropic",
                 f"{err.get('type', 'error')} during the stream: {err.get('message', '')}",

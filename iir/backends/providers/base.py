@@ -174,3 +174,8 @@ class ProviderBackend(Backend):
 
 def bad_answer(provider: str, why: str) -> ApiError:
     return ApiError(502, f"Upstream provider error: {provider}: {why}")
+
+
+def as_object(value: Any) -> dict[str, Any]:
+    """A JSON object from a provider's answer, or an empty one where it sent something else."""
+    return value if isinstance(value, dict) else {}

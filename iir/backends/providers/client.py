@@ -160,11 +160,11 @@ def upstream_message(raw: bytes) -> str:
         if isinstance(err, dict):
             for key in ("message", "detail", "msg"):
                 if isinstance(err.get(key), str):
-                    return err[key][:1000]
+                    return str(err[key])[:1000]
         if isinstance(err, str):
             return err[:1000]
         if isinstance(body.get("detail"), str):
-            return body["detail"][:1000]
+            return str(body["detail"])[:1000]
     return raw.decode("utf-8", "replace")[:300]
 
 

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 import orjson
 
-from iir.backends.providers.base import ProviderBackend, bad_answer
+from iir.backends.providers.base import ProviderBackend, as_object, bad_answer
 from iir.core.protocol import ChatRequest, ScrubbedChat
 from iir.core.types import (
     Choice,
@@ -133,7 +133,7 @@ def parse_chunk(provider: str, data: bytes) -> list[StreamEvent]:
     for c in chunk.get("choices") or ():
         if not isinstance(c, dict):
             continue
-        delta = c.get("delta") if isinstance(c.get("delta"), dict) else {}
+        delta = as_object(c.get("delta"))
         content = delta.get("content")
         tool_calls = delta.get("tool_calls")
         refusal = delta.get("refusal")

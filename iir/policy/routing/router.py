@@ -14,11 +14,12 @@ from typing import Any
 
 from iir.core.errors import ApiError
 from iir.core.protocol import ChatRequest
+from iir.core.settings import STRATEGIES
 from iir.core.types import Load, ModelSource
 from iir.ops import metrics
 from iir.policy.routing.classifier import Category, ClassifierError, classify, native_scan
 from iir.policy.routing.features import Features, extract
-from iir.policy.routing.rules import LOCAL_WILDCARD, STRATEGIES, ModelPolicy, Policy
+from iir.policy.routing.rules import LOCAL_WILDCARD, ModelPolicy, Policy
 from iir.policy.tokens import count_text
 
 LOCAL_FIRST = STRATEGIES[0]

@@ -19,7 +19,6 @@ from iir.policy.routing.classifier import CATEGORIES
 DEFAULT_FILE = Path(__file__).with_name("default.toml")
 LOCAL_WILDCARD = "@local"  # every model the box's own engine serves
 MAX_TIER = 5
-STRATEGIES: tuple[str, ...] = ("local-first", "cost", "quality", "local-only", "remote-only")
 
 
 class PolicyError(Exception):
