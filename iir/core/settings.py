@@ -58,9 +58,14 @@ class _MappingSource(EnvSettingsSource):
     """pydantic-settings' environment source, reading the merged env instead of ``os.environ``."""
 
     def _load_env_vars(self) -> Mapping[str, str | None]:
-        # Only IIR's own variables: a field's name never doubles as a variable.
+        # Only IIR's own variables (a field's name never doubles as a variable); an empty or
+        # blank value means "the default", as an unset one does.
         env = _ENV.get() or {}
-        return {k: v for k, v in env.items() if k.startswith("IIR_") or k in _OTHER_VARS}
+        return {
+            k: v
+            for k, v in env.items()
+            if (k.startswith("IIR_") or k in _OTHER_VARS) and v.strip()
+        }
 
 
 class _FromEnv(BaseSettings):
