@@ -23,9 +23,13 @@ $(STAMP): $(SOURCES)
 	$(BIN)/pip install --quiet -e '.[dev]'
 	@touch $@
 
+# A development key, and iir/echo as routing's last resort so that "auto" answers on a box with
+# no model yet (a production install answers 503 instead). Written once; edit it freely.
 $(DEV_ENV): | $(STAMP)
 	@mkdir -p $(DATA)
-	@umask 077; $(BIN)/iir keygen --prefix dev --env > $@
+	@umask 077; $(BIN)/iir keygen --prefix dev --env > $@.tmp && \
+	  printf '%s\n' '# model "auto" falls back to the built-in echo model when nothing else can serve' \
+	    'IIR_ROUTING_LAST_RESORT=iir/echo' >> $@.tmp && mv $@.tmp $@
 	@echo "Generated a development API key in $@"
 
 run: install $(DEV_ENV)  ## serve on $(HOST):$(PORT) with ./var as the data directory

@@ -72,6 +72,7 @@ def build(settings: Settings) -> Services:
         models,
         settings.routing_strategy,
         settings.local_max_queue,
+        settings.routing_last_resort,
     )
     pipeline = Pipeline(
         models,
