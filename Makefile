@@ -35,6 +35,7 @@ $(DEV_ENV): | $(STAMP)
 run: install $(DEV_ENV)  ## serve on $(HOST):$(PORT) with ./var as the data directory
 	@echo "API key: $$(sed -n 's/^IIR_API_KEY=//p' $(DEV_ENV))"
 	@echo "Try: curl -H \"Authorization: Bearer $$(sed -n 's/^IIR_API_KEY=//p' $(DEV_ENV))\" http://$(HOST):$(PORT)/v1/models"
+	@echo "Console: http://$(HOST):$(PORT)/console"
 	IIR_DATA_DIR=$(DATA) $(BIN)/iir serve --host $(HOST) --port $(PORT) --env-file $(DEV_ENV)
 
 lint: install  ## ruff, the import contract, mypy, cargo fmt and clippy
