@@ -87,6 +87,8 @@ def test_the_setting() -> None:
     assert load_settings({"IIR_API_KEY": "k"}).routing_last_resort is None
     s = load_settings({"IIR_API_KEY": "k", "IIR_ROUTING_LAST_RESORT": " iir/echo "})
     assert s.routing_last_resort == "iir/echo"
+    blank = load_settings({"IIR_API_KEY": "k", "IIR_ROUTING_LAST_RESORT": " "})
+    assert blank.routing_last_resort is None  # an emptied line in the env file turns it off
     with pytest.raises(ConfigError, match="IIR_ROUTING_LAST_RESORT"):
         load_settings({"IIR_API_KEY": "k", "IIR_ROUTING_LAST_RESORT": "a\x01b"})
 

@@ -189,6 +189,12 @@ class Settings(_FromEnv):
     def _lower(cls, raw: Any) -> Any:
         return raw.lower() if isinstance(raw, str) else raw
 
+    @field_validator("routing_last_resort", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, raw: Any) -> Any:
+        # ``IIR_ROUTING_LAST_RESORT=`` in an env file turns the last resort off.
+        return None if isinstance(raw, str) and not raw.strip() else raw
+
     @field_validator("local_models", mode="before")
     @classmethod
     def _local_models(cls, raw: Any) -> Any:
