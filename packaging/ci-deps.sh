@@ -5,6 +5,7 @@
 #   git              (Debian package: git)      lists the sources the wheel is built from
 #   setpriv          (Debian package: util-linux) drops to an unprivileged user in deploy-test
 #   /usr/bin/python3 with venv (python3, python3-venv) builds /opt/iir/venv as the GPU box does
+#   chromium         (Debian package: chromium)  the headless browser the /console tests drive
 set -eu
 
 missing=""
@@ -12,6 +13,8 @@ command -v systemd-analyze >/dev/null 2>&1 || missing="$missing systemd"
 command -v dpkg-deb >/dev/null 2>&1 || missing="$missing dpkg"
 command -v git >/dev/null 2>&1 || missing="$missing git"
 command -v setpriv >/dev/null 2>&1 || missing="$missing util-linux"
+command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 \
+    || missing="$missing chromium"
 if [ ! -x /usr/bin/python3 ]; then
     missing="$missing python3 python3-venv"
 elif ! /usr/bin/python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from iir.api import registry, routing, system
 from iir.api.chat import api_router as chat
+from iir.api.console import api_router as console
 from iir.api.infer import api_router as infer
 from iir.api.jobs import api_router as jobs
 from iir.api.jobs.serving import Jobs
@@ -38,6 +39,7 @@ ROUTES: list[Route] = [
     *infer.ROUTES,
     *routing.ROUTES,
     *registry.ROUTES,
+    *console.ROUTES,
 ]
 
 
@@ -72,6 +74,7 @@ def build(settings: Settings) -> Services:
         models,
         settings.routing_strategy,
         settings.local_max_queue,
+        settings.routing_last_resort,
     )
     pipeline = Pipeline(
         models,

@@ -163,6 +163,12 @@ class Settings(_FromEnv):
     default_model: str | None = _var(
         "IIR_DEFAULT_MODEL", None, max_length=256, pattern=r"^[^\x00-\x1f\x7f]+$"
     )
+    # A model tried after every routed candidate, and alone when no policy model can serve: `make
+    # run` sets it to iir/echo so that "auto" answers on a box with no model; unset, such a
+    # request is a 503.
+    routing_last_resort: str | None = _var(
+        "IIR_ROUTING_LAST_RESORT", None, max_length=256, pattern=r"^[^\x00-\x1f\x7f]+$"
+    )
     job_concurrency: int = _var("IIR_JOB_CONCURRENCY", 4, ge=1, le=1024)
     job_queue_max: int = _var("IIR_JOB_QUEUE_MAX", 10000, ge=1)
     job_ttl_seconds: int = _var("IIR_JOB_TTL_SECONDS", 86400, ge=1)
@@ -187,6 +193,12 @@ class Settings(_FromEnv):
     @classmethod
     def _lower(cls, raw: Any) -> Any:
         return raw.lower() if isinstance(raw, str) else raw
+
+    @field_validator("routing_last_resort", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, raw: Any) -> Any:
+        # ``IIR_ROUTING_LAST_RESORT=`` in an env file turns the last resort off.
+        return None if isinstance(raw, str) and not raw.strip() else raw
 
     @field_validator("local_models", mode="before")
     @classmethod
