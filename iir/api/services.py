@@ -62,7 +62,7 @@ def build(settings: Settings) -> Services:
     # Secrets: the process's secret environment values (provider keys too) and IIR's own keys.
     scrubber = Scrubber.from_environ(settings.env, extra_secrets=settings.api_keys)
     backends: list[Backend] = [
-        EchoBackend(settings.echo_token_delay_ms),
+        EchoBackend(settings.echo_token_delay_ms, settings.max_answer_bytes),
         VllmBackend(settings),
         *remote_backends(settings),
     ]
@@ -81,6 +81,7 @@ def build(settings: Settings) -> Services:
         fallbacks=settings.upstream.fallbacks,
         max_prompt_tokens=settings.max_prompt_tokens,
         default_model=settings.default_model,
+        max_answer_bytes=settings.max_answer_bytes,
     )
     job_runner = Jobs(pipeline)
     pool = JobPool(

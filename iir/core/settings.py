@@ -171,6 +171,8 @@ class Settings(_FromEnv):
     rate_limit_tpm_per_key: int = _var("IIR_RATE_LIMIT_TPM_PER_KEY", 0, ge=0)
     trusted_proxies: Annotated[tuple[IPNetwork, ...], NoDecode] = _var("IIR_TRUSTED_PROXIES", ())
     max_prompt_tokens: int = _var("IIR_MAX_PROMPT_TOKENS", 0, ge=0)
+    # The most text one answer may carry over all its choices (n x the output).
+    max_answer_bytes: int = _var("IIR_MAX_ANSWER_BYTES", 64 * 1024 * 1024, ge=1024)
     remote_log_sink: str = _var("REMOTE_LOG_SINK", "")
     upstream: UpstreamSettings = Field(default_factory=UpstreamSettings)
     vllm: VllmSettings = Field(default_factory=VllmSettings)
