@@ -110,6 +110,9 @@ class UpstreamSettings(_FromEnv):
     models_refresh_seconds: Seconds = _var("IIR_MODELS_REFRESH_SECONDS", 600.0, ge=1.0)
     models_timeout: Seconds = _var("IIR_MODELS_TIMEOUT", 5.0, ge=0.001)
     anthropic_max_tokens: int = _var("IIR_ANTHROPIC_MAX_TOKENS", 4096, ge=1)
+    #: The most bytes read from one upstream answer (after decompression); an SSE line may hold
+    #: at most min(1 MiB, this).
+    max_bytes: int = _var("IIR_UPSTREAM_MAX_BYTES", 32 * 1024 * 1024, ge=1024)
     #: model -> ordered alternatives tried when it fails before any byte reached the client
     fallbacks: Annotated[dict[str, tuple[str, ...]], NoDecode] = _var("IIR_FALLBACKS", {})
 
