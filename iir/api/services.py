@@ -93,6 +93,11 @@ def build(settings: Settings) -> Services:
         settings.job_queue_max,
         scrub=scrubber.scrub,
         on_end=job_runner.ended,
+        max_attempts=settings.job_max_attempts,
+        max_pending_per_key=settings.job_max_pending_per_key,
+        max_bytes_per_key=settings.job_max_bytes_per_key,
+        max_result_bytes=settings.job_max_result_bytes,
+        write_retries=settings.job_write_retries,
     )
     job_runner.bind(pool)
     return Services(
