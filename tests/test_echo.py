@@ -57,8 +57,8 @@ FAMILIES: dict[str, Callable[[int], str]] = {
 
 
 def _per_byte(text: str) -> float:
-    """Seconds per character of ``pieces(text)``: the best of three batches, each repeated to
-    last about 20 ms so the clock's resolution does not matter, with the garbage collector off
+    """Seconds per character of ``pieces(text)``: the best of five batches, each repeated to
+    last about 50 ms so the clock's resolution does not matter, with the garbage collector off
     (its pauses are not the tokenizer's). A call that alone takes seconds is not repeated."""
     gc.collect()
     gc.disable()
@@ -68,9 +68,9 @@ def _per_byte(text: str) -> float:
         once = time.perf_counter() - t0
         if once > 2.0:
             return once / len(text)
-        rounds = max(1, int(0.02 / max(once, 1e-6)))
+        rounds = max(1, int(0.05 / max(once, 1e-6)))
         best = float("inf")
-        for _ in range(3):
+        for _ in range(5):
             t0 = time.perf_counter()
             for _ in range(rounds):
                 pieces(text)
@@ -97,6 +97,9 @@ def test_tokenizer_cost_per_byte_stays_flat(family: str, clean_cost: dict[int, f
         assert cost <= VERSUS_CLEAN * clean_cost[n], (family, n, cost, clean_cost[n])
         if first is None:
             first = cost
+        elif cost > FACTOR * first:  # measured again before it counts: the box is shared
+            first = min(first, _per_byte(FAMILIES[family](SIZES[0])))
+            cost = min(cost, _per_byte(text))
         assert cost <= FACTOR * first, (family, n, cost, first)
 
 
