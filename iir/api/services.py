@@ -64,7 +64,7 @@ def build(settings: Settings) -> Services:
     # Secrets: the process's secret environment values (provider keys too) and IIR's own keys.
     scrubber = Scrubber.from_environ(settings.env, extra_secrets=settings.api_keys)
     backends: list[Backend] = [
-        EchoBackend(settings.echo_token_delay_ms),
+        EchoBackend(settings.echo_token_delay_ms, settings.max_answer_bytes),
         VllmBackend(settings),
         *remote_backends(settings),
     ]
@@ -84,6 +84,7 @@ def build(settings: Settings) -> Services:
         fallbacks=settings.upstream.fallbacks,
         max_prompt_tokens=settings.max_prompt_tokens,
         default_model=settings.default_model,
+        max_answer_bytes=settings.max_answer_bytes,
     )
     job_runner = Jobs(pipeline)
     pool = JobPool(
@@ -95,6 +96,11 @@ def build(settings: Settings) -> Services:
         settings.job_queue_max,
         scrub=scrubber.scrub,
         on_end=job_runner.ended,
+        max_attempts=settings.job_max_attempts,
+        max_pending_per_key=settings.job_max_pending_per_key,
+        max_bytes_per_key=settings.job_max_bytes_per_key,
+        max_result_bytes=settings.job_max_result_bytes,
+        write_retries=settings.job_write_retries,
     )
     job_runner.bind(pool)
     return Services(

@@ -15,6 +15,14 @@ from iir.policy.ratelimit import Decision, RateLimiter, client_ip, ip_key
 
 Headers = list[tuple[str, str]]
 
+#: The largest cost handed to the limiter: costs are 64-bit integers there and are multiplied in
+#: floating point, exact up to 2**53. Anything above is refused as too large anyway.
+MAX_COST = 2**53
+
+
+def _clamp(tokens: int) -> int:
+    return min(max(0, tokens), MAX_COST)
+
 
 def _duration(seconds: float) -> str:
     """OpenAI's reset format: ``120ms``, ``1.5s``, ``6m0s``."""
@@ -72,10 +80,10 @@ class Limits:
     def reserve_tokens(self, key_id: str, tokens: int) -> Reservation:
         """Reserves prompt + max output tokens at admission; the caller settles it once the
         answer's real size is known (success, failure or cancellation alike)."""
-        tokens = max(1, tokens)
+        tokens = max(1, _clamp(tokens))
         if not self.key_tokens.enabled:
             return Reservation(self, key_id, 0, [])
-        decision = self.key_tokens.check(key_id, max(1, tokens))
+        decision = self.key_tokens.check(key_id, tokens)
         if not decision.allowed:
             if tokens > self.key_tokens.per_minute + self.key_tokens.burst:
                 message = (
@@ -107,8 +115,9 @@ class Reservation:
         if self.settled:
             return
         self.settled = True
+        used = _clamp(used)
         if self.reserved and used != self.reserved:
-            self.limits.key_tokens.adjust(self.key_id, max(0, used) - self.reserved)
+            self.limits.key_tokens.adjust(self.key_id, used - self.reserved)
 
 
 def _headers(kind: str, d: Decision) -> Headers:
