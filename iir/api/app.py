@@ -60,8 +60,11 @@ class App:
         for backend in self.svc.backends:
             await backend.start()
         await self.svc.job_pool.start()
+        await self.svc.responses.start()
 
     async def shutdown(self) -> None:
+        with suppress(Exception):
+            await self.svc.responses.stop()
         with suppress(Exception):
             await self.svc.job_pool.stop()
         if self.log_forwarder is not None:

@@ -13,6 +13,7 @@ from iir.api.chat import api_router as chat
 from iir.api.infer import api_router as infer
 from iir.api.jobs import api_router as jobs
 from iir.api.jobs.serving import Jobs
+from iir.api.responses import api_router as responses
 from iir.api.router import Route
 from iir.backends.base import Backend
 from iir.backends.echo import EchoBackend
@@ -28,12 +29,14 @@ from iir.policy.scrub import Scrubber
 from iir.service.jobs import JobPool
 from iir.service.pipeline import Pipeline
 from iir.store.jobs import JobStore
+from iir.store.responses import ResponseStore
 from iir.store.sqlite import db_path
 
 #: Every route IIR serves, surface by surface.
 ROUTES: list[Route] = [
     *system.ROUTES,
     *chat.ROUTES,
+    *responses.ROUTES,
     *jobs.ROUTES,
     *infer.ROUTES,
     *routing.ROUTES,
@@ -52,6 +55,8 @@ class Services:
     pipeline: Pipeline
     jobs: Jobs
     job_pool: JobPool
+    #: Stored responses of the Responses API (in the job database).
+    responses: ResponseStore
     routes: list[Route] = field(default_factory=lambda: list(ROUTES))
     #: ``/openapi.json``, rendered on first request.
     openapi: bytes | None = None
@@ -94,6 +99,7 @@ def build(settings: Settings) -> Services:
         on_end=job_runner.ended,
     )
     job_runner.bind(pool)
+    stored = ResponseStore(pool.store, settings.response_ttl_seconds, scrub=scrubber.scrub)
     return Services(
         settings=settings,
         keys=KeyRing(settings.api_keys),
@@ -104,4 +110,5 @@ def build(settings: Settings) -> Services:
         pipeline=pipeline,
         jobs=job_runner,
         job_pool=pool,
+        responses=stored,
     )

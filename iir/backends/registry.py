@@ -54,6 +54,14 @@ class ModelRegistry:
                 seen.setdefault(card.id, card)
         return list(seen.values())
 
+    def capabilities(self, name: str) -> frozenset[str]:
+        """The API surfaces the model ``name`` serves (none when nothing serves it)."""
+        try:
+            backend, target = self.resolve(name)
+        except ApiError:
+            return frozenset()
+        return backend.capabilities(target)
+
     def degraded(self) -> list[str]:
         return [reason for backend in self.backends for reason in backend.degraded()]
 

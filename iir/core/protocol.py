@@ -7,6 +7,7 @@ rules; unknown top-level fields are ignored, as OpenAI-compatible servers do.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -166,3 +167,21 @@ def parse_chat_request(body: Any) -> ChatRequest:
         return ChatRequest.model_validate(body)
     except ValidationError as exc:
         raise validation_error(exc) from None
+
+
+# --- other surfaces' requests as backends see them -------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ScrubbedBody:
+    """A surface's own request body after the scrub step, for a backend that speaks the surface
+    natively (OpenAI's Responses API, Anthropic's Messages API, legacy completions).
+
+    Like :class:`ScrubbedChat` it is built only in :mod:`iir.service.pipeline`, from the scrubbed
+    body; ``headers`` are the client headers the surface passes on (``anthropic-beta``),
+    scrubbed too. Backends copy ``body`` before they change anything in it.
+    """
+
+    surface: str
+    body: dict[str, Any]
+    headers: tuple[tuple[str, str], ...] = ()

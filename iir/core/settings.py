@@ -162,6 +162,7 @@ class Settings(_FromEnv):
     job_queue_max: int = _var("IIR_JOB_QUEUE_MAX", 10000, ge=1)
     job_ttl_seconds: int = _var("IIR_JOB_TTL_SECONDS", 86400, ge=1)
     job_db_timeout: Seconds = _var("IIR_JOB_DB_TIMEOUT", 5.0, ge=0.0)
+    response_ttl_seconds: int = _var("IIR_RESPONSE_TTL_SECONDS", 30 * 86400, ge=1)
     # Local engine (vLLM in process) and the model registry.
     local_models: Annotated[tuple[tuple[str, str], ...], NoDecode] = _var("IIR_LOCAL_MODELS", ())
     model_dir: Path | None = _var("IIR_MODEL_DIR")

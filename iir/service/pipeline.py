@@ -10,23 +10,38 @@ Only :meth:`Pipeline.prepare` builds a :class:`~iir.core.protocol.ScrubbedChat`,
 backend accepts, and it builds it from the scrubbed body: nothing a client sent reaches a backend,
 a provider across the network or the job store without passing the scrubber first. What is HTTP
 (auth, the per-key request limit, the disconnect watch, each API's wire shapes) is the api layer's.
+
+Every surface runs these steps. One that has a native form (``surface``: the Responses API)
+also keeps its scrubbed body as a :class:`~iir.core.protocol.ScrubbedBody`, built in the same
+place; each candidate then gets the native body when its backend speaks the surface, the
+canonical chat request otherwise, and a model that serves neither is refused at the route step.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
 from iir.backends.base import Backend
 from iir.backends.registry import ModelRegistry
 from iir.core.errors import ApiError, bad_request
-from iir.core.protocol import ScrubbedChat, validation_error
-from iir.core.types import Completion, Delta, StreamEvent, Usage
+from iir.core.protocol import ScrubbedBody, ScrubbedChat, validation_error
+from iir.core.types import (
+    CHAT,
+    SURFACE_PATHS,
+    AnswerEvent,
+    Completion,
+    Delta,
+    NativeAnswer,
+    NativeEvent,
+    StreamEvent,
+    Usage,
+)
 from iir.ops import metrics
 from iir.policy import tokens
 from iir.policy.limits import Limits, Reservation
@@ -34,6 +49,8 @@ from iir.policy.routing.router import Decision, Router, check_strategy, is_auto
 from iir.policy.scrub import Scrubber, StreamScrubber
 
 log = logging.getLogger("iir.service")
+
+T = TypeVar("T")
 
 #: Turns a surface's (scrubbed) body into the canonical chat body; raises 400 naming the field.
 Translate = Callable[[dict[str, Any]], dict[str, Any]]
@@ -49,6 +66,17 @@ def falls_back(err: ApiError) -> bool:
 
 def _as_chat(body: dict[str, Any]) -> dict[str, Any]:
     return body
+
+
+def cannot_serve(model: str, surface: str, capabilities: frozenset[str]) -> ApiError:
+    serves = ", ".join(SURFACE_PATHS[c] for c in sorted(capabilities) if c in SURFACE_PATHS)
+    return ApiError(
+        400,
+        f"The model '{model}' cannot serve {SURFACE_PATHS[surface]}"
+        + (f"; it serves {serves}" if serves else ""),
+        code="model_not_supported",
+        param="model",
+    )
 
 
 @dataclass(slots=True, frozen=True)
@@ -72,14 +100,24 @@ class Prepared:
     prompt_tokens: int | None = None
     #: Reply headers the steps produced (token-limit state, routing decision).
     headers: list[tuple[str, str]] = field(default_factory=list)
+    #: The API surface asked (its path names it in errors).
+    surface: str = CHAT
+    #: The surface's own scrubbed body, for backends that speak the surface natively.
+    native: ScrubbedBody | None = None
+    #: ``(param, what)``: a field only backends that speak the surface natively honour.
+    native_only: tuple[str, str] | None = None
 
 
 @dataclass(slots=True)
 class Answer:
-    """A whole answer: the model that produced it and its scrubbed completion (usage filled in)."""
+    """A whole answer: the model that produced it and its scrubbed completion (usage filled in).
+
+    ``native`` holds the whole scrubbed answer when the backend answered in the surface's own
+    wire format; ``completion`` then has no choices, only the usage."""
 
     model: str
     completion: Completion
+    native: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -91,7 +129,7 @@ class AnswerStream:
     """
 
     model: str
-    events: AsyncIterator[StreamEvent]
+    events: AsyncIterator[AnswerEvent]
 
 
 class Pipeline:
@@ -119,11 +157,26 @@ class Pipeline:
     # --- before the backend -------------------------------------------------------------------
 
     def prepare(
-        self, body: Any, caller: Caller, translate: Translate = _as_chat, *, admit: bool = True
+        self,
+        body: Any,
+        caller: Caller,
+        translate: Translate = _as_chat,
+        *,
+        admit: bool = True,
+        surface: str = CHAT,
+        headers: Mapping[str, str] | None = None,
+        native_only: tuple[str, str] | None = None,
     ) -> Prepared:
-        """Default model, scrub, validate, admit (unless ``admit`` is false), route."""
-        request, messages = self.parse(body, translate)
-        prepared = Prepared(request, messages, [])
+        """Default model, scrub, validate, admit (unless ``admit`` is false), route.
+
+        ``surface`` other than chat keeps the scrubbed body (and ``headers``, scrubbed) for
+        backends that speak it natively; ``translate`` still gives the canonical chat request
+        that validation, admission and routing read. ``native_only`` (``(param, what)``) says
+        the request uses something only such backends honour: routing keeps to them."""
+        request, messages, native = self._parse(body, translate, surface, headers)
+        prepared = Prepared(
+            request, messages, [], surface=surface, native=native, native_only=native_only
+        )
         if admit:
             self.admit(prepared, caller)
         try:
@@ -138,17 +191,34 @@ class Pipeline:
         self, body: Any, translate: Translate = _as_chat
     ) -> tuple[ScrubbedChat, list[dict[str, Any]]]:
         """The first three steps: default model, scrub, validate (400 naming the field)."""
-        if not isinstance(body, dict):
-            raise bad_request("The request body must be a JSON object", param="body")
-        if self.default_model and body.get("model") is None:
-            body = {**body, "model": self.default_model}
-        body = self.scrub_request(body)
+        request, messages, _ = self._parse(body, translate, CHAT, None)
+        return request, messages
+
+    def _parse(
+        self,
+        body: Any,
+        translate: Translate,
+        surface: str,
+        headers: Mapping[str, str] | None,
+    ) -> tuple[ScrubbedChat, list[dict[str, Any]], ScrubbedBody | None]:
+        body = self.scrub_request(self._with_default_model(body))
         chat = translate(body)
         try:
             request = ScrubbedChat.model_validate(chat)
         except ValidationError as exc:
             raise validation_error(exc) from None
-        return request, chat["messages"]
+        native = None
+        if surface != CHAT:
+            sent = tuple(self.scrub_request(dict(headers)).items()) if headers else ()
+            native = ScrubbedBody(surface, body, sent)
+        return request, chat["messages"], native
+
+    def _with_default_model(self, body: Any) -> dict[str, Any]:
+        if not isinstance(body, dict):
+            raise bad_request("The request body must be a JSON object", param="body")
+        if self.default_model and body.get("model") is None:
+            body = {**body, "model": self.default_model}
+        return body  # type: ignore[no-any-return]
 
     def scrub_request(self, body: dict[str, Any]) -> dict[str, Any]:
         """Every string of the body through the scrubber, before anything else reads it."""
@@ -169,24 +239,39 @@ class Pipeline:
 
     def admit(self, prepared: Prepared, caller: Caller) -> None:
         """The prompt-size cap, then the key's tokens-per-minute reservation."""
+        chat = prepared.request
+        prepared.reservation = self._admit(
+            lambda: self.count_prompt(prepared),
+            (chat.output_limit or 0) * chat.n,
+            caller,
+            prepared.headers,
+        )
+
+    def _admit(
+        self,
+        prompt_tokens: Callable[[], int],
+        output_budget: int,
+        caller: Caller,
+        headers: list[tuple[str, str]],
+        param: str = "messages",
+    ) -> Reservation | None:
         limits = self.limits
         per_key = limits is not None and limits.key_tokens.enabled and caller.key_id is not None
         if not self.max_prompt_tokens and not per_key:
-            return
-        prompt = self.count_prompt(prepared)
+            return None
+        prompt = prompt_tokens()
         if self.max_prompt_tokens and prompt > self.max_prompt_tokens:
             raise ApiError(
                 400,
                 "Request exceeds max token limit",
                 code="context_length_exceeded",
-                param="messages",
+                param=param,
             )
         if per_key and limits is not None and caller.key_id is not None:
-            chat = prepared.request
-            prepared.reservation = limits.reserve_tokens(
-                caller.key_id, prompt + (chat.output_limit or 0) * chat.n
-            )
-            prepared.headers += prepared.reservation.headers
+            reservation = limits.reserve_tokens(caller.key_id, prompt + output_budget)
+            headers += reservation.headers
+            return reservation
+        return None
 
     def route(self, prepared: Prepared, caller: Caller) -> None:
         """The ordered candidates: routed for ``auto``; a named model first, then its fallbacks
@@ -209,15 +294,74 @@ class Pipeline:
                 raise ApiError(
                     503, "Classifier error: routing is not enabled", code="classifier_error"
                 )
-            candidates = [chat.model, *self.fallbacks.get(chat.model, ())]
-            self._check_served(candidates)
+            candidates = self._named(chat.model, prepared.surface, native=prepared.native_only)
         elif decision.explicit:
-            named = [chat.model, *self.fallbacks.get(chat.model, ())]
-            candidates = list(dict.fromkeys([*named, *decision.candidates[1:]]))
+            named = self._named(chat.model, prepared.surface, check=False)
+            candidates = self._capable(
+                list(dict.fromkeys([*named, *decision.candidates[1:]])),
+                prepared.surface,
+                native=prepared.native_only,
+            )
         else:
-            candidates = decision.candidates
+            candidates = self._capable(
+                decision.candidates, prepared.surface, auto=True, native=prepared.native_only
+            )
         prepared.candidates = candidates
         prepared.decision = decision
+
+    def _named(
+        self,
+        model: str,
+        surface: str,
+        check: bool = True,
+        native: tuple[str, str] | None = None,
+    ) -> list[str]:
+        """A named model and its fallbacks. The named model must be able to serve ``surface``
+        (400 when it cannot); fallbacks that cannot are left out."""
+        candidates = [model, *self.fallbacks.get(model, ())]
+        if check:
+            self._check_served(candidates)
+        return self._capable(candidates, surface, native=native)
+
+    def _capable(
+        self,
+        candidates: list[str],
+        surface: str,
+        auto: bool = False,
+        native: tuple[str, str] | None = None,
+    ) -> list[str]:
+        """The candidates that can serve ``surface`` (natively, when ``native`` names a field
+        only such backends honour); a named (first) one that cannot is 400. Names nothing
+        serves stay: trying them gives the fallback chain its 404."""
+        kept = []
+        for i, model in enumerate(candidates):
+            try:
+                backend, target = self.registry.resolve(model)
+            except ApiError:
+                kept.append(model)
+                continue
+            capabilities = backend.capabilities(target)
+            if surface in capabilities and (native is None or backend.speaks(surface, target)):
+                kept.append(model)
+            elif i == 0 and not auto and surface not in capabilities:
+                raise cannot_serve(model, surface, capabilities)
+            elif i == 0 and not auto and native is not None:
+                param, what = native
+                raise ApiError(
+                    400,
+                    f"Invalid value for '{param}': {what} can only be served by a model that "
+                    f"takes {SURFACE_PATHS[surface]} natively; "
+                    f"'{model}' does not",
+                    code="unsupported_parameter",
+                    param=param,
+                )
+        if not kept:
+            raise ApiError(
+                503,
+                f"No model the routing policy picked can serve {SURFACE_PATHS[surface]}",
+                code="no_route",
+            )
+        return kept
 
     def _check_served(self, candidates: list[str]) -> None:
         """404 now (not in a job, not after a fallback chain) when no candidate is served."""
@@ -247,35 +391,53 @@ class Pipeline:
                 prepared.reservation.settle(used or 0)
 
     async def _complete(self, prepared: Prepared) -> Answer:
-        chat = prepared.request
-        candidates = prepared.candidates
+        chat, native = prepared.request, prepared.native
+
+        async def attempt(backend: Backend, target: str) -> Completion | NativeAnswer:
+            if native is not None and backend.speaks(native.surface, target):
+                return await backend.complete_native(native, target)
+            return await backend.complete(chat, target)
+
+        model, result = await self._first(prepared.candidates, attempt)
+        if isinstance(result, NativeAnswer):
+            usage = result.usage or self._estimate_usage(prepared, model, [])
+            self._count(model, usage)
+            return Answer(model, Completion([], usage), self._scrub_native(result.body))
+        if result.usage is None:
+            result.usage = self._estimate_usage(
+                prepared, model, [c.content or "" for c in result.choices]
+            )
+        self._count(model, result.usage)
+        return Answer(model, self._scrub_completion(result))
+
+    async def _first(
+        self, candidates: list[str], attempt: Callable[[Backend, str], Awaitable[T]]
+    ) -> tuple[str, T]:
+        """The first candidate's answer; one that fails in a way the next may not falls back."""
         for i, model in enumerate(candidates):
             try:
                 backend, target = self.registry.resolve(model)
-                completion = await backend.complete(chat, target)
+                return model, await attempt(backend, target)
             except ApiError as err:
                 if i + 1 == len(candidates) or not falls_back(err):
                     raise
                 self._fell_back(model, candidates[i + 1], err)
-                continue
-            if completion.usage is None:
-                completion.usage = self._estimate_usage(
-                    prepared, model, [c.content or "" for c in completion.choices]
-                )
-            self._count(model, completion.usage)
-            return Answer(model, self._scrub_completion(completion))
         raise AssertionError("no candidate model")  # pragma: no cover - never empty
 
     async def stream(self, prepared: Prepared) -> AnswerStream:
         """Starts a streamed run. A candidate failing before its first piece yields to the next,
         so that failures before any byte still get a proper status."""
-        chat = prepared.request
+        chat, native = prepared.request, prepared.native
         candidates = prepared.candidates
         try:
             for i, model in enumerate(candidates):
                 try:
                     backend, target = self.registry.resolve(model)
-                    events = backend.stream(chat, target)
+                    events: AsyncIterator[StreamEvent | NativeEvent]
+                    if native is not None and backend.speaks(native.surface, target):
+                        events = backend.stream_native(native, target)
+                    else:
+                        events = backend.stream(chat, target)
                     try:
                         first = await anext(events, None)
                     except BaseException:
@@ -298,9 +460,9 @@ class Pipeline:
         prepared: Prepared,
         model: str,
         backend: Backend,
-        first: StreamEvent | None,
-        events: AsyncIterator[StreamEvent],
-    ) -> AsyncIterator[StreamEvent]:
+        first: StreamEvent | NativeEvent | None,
+        events: AsyncIterator[StreamEvent | NativeEvent],
+    ) -> AsyncIterator[AnswerEvent]:
         clean = StreamCleaner(self.scrubber)
         usage: Usage | None = None
         produced = False
@@ -311,6 +473,10 @@ class Pipeline:
                     while event is not None:
                         if isinstance(event, Usage):
                             usage = event
+                        elif isinstance(event, NativeEvent):
+                            produced = True
+                            for out in clean.native(event):
+                                yield out
                         else:
                             produced = True
                             delta = clean(event)
@@ -322,16 +488,16 @@ class Pipeline:
                     log.warning(
                         "stream failed", extra={"error": err.message, "backend": backend.name}
                     )
-                    for delta in clean.leftovers():
-                        yield delta
+                    for left in clean.leftovers():
+                        yield left
                     raise
                 except Exception:
                     log.exception("stream failed", extra={"backend": backend.name})
-                    for delta in clean.leftovers():
-                        yield delta
+                    for left in clean.leftovers():
+                        yield left
                     raise ApiError(502, f"{backend.name} backend error during the stream") from None
-            for delta in clean.leftovers():
-                yield delta
+            for left in clean.leftovers():
+                yield left
             if usage is None:
                 usage = self._estimate_usage(prepared, model, clean.texts())
             self._count(model, usage)
@@ -349,6 +515,13 @@ class Pipeline:
                 prepared.reservation.settle(used)
 
     # --- after the backend --------------------------------------------------------------------
+
+    def _scrub_native(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A native answer, scrubbed whole: every string in it."""
+        clean, counts = self.scrubber.scrub(body)
+        if counts:
+            metrics.count_redactions("response", counts)
+        return clean  # type: ignore[no-any-return]
 
     def _scrub_completion(self, completion: Completion) -> Completion:
         """Scrubs every text of an answer before the client (or the job store) sees it.
@@ -397,10 +570,33 @@ def _add(counts: dict[str, int], found: dict[str, int]) -> None:
         counts[rule] = counts.get(rule, 0) + n
 
 
+def _at(data: dict[str, Any], path: tuple[str, ...]) -> Any:
+    value: Any = data
+    for name in path:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(name)
+    return value
+
+
+def _with(data: dict[str, Any], path: tuple[str, ...], value: Any) -> dict[str, Any]:
+    """A copy of ``data`` with ``value`` at ``path`` (the dicts along the path are copied)."""
+    out = dict(data)
+    if len(path) == 1:
+        out[path[0]] = value
+    elif path:
+        inner = out.get(path[0])
+        out[path[0]] = _with(inner if isinstance(inner, dict) else {}, path[1:], value)
+    return out
+
+
 class StreamCleaner:
     """Scrubs streamed text per choice (content, refusal, and each tool call's arguments), so a
     secret split across chunks is still caught; each scrubber holds back only a tail that could
-    still become one. Tool-call names and ids arrive whole and are scrubbed as they are."""
+    still become one. Tool-call names and ids arrive whole and are scrubbed as they are.
+
+    Native events (:meth:`native`) get the same treatment per stream key the backend marked;
+    every other event is scrubbed whole."""
 
     def __init__(self, scrubber: Scrubber) -> None:
         self.scrubber = scrubber
@@ -408,7 +604,10 @@ class StreamCleaner:
         self.refusal: dict[int, StreamScrubber] = {}
         self.arguments: dict[tuple[int, int], StreamScrubber] = {}
         self.counts: dict[str, int] = {}
-        self._texts: dict[int, list[str]] = {}
+        self._texts: dict[Any, list[str]] = {}
+        self.streams: dict[tuple[Any, ...], StreamScrubber] = {}
+        # The last delta event of each native stream: the shape its held-back text is sent in.
+        self._last: dict[tuple[Any, ...], NativeEvent] = {}
 
     def _scrubber(self, table: dict[Any, StreamScrubber], key: Any) -> StreamScrubber:
         s = table.get(key)
@@ -484,16 +683,60 @@ class StreamCleaner:
     def _add(self, s: StreamScrubber) -> None:
         _add(self.counts, s.counts)
 
-    def leftovers(self) -> list[Delta]:
-        """Held-back text of choices that never finished (the stream ended or failed)."""
-        out = []
+    def leftovers(self) -> list[Delta | NativeEvent]:
+        """Held-back text of choices and native streams that never finished (the stream ended
+        or failed)."""
+        out: list[Delta | NativeEvent] = []
         indices = {*self.content, *self.refusal, *(k[0] for k in self.arguments)}
         for index in sorted(indices):
             d = Delta(index=index)
             self._flush(d)
             if d.content or d.tool_calls or d.refusal:
                 out.append(d)
+        for key in list(self.streams):
+            rest = self._release(key)
+            if rest is not None:
+                out.append(rest)
         return out
+
+    def native(self, event: NativeEvent) -> list[NativeEvent]:
+        """One native event as it may be sent: text pieces through their stream's scrubber,
+        anything else scrubbed whole; a closing event comes after the text held back for the
+        streams it closes."""
+        out = []
+        for key in event.closes:
+            rest = self._release(key)
+            if rest is not None:
+                out.append(rest)
+        stream = event.stream
+        text = _at(event.data, event.path) if stream is not None else None
+        if stream is not None and isinstance(text, str):
+            key = stream
+            self._texts.setdefault(key, []).append(text)
+            data = self._whole(_with(event.data, event.path, ""))
+            self._last[key] = NativeEvent(event.name, data, key, event.path)
+            clean = self._scrubber(self.streams, key).push(text)
+            if clean:
+                out.append(NativeEvent(event.name, _with(data, event.path, clean), key, event.path))
+            return out
+        out.append(NativeEvent(event.name, self._whole(event.data), closes=event.closes))
+        return out
+
+    def _whole(self, data: dict[str, Any]) -> dict[str, Any]:
+        clean, found = self.scrubber.scrub(data)
+        _add(self.counts, found)
+        return clean  # type: ignore[no-any-return]
+
+    def _release(self, key: tuple[Any, ...]) -> NativeEvent | None:
+        s = self.streams.pop(key, None)
+        if s is None:
+            return None
+        rest = s.finish()
+        self._add(s)
+        last = self._last.pop(key, None)
+        if not rest or last is None:
+            return None
+        return NativeEvent(last.name, _with(last.data, last.path, rest), key, last.path)
 
     def texts(self) -> list[str]:
         return ["".join(parts) for parts in self._texts.values()]

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 DB_NAME = "iir.db"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Migration i takes the schema from version i to i + 1; each runs in one transaction.
 MIGRATIONS: list[str] = [
@@ -33,6 +33,21 @@ MIGRATIONS: list[str] = [
     CREATE INDEX jobs_status ON jobs (status, created_at);
     CREATE INDEX jobs_expires ON jobs (expires_at) WHERE expires_at IS NOT NULL;
     CREATE INDEX jobs_owner ON jobs (owner, created_at);
+    """,
+    # 1 -> 2: stored responses of the Responses API (iir.store.responses)
+    """
+    CREATE TABLE responses (
+        id          TEXT PRIMARY KEY,
+        owner       TEXT NOT NULL,
+        job_id      TEXT,
+        status      TEXT NOT NULL,
+        model       TEXT NOT NULL,
+        request     BLOB NOT NULL,
+        response    BLOB NOT NULL,
+        created_at  REAL NOT NULL,
+        expires_at  REAL NOT NULL
+    );
+    CREATE INDEX responses_expires ON responses (expires_at);
     """,
 ]
 

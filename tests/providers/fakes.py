@@ -1,8 +1,8 @@
 """Fake remote providers on loopback, speaking the real wire formats, with injectable faults.
 
-``FakeProvider("openai")`` answers OpenAI's ``POST /v1/chat/completions`` (JSON and SSE) and
-``GET /v1/models``; ``FakeProvider("anthropic")`` answers the Messages API ``POST /v1/messages``
-(JSON and its SSE event stream) and its model list. Each runs an aiohttp server on its own event
+``FakeProvider("openai")`` answers OpenAI's ``POST /v1/chat/completions`` (JSON and SSE), the
+Responses API ``POST /v1/responses`` (JSON and its typed events) and ``GET /v1/models``; ``FakeProvider("anthropic")`` answers the Messages
+API ``POST /v1/messages`` (JSON and its SSE event stream) and its model list. Each runs an aiohttp server on its own event
 loop in a thread, records every request it gets, and applies queued :class:`Fault` s to chat
 requests in order.
 """
@@ -83,8 +83,11 @@ class FakeProvider:
 
     async def _start(self) -> None:
         app = web.Application()
-        chat_path = "/v1/chat/completions" if self.kind == "openai" else "/v1/messages"
-        app.router.add_post(chat_path, self._chat)
+        if self.kind == "openai":
+            for path in ("/v1/chat/completions", "/v1/responses"):
+                app.router.add_post(path, self._chat)
+        else:
+            app.router.add_post("/v1/messages", self._chat)
         app.router.add_get("/v1/models", self._models)
         self._runner = web.AppRunner(
             app, handler_cancellation=True, access_log=None, shutdown_timeout=0.5
@@ -155,7 +158,12 @@ class FakeProvider:
             body = {"type": "error", "error": {"type": kind, "message": message}}
         return web.json_response(body, status=status, dumps=lambda o: orjson.dumps(o).decode())
 
-    def _stream_error(self) -> bytes:
+    def _stream_error(self, path: str = "") -> bytes:
+        if path == "/v1/responses":
+            return _sse(
+                {"type": "error", "code": "server_error", "message": "Overloaded", "param": None},
+                "error",
+            )
         if self.kind == "openai":
             return _sse({"error": {"message": "Overloaded", "type": "server_error"}})
         return _sse(
@@ -236,10 +244,14 @@ class FakeProvider:
             body = {
                 **body,
                 "messages": [{"role": "user", "content": self.reply}],
+                "input": self.reply,
                 "tools": None,
                 "_reply_verbatim": True,
             }
-        if self.kind == "openai":
+        if request.path == "/v1/responses":
+            frames = responses_frames(body, self.chunk_chars) if stream else None
+            answer = None if stream else responses_answer(body)
+        elif self.kind == "openai":
             frames = openai_frames(body, self.chunk_chars, self.omit_usage) if stream else None
             answer = None if stream else openai_answer(body)
             if answer is not None and self.omit_usage:
@@ -255,7 +267,7 @@ class FakeProvider:
         for i, frame in enumerate(frames):
             if fault is not None and i == fault.at:
                 if fault.kind == "error_event":
-                    await resp.write(self._stream_error())
+                    await resp.write(self._stream_error(request.path))
                     await resp.write_eof()
                     return resp
                 if fault.kind == "reset_mid":
@@ -313,6 +325,157 @@ def reply_text(body: dict[str, Any]) -> str:
     if body.get("_reply_verbatim"):
         return _last_user_text(body["messages"])
     return "You said: " + _last_user_text(body["messages"])
+
+
+# --- the Responses API ---------------------------------------------------------------------------
+
+
+def _responses_user_text(body: dict[str, Any]) -> str:
+    value = body.get("input")
+    if isinstance(value, str):
+        return value
+    for item in reversed(value or []):
+        if isinstance(item, dict) and item.get("role") == "user":
+            content = item.get("content")
+            if isinstance(content, str):
+                return content
+            return "".join(
+                p.get("text", "") for p in content or () if isinstance(p, dict) and "text" in p
+            )
+    return ""
+
+
+def _responses_tool(body: dict[str, Any]) -> dict[str, Any] | None:
+    tools = body.get("tools")
+    items = body.get("input")
+    if not tools or (
+        isinstance(items, list)
+        and items
+        and isinstance(items[-1], dict)
+        and items[-1].get("type") == "function_call_output"
+    ):
+        return None
+    return tools[0]
+
+
+def _responses_object(body: dict[str, Any], status: str, output: list[Any]) -> dict[str, Any]:
+    return {
+        "id": "resp_fake",
+        "object": "response",
+        "created_at": 1_700_000_000,
+        "status": status,
+        "error": None,
+        "incomplete_details": None,
+        "instructions": body.get("instructions"),
+        "model": body.get("model"),
+        "output": output,
+        "parallel_tool_calls": True,
+        "previous_response_id": None,
+        "store": body.get("store", True),
+        "temperature": 1.0,
+        "text": {"format": {"type": "text"}},
+        "tool_choice": "auto",
+        "tools": body.get("tools") or [],
+        "top_p": 1.0,
+        "truncation": "disabled",
+        "usage": {
+            "input_tokens": 11,
+            "input_tokens_details": {"cached_tokens": 2, "cache_write_tokens": 0},
+            "output_tokens": 5,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": 16,
+        }
+        if status == "completed"
+        else None,
+        "metadata": {},
+    }
+
+
+def _responses_output(body: dict[str, Any]) -> list[dict[str, Any]]:
+    tool = _responses_tool(body)
+    if tool is not None:
+        return [
+            {
+                "id": "fc_fake",
+                "type": "function_call",
+                "status": "completed",
+                "call_id": "call_fake_1",
+                "name": tool.get("name", tool.get("type")),
+                "arguments": TOOL_ARGS,
+            }
+        ]
+    text = _responses_user_text(body)
+    if not body.get("_reply_verbatim"):
+        text = "You said: " + text
+    part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+    return [
+        {
+            "id": "msg_fake",
+            "type": "message",
+            "role": "assistant",
+            "status": "completed",
+            "content": [part],
+        }
+    ]
+
+
+def responses_answer(body: dict[str, Any]) -> dict[str, Any]:
+    return _responses_object(body, "completed", _responses_output(body))
+
+
+def responses_frames(body: dict[str, Any], chunk_chars: int | None = None) -> list[bytes]:
+    output = _responses_output(body)
+    seq = iter(range(10_000))
+
+    def ev(kind: str, **fields: Any) -> bytes:
+        return _sse({"type": kind, "sequence_number": next(seq), **fields}, kind)
+
+    started = _responses_object(body, "in_progress", [])
+    frames = [
+        ev("response.created", response=started),
+        ev("response.in_progress", response=started),
+    ]
+    item = output[0]
+    if item["type"] == "function_call":
+        frames.append(
+            ev("response.output_item.added", output_index=0, item={**item, "arguments": ""})
+        )
+        for part in (TOOL_ARGS[:8], TOOL_ARGS[8:]):
+            frames.append(
+                ev(
+                    "response.function_call_arguments.delta",
+                    item_id="fc_fake",
+                    output_index=0,
+                    delta=part,
+                )
+            )
+        frames.append(
+            ev(
+                "response.function_call_arguments.done",
+                item_id="fc_fake",
+                output_index=0,
+                arguments=TOOL_ARGS,
+            )
+        )
+    else:
+        text = item["content"][0]["text"]
+        common = {"item_id": "msg_fake", "output_index": 0, "content_index": 0}
+        empty = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+        frames.append(
+            ev("response.output_item.added", output_index=0, item={**item, "content": []})
+        )
+        frames.append(ev("response.content_part.added", part=empty, **common))
+        if chunk_chars:
+            pieces = [text[i : i + chunk_chars] for i in range(0, len(text), chunk_chars)]
+        else:
+            pieces = [w + " " for w in text.split(" ")[:-1]] + [text.split(" ")[-1]]
+        for piece in pieces:
+            frames.append(ev("response.output_text.delta", delta=piece, logprobs=[], **common))
+        frames.append(ev("response.output_text.done", text=text, logprobs=[], **common))
+        frames.append(ev("response.content_part.done", part=item["content"][0], **common))
+    frames.append(ev("response.output_item.done", output_index=0, item=item))
+    frames.append(ev("response.completed", response=_responses_object(body, "completed", output)))
+    return frames
 
 
 def openai_answer(body: dict[str, Any]) -> dict[str, Any]:
