@@ -13,6 +13,7 @@ from iir.api.chat import api_router as chat
 from iir.api.infer import api_router as infer
 from iir.api.jobs import api_router as jobs
 from iir.api.jobs.serving import Jobs
+from iir.api.messages import api_router as messages
 from iir.api.responses import api_router as responses
 from iir.api.router import Route
 from iir.backends.base import Backend
@@ -37,6 +38,7 @@ ROUTES: list[Route] = [
     *system.ROUTES,
     *chat.ROUTES,
     *responses.ROUTES,
+    *messages.ROUTES,
     *jobs.ROUTES,
     *infer.ROUTES,
     *routing.ROUTES,

@@ -10,6 +10,7 @@ requests in order.
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 from collections import deque
@@ -145,7 +146,8 @@ class FakeProvider:
             given = got.removeprefix("Bearer ")
         else:
             given = request.headers.get("x-api-key", "")
-            ok = given == self.key and request.headers.get("anthropic-version") == "2023-06-01"
+            version = request.headers.get("anthropic-version", "")
+            ok = given == self.key and re.fullmatch(r"20\d\d-\d\d-\d\d", version) is not None
         if ok:
             return None
         # Real providers echo part of a wrong key; this fake echoes all of it (worst case).
@@ -257,7 +259,7 @@ class FakeProvider:
             if answer is not None and self.omit_usage:
                 del answer["usage"]
         else:
-            frames = anthropic_frames(body) if stream else None
+            frames = anthropic_frames(body, self.chunk_chars) if stream else None
             answer = None if stream else anthropic_answer(body)
         if answer is not None:
             return web.Response(body=orjson.dumps(answer), content_type="application/json")
@@ -624,7 +626,7 @@ def anthropic_answer(body: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def anthropic_frames(body: dict[str, Any]) -> list[bytes]:
+def anthropic_frames(body: dict[str, Any], chunk_chars: int | None = None) -> list[bytes]:
     text, stop_reason, tool = _anthropic_outcome(body)
     frames = [
         _sse(
@@ -653,13 +655,17 @@ def anthropic_frames(body: dict[str, Any]) -> list[bytes]:
         ),
         _sse({"type": "ping"}, "ping"),
     ]
-    for word in text.split(" "):
+    if chunk_chars:
+        pieces = [text[i : i + chunk_chars] for i in range(0, len(text), chunk_chars)]
+    else:
+        pieces = [word + " " for word in text.split(" ")]
+    for piece in pieces:
         frames.append(
             _sse(
                 {
                     "type": "content_block_delta",
                     "index": 0,
-                    "delta": {"type": "text_delta", "text": word + " "},
+                    "delta": {"type": "text_delta", "text": piece},
                 },
                 "content_block_delta",
             )

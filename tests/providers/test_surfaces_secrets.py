@@ -68,12 +68,67 @@ def responses_body(model: str) -> dict[str, Any]:
     }
 
 
-# (route, body builder, models to try: the first provider of each pair gets the request natively)
+def messages_body(model: str) -> dict[str, Any]:
+    return {
+        "model": model,
+        "max_tokens": 100,
+        "system": [{"type": "text", "text": s(0)}],
+        "messages": [
+            {"role": "user", "content": s(1)},
+            {
+                "role": "assistant",
+                "content": [
+                    {"type": "text", "text": s(2)},
+                    {
+                        "type": "tool_use",
+                        "id": "toolu_1",
+                        "name": GITHUB,
+                        "input": {"token": OPENAI_KEY, "nested": [s(3)]},
+                    },
+                ],
+            },
+            {
+                "role": "user",
+                "content": [
+                    {"type": "tool_result", "tool_use_id": "toolu_1", "content": s(4)},
+                    {"type": "text", "text": s(5)},
+                ],
+            },
+            {"role": "assistant", "content": s(6)},
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": "toolu_1",
+                        "content": [{"type": "text", "text": s(7)}],
+                    },
+                    {"type": "text", "text": s(8)},
+                ],
+            },
+        ],
+        "tools": [
+            {
+                "name": "lookup",
+                "description": s(9),
+                "input_schema": {"type": "object", "description": s(10)},
+            }
+        ],
+        "metadata": {"user_id": s(11)},
+    }
+
+
+# (route, body builder, models: the first gets the request natively, the others translated)
 CASES: list[tuple[str, Any, list[str]]] = [
     (
         "/v1/responses",
         responses_body,
         ["openai/fake-large", "openllama/fake-small", "anthropic/claude-x"],
+    ),
+    (
+        "/v1/messages",
+        messages_body,
+        ["anthropic/claude-x", "openai/fake-large", "openllama/fake-small"],
     ),
 ]
 
@@ -105,25 +160,48 @@ def test_no_planted_secret_reaches_a_provider(
 
 
 @pytest.mark.parametrize("chunk_chars", [1, 4, 9])
-@pytest.mark.parametrize(("route", "model"), [("/v1/responses", "openai/fake-large")])
+@pytest.mark.parametrize(
+    ("route", "model", "delta", "done"),
+    [
+        ("/v1/responses", "openai/fake-large", "response.output_text.delta", "text"),
+        ("/v1/messages", "anthropic/claude-x", "content_block_delta", None),
+    ],
+)
 def test_secrets_split_across_native_stream_events_are_scrubbed(
-    srv: Server, fakes: dict[str, FakeProvider], route: str, model: str, chunk_chars: int
+    srv: Server,
+    fakes: dict[str, FakeProvider],
+    route: str,
+    model: str,
+    delta: str,
+    done: str | None,
+    chunk_chars: int,
 ) -> None:
     fake = fakes[model.split("/")[0]]
     fake.reply = f"A {OPENAI_KEY} B {ENV_SECRET} C {GITHUB} D"
     fake.chunk_chars = chunk_chars
-    body = {"model": model, "input": "?", "stream": True, "max_tokens": 100}
+    body = {
+        "model": model,
+        "input": "?",
+        "messages": [{"role": "user", "content": "?"}],
+        "stream": True,
+        "max_tokens": 100,
+    }
     r = httpx.post(srv.url + route, json=body, headers=srv.auth, timeout=30)
     assert r.status_code == 200
     for secret in SECRETS:
         assert secret not in r.text
-    deltas = []
+    clean = "A REDACTED B REDACTED C REDACTED D"
+    pieces, whole = [], None
     for block in r.text.strip().split("\n\n"):
         data = orjson.loads(next(ln for ln in block.split("\n") if ln.startswith("data: "))[6:])
-        if data.get("type") == "response.output_text.delta":
-            deltas.append(data["delta"])
-        if data.get("type") == "response.output_text.done":
-            done = data["text"]
-    assert "".join(deltas) == done == "A REDACTED B REDACTED C REDACTED D"
+        if data.get("type") == delta:
+            pieces.append(
+                data["delta"]["text"] if isinstance(data["delta"], dict) else data["delta"]
+            )
+        if done and data.get("type") == delta.replace(".delta", ".done"):
+            whole = data[done]
+    assert "".join(pieces).strip() == clean and whole in (None, clean)
     plain = httpx.post(srv.url + route, json={**body, "stream": False}, headers=srv.auth)
-    assert plain.json()["output"][0]["content"][0]["text"] == "A REDACTED B REDACTED C REDACTED D"
+    for secret in SECRETS:
+        assert secret not in plain.text
+    assert clean in plain.text
