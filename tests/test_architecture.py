@@ -20,13 +20,14 @@ def _sources() -> list[Path]:
 
 
 #: Every type a backend accepts; each is built only in the pipeline, right after the scrub step.
-SCRUBBED = ("ScrubbedChat", "ScrubbedBody")
+SCRUBBED = ("ScrubbedChat", "ScrubbedBody", "ScrubbedEmbeddings")
 #: Every backend entry point that takes a request, and the scrubbed type it must take.
 ENTRY_POINTS = {
     "complete": "ScrubbedChat",
     "stream": "ScrubbedChat",
     "complete_native": "ScrubbedBody",
     "stream_native": "ScrubbedBody",
+    "embed": "ScrubbedEmbeddings",
 }
 
 

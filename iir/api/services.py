@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 from iir.api import registry, routing, system
 from iir.api.chat import api_router as chat
+from iir.api.completions import api_router as completions
+from iir.api.embeddings import api_router as embeddings
 from iir.api.infer import api_router as infer
 from iir.api.jobs import api_router as jobs
 from iir.api.jobs.serving import Jobs
@@ -18,6 +20,7 @@ from iir.api.responses import api_router as responses
 from iir.api.router import Route
 from iir.backends.base import Backend
 from iir.backends.echo import EchoBackend
+from iir.backends.echo_embed import EchoEmbedBackend
 from iir.backends.local.vllm import VllmBackend
 from iir.backends.providers.catalog import remote_backends
 from iir.backends.registry import ModelRegistry
@@ -39,6 +42,8 @@ ROUTES: list[Route] = [
     *chat.ROUTES,
     *responses.ROUTES,
     *messages.ROUTES,
+    *embeddings.ROUTES,
+    *completions.ROUTES,
     *jobs.ROUTES,
     *infer.ROUTES,
     *routing.ROUTES,
@@ -70,6 +75,7 @@ def build(settings: Settings) -> Services:
     scrubber = Scrubber.from_environ(settings.env, extra_secrets=settings.api_keys)
     backends: list[Backend] = [
         EchoBackend(settings.echo_token_delay_ms),
+        EchoEmbedBackend(),
         VllmBackend(settings),
         *remote_backends(settings),
     ]

@@ -9,7 +9,7 @@ Surfaces other than chat reach a backend in one of two ways: translated into the
 (every chat model serves ``/v1/responses`` and ``/v1/messages`` so), or natively, when
 :meth:`Backend.speaks` the surface: :meth:`Backend.complete_native` and
 :meth:`Backend.stream_native` then take the surface's own scrubbed body
-(:class:`~iir.core.protocol.ScrubbedBody`).
+(:class:`~iir.core.protocol.ScrubbedBody`). Embedding models answer :meth:`Backend.embed`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 from typing import ClassVar
 
 from iir.core.errors import ApiError
-from iir.core.protocol import ScrubbedBody, ScrubbedChat
+from iir.core.protocol import ScrubbedBody, ScrubbedChat, ScrubbedEmbeddings
 from iir.core.types import (
     IDLE,
     READY,
@@ -27,6 +27,7 @@ from iir.core.types import (
     TRANSLATED,
     BackendStatus,
     Completion,
+    Embeddings,
     Load,
     ModelCard,
     ModelStatus,
@@ -108,6 +109,10 @@ class Backend(abc.ABC):
     ) -> AsyncIterator[StreamEvent | NativeEvent]:
         """Streams a surface's own request: neutral pieces or native events, then a Usage."""
         raise cannot_serve(self.name, request.surface)
+
+    async def embed(self, request: ScrubbedEmbeddings, model: str) -> Embeddings:
+        """One vector per input of ``request``."""
+        raise cannot_serve(self.name, "embeddings")
 
 
 def cannot_serve(backend: str, surface: str) -> ApiError:

@@ -62,6 +62,15 @@ class ModelRegistry:
             return frozenset()
         return backend.capabilities(target)
 
+    def serving(self, surface: str) -> list[tuple[str, bool]]:
+        """Every model that serves ``surface`` now, with whether it runs on this box."""
+        out: dict[str, bool] = {}
+        for backend in self.backends:
+            for card in backend.models():
+                if card.id not in out and surface in self.capabilities(card.id):
+                    out[card.id] = backend.local
+        return list(out.items())
+
     def degraded(self) -> list[str]:
         return [reason for backend in self.backends for reason in backend.degraded()]
 

@@ -185,3 +185,34 @@ class ScrubbedBody:
     surface: str
     body: dict[str, Any]
     headers: tuple[tuple[str, str], ...] = ()
+
+
+TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+
+
+class EmbeddingsRequest(StrictModel):
+    """OpenAI's ``POST /v1/embeddings`` body."""
+
+    model: Annotated[str, Field(min_length=1, max_length=256)]
+    input: (
+        Annotated[str, Field(min_length=1)]
+        | Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=2048)]
+        | TokenIds
+        | Annotated[list[TokenIds], Field(min_length=1, max_length=2048)]
+    )
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: Annotated[int, Field(ge=1, le=65536)] | None = None
+    user: str | None = None
+
+    @property
+    def inputs(self) -> list[str] | list[list[int]]:
+        """The inputs as a list: texts, or token-id arrays."""
+        value: Any = self.input
+        if isinstance(value, str) or (value and isinstance(value[0], int)):
+            return [value]
+        return value  # type: ignore[no-any-return]
+
+
+class ScrubbedEmbeddings(EmbeddingsRequest):
+    """An embeddings request validated from a scrubbed body: the only one ``embed()`` accepts
+    (built, like :class:`ScrubbedChat`, only in :mod:`iir.service.pipeline`)."""

@@ -195,6 +195,10 @@ class Settings(_FromEnv):
         return parse_trusted_proxies(raw) if isinstance(raw, str) else raw
 
 
+#: What a local model runs as, written ``name=path#embed``: generation (the default) or pooling.
+RUNNERS = ("generate", "embed")
+
+
 def _parse_local_models(raw: str) -> tuple[tuple[str, str], ...]:
     out: list[tuple[str, str]] = []
     for item in (i.strip() for i in raw.split(",")):
@@ -202,8 +206,13 @@ def _parse_local_models(raw: str) -> tuple[tuple[str, str], ...]:
             continue
         name, sep, path = item.partition("=")
         name, path = (name.strip(), path.strip()) if sep else (item, item)
+        if not sep and "#" in name:
+            name = name.partition("#")[0].strip()
         if not name or not path:
             raise ValueError(f"{item!r} must be 'path-or-id' or 'served-name=path-or-id'")
+        runner = path.partition("#")[2]
+        if "#" in path and runner not in RUNNERS:
+            raise ValueError(f"{item!r}: the runner after '#' must be one of {', '.join(RUNNERS)}")
         if any(n == name for n, _ in out):
             raise ValueError(f"the served name {name!r} is given twice")
         out.append((name, path))

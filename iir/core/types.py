@@ -163,3 +163,11 @@ class NativeEvent:
 
 #: What a streamed answer yields: neutral pieces and usage, or native events.
 AnswerEvent = Delta | Usage | NativeEvent
+
+
+@dataclass(slots=True)
+class Embeddings:
+    """One vector per input, in input order."""
+
+    vectors: list[list[float]]
+    usage: Usage | None = None

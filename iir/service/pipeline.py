@@ -11,10 +11,13 @@ backend accepts, and it builds it from the scrubbed body: nothing a client sent 
 a provider across the network or the job store without passing the scrubber first. What is HTTP
 (auth, the per-key request limit, the disconnect watch, each API's wire shapes) is the api layer's.
 
-Every surface runs these steps. One that has a native form (``surface``: the Responses API)
-also keeps its scrubbed body as a :class:`~iir.core.protocol.ScrubbedBody`, built in the same
-place; each candidate then gets the native body when its backend speaks the surface, the
-canonical chat request otherwise, and a model that serves neither is refused at the route step.
+Every surface runs these steps. One that has a native form (``surface``: the Responses API, the
+Messages API, legacy completions) also keeps its scrubbed body as a
+:class:`~iir.core.protocol.ScrubbedBody`, built in the same place; each candidate then gets the
+native body when its backend speaks the surface, the canonical chat request otherwise, and a model
+that serves neither is refused at the route step. Embeddings have no chat form:
+:meth:`Pipeline.prepare_embeddings` and :meth:`Pipeline.embed` run the same steps (the same
+methods) over a :class:`~iir.core.protocol.ScrubbedEmbeddings`.
 """
 
 from __future__ import annotations
@@ -30,13 +33,15 @@ from pydantic import ValidationError
 from iir.backends.base import Backend
 from iir.backends.registry import ModelRegistry
 from iir.core.errors import ApiError, bad_request
-from iir.core.protocol import ScrubbedBody, ScrubbedChat, validation_error
+from iir.core.protocol import ScrubbedBody, ScrubbedChat, ScrubbedEmbeddings, validation_error
 from iir.core.types import (
     CHAT,
+    EMBEDDINGS,
     SURFACE_PATHS,
     AnswerEvent,
     Completion,
     Delta,
+    Embeddings,
     NativeAnswer,
     NativeEvent,
     StreamEvent,
@@ -109,6 +114,17 @@ class Prepared:
 
 
 @dataclass(slots=True)
+class PreparedEmbeddings:
+    """An embeddings request that passed every step before the backend."""
+
+    request: ScrubbedEmbeddings
+    candidates: list[str]
+    prompt_tokens: int
+    reservation: Reservation | None = None
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
 class Answer:
     """A whole answer: the model that produced it and its scrubbed completion (usage filled in).
 
@@ -118,6 +134,12 @@ class Answer:
     model: str
     completion: Completion
     native: dict[str, Any] | None = None
+
+
+@dataclass(slots=True)
+class EmbeddingsAnswer:
+    model: str
+    embeddings: Embeddings
 
 
 @dataclass(slots=True)
@@ -512,6 +534,77 @@ class Pipeline:
                     used = self.count_prompt(prepared) + self._count_texts(model, clean.texts())
                 else:
                     used = 0
+                prepared.reservation.settle(used)
+
+    # --- embeddings -----------------------------------------------------------------------------
+
+    def prepare_embeddings(self, body: Any, caller: Caller) -> PreparedEmbeddings:
+        """The same steps for an embeddings request: default model, scrub, validate, admit
+        (the inputs' tokens), route (a named model and its fallbacks, or for ``auto`` the
+        embedding models, this box's own first)."""
+        body = self.scrub_request(self._with_default_model(body))
+        try:
+            request = ScrubbedEmbeddings.model_validate(body)
+        except ValidationError as exc:
+            raise validation_error(exc) from None
+        prompt = self._count_inputs(request)
+        prepared = PreparedEmbeddings(request, [], prompt)
+        prepared.reservation = self._admit(lambda: prompt, 0, caller, prepared.headers, "input")
+        try:
+            if is_auto(request.model):
+                prepared.candidates = self._embedding_models(caller)
+            else:
+                prepared.candidates = self._named(request.model, EMBEDDINGS)
+        except BaseException:
+            if prepared.reservation is not None:
+                prepared.reservation.settle(0)
+            raise
+        return prepared
+
+    def _count_inputs(self, request: ScrubbedEmbeddings) -> int:
+        encoding, _ = tokens.encoding_for_model(request.model)
+        return sum(
+            len(item) if isinstance(item, list) else tokens.count_text(item, encoding)
+            for item in request.inputs
+        )
+
+    def _embedding_models(self, caller: Caller) -> list[str]:
+        """``auto`` for embeddings: every embedding model, local ones first; the strategy
+        header's ``local-only`` and ``remote-only`` keep one side."""
+        strategy = caller.strategy
+        if self.router is not None:
+            strategy = check_strategy(caller.strategy, self.router.strategy)
+        found = self.registry.serving(EMBEDDINGS)
+        if strategy == "local-only":
+            found = [(name, local) for name, local in found if local]
+        elif strategy == "remote-only":
+            found = [(name, local) for name, local in found if not local]
+        names = [name for name, local in found if local] + [n for n, local in found if not local]
+        if not names:
+            raise ApiError(503, "No embedding model is available for model 'auto'", code="no_route")
+        return names
+
+    async def embed(self, prepared: PreparedEmbeddings) -> EmbeddingsAnswer:
+        """Runs the request on the first candidate that answers; settles the reservation."""
+        used = 0
+        try:
+            request = prepared.request
+
+            async def attempt(backend: Backend, target: str) -> Embeddings:
+                return await backend.embed(request, target)
+
+            model, result = await self._first(prepared.candidates, attempt)
+            if len(result.vectors) != len(request.inputs):
+                raise ApiError(
+                    502, f"The backend of '{model}' answered the wrong number of vectors"
+                )
+            if result.usage is None:
+                result.usage = Usage(prepared.prompt_tokens, 0)
+            used = result.usage.prompt_tokens
+            self._count(model, result.usage)
+            return EmbeddingsAnswer(model, result)
+        finally:
+            if prepared.reservation is not None:
                 prepared.reservation.settle(used)
 
     # --- after the backend --------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Fake remote providers on loopback, speaking the real wire formats, with injectable faults.
 
 ``FakeProvider("openai")`` answers OpenAI's ``POST /v1/chat/completions`` (JSON and SSE), the
-Responses API ``POST /v1/responses`` (JSON and its typed events) and ``GET /v1/models``; ``FakeProvider("anthropic")`` answers the Messages
+Responses API ``POST /v1/responses`` (JSON and its typed events), legacy ``POST /v1/completions``,
+``POST /v1/embeddings`` and ``GET /v1/models``; ``FakeProvider("anthropic")`` answers the Messages
 API ``POST /v1/messages`` (JSON and its SSE event stream) and its model list. Each runs an aiohttp server on its own event
 loop in a thread, records every request it gets, and applies queued :class:`Fault` s to chat
 requests in order.
@@ -85,8 +86,9 @@ class FakeProvider:
     async def _start(self) -> None:
         app = web.Application()
         if self.kind == "openai":
-            for path in ("/v1/chat/completions", "/v1/responses"):
+            for path in ("/v1/chat/completions", "/v1/responses", "/v1/completions"):
                 app.router.add_post(path, self._chat)
+            app.router.add_post("/v1/embeddings", self._embeddings)
         else:
             app.router.add_post("/v1/messages", self._chat)
         app.router.add_get("/v1/models", self._models)
@@ -203,6 +205,31 @@ class FakeProvider:
             }
         return web.Response(body=orjson.dumps(data), content_type="application/json")
 
+    async def _embeddings(self, request: web.Request) -> web.Response:
+        body = orjson.loads(await request.read())
+        self._record(request, body)
+        denied = self._auth_error(request)
+        if denied is not None:
+            return denied
+        fault = self.always or (self.faults.popleft() if self.faults else None)
+        if fault is not None and fault.kind == "status":
+            return self._error(fault.status, fault.message)
+        inputs = body["input"]
+        if isinstance(inputs, str) or (inputs and isinstance(inputs[0], int)):
+            inputs = [inputs]
+        dims = body.get("dimensions") or 4
+        data = [
+            {"object": "embedding", "index": i, "embedding": fake_vector(item, dims)}
+            for i, item in enumerate(inputs)
+        ]
+        answer = {
+            "object": "list",
+            "data": data,
+            "model": body["model"],
+            "usage": {"prompt_tokens": 3 * len(inputs), "total_tokens": 3 * len(inputs)},
+        }
+        return web.Response(body=orjson.dumps(answer), content_type="application/json")
+
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
         try:
@@ -247,12 +274,16 @@ class FakeProvider:
                 **body,
                 "messages": [{"role": "user", "content": self.reply}],
                 "input": self.reply,
+                "prompt": self.reply,
                 "tools": None,
                 "_reply_verbatim": True,
             }
         if request.path == "/v1/responses":
             frames = responses_frames(body, self.chunk_chars) if stream else None
             answer = None if stream else responses_answer(body)
+        elif request.path == "/v1/completions":
+            frames = text_frames(body, self.chunk_chars) if stream else None
+            answer = None if stream else text_answer(body)
         elif self.kind == "openai":
             frames = openai_frames(body, self.chunk_chars, self.omit_usage) if stream else None
             answer = None if stream else openai_answer(body)
@@ -289,6 +320,12 @@ class FakeProvider:
 
 
 # --- the answers ---------------------------------------------------------------------------------
+
+
+def fake_vector(item: Any, dims: int) -> list[float]:
+    """A made-up vector that differs with the input's length."""
+    n = len(item) + 1
+    return [round((n * (i + 1)) % 7 / 7 - 0.5, 6) for i in range(dims)]
 
 
 def _last_user_text(messages: list[dict[str, Any]]) -> str:
@@ -477,6 +514,71 @@ def responses_frames(body: dict[str, Any], chunk_chars: int | None = None) -> li
         frames.append(ev("response.content_part.done", part=item["content"][0], **common))
     frames.append(ev("response.output_item.done", output_index=0, item=item))
     frames.append(ev("response.completed", response=_responses_object(body, "completed", output)))
+    return frames
+
+
+# --- legacy completions --------------------------------------------------------------------------
+
+
+def _prompts(body: dict[str, Any]) -> list[str]:
+    prompt = body.get("prompt")
+    return [prompt] if isinstance(prompt, str) else list(prompt or [])
+
+
+def _completion_text(body: dict[str, Any], prompt: str) -> str:
+    return prompt if body.get("_reply_verbatim") else "You said: " + prompt
+
+
+def text_answer(body: dict[str, Any]) -> dict[str, Any]:
+    choices = [
+        {"text": _completion_text(body, p), "index": i, "logprobs": None, "finish_reason": "stop"}
+        for i, p in enumerate(_prompts(body))
+    ]
+    return {
+        "id": "cmpl-fake",
+        "object": "text_completion",
+        "created": 1_700_000_000,
+        "model": body.get("model"),
+        "choices": choices,
+        "usage": {"prompt_tokens": 7, "completion_tokens": 4, "total_tokens": 11},
+    }
+
+
+def text_frames(body: dict[str, Any], chunk_chars: int | None = None) -> list[bytes]:
+    def chunk(index: int, text: str, finish: str | None) -> bytes:
+        return _sse(
+            {
+                "id": "cmpl-fake",
+                "object": "text_completion",
+                "created": 1_700_000_000,
+                "model": body.get("model"),
+                "choices": [
+                    {"text": text, "index": index, "logprobs": None, "finish_reason": finish}
+                ],
+            }
+        )
+
+    frames = []
+    for i, prompt in enumerate(_prompts(body)):
+        text = _completion_text(body, prompt)
+        step = chunk_chars or 4
+        for k in range(0, len(text), step):
+            frames.append(chunk(i, text[k : k + step], None))
+        frames.append(chunk(i, "", "stop"))
+    if (body.get("stream_options") or {}).get("include_usage"):
+        frames.append(
+            _sse(
+                {
+                    "id": "cmpl-fake",
+                    "object": "text_completion",
+                    "created": 1_700_000_000,
+                    "model": body.get("model"),
+                    "choices": [],
+                    "usage": {"prompt_tokens": 7, "completion_tokens": 4, "total_tokens": 11},
+                }
+            )
+        )
+    frames.append(b"data: [DONE]\n\n")
     return frames
 
 

@@ -118,6 +118,14 @@ def messages_body(model: str) -> dict[str, Any]:
     }
 
 
+def completions_body(model: str) -> dict[str, Any]:
+    return {"model": model, "prompt": [s(0), s(1)], "suffix": s(2), "user": s(3), "stop": [s(4)]}
+
+
+def embeddings_body(model: str) -> dict[str, Any]:
+    return {"model": model, "input": [s(0), s(1), s(2)], "user": s(3)}
+
+
 # (route, body builder, models: the first gets the request natively, the others translated)
 CASES: list[tuple[str, Any, list[str]]] = [
     (
@@ -130,13 +138,19 @@ CASES: list[tuple[str, Any, list[str]]] = [
         messages_body,
         ["anthropic/claude-x", "openai/fake-large", "openllama/fake-small"],
     ),
+    ("/v1/completions", completions_body, ["openai/fake-large", "openllama/fake-small"]),
+    ("/v1/embeddings", embeddings_body, ["openai/text-embedding-3-small"]),
 ]
 
 
-@pytest.mark.parametrize("stream", [False, True])
 @pytest.mark.parametrize(
-    ("route", "build", "model"),
-    [(route, build, model) for route, build, models in CASES for model in models],
+    ("route", "build", "model", "stream"),
+    [
+        (route, build, model, stream)
+        for route, build, models in CASES
+        for model in models
+        for stream in ((False,) if route == "/v1/embeddings" else (False, True))
+    ],
 )
 def test_no_planted_secret_reaches_a_provider(
     srv: Server,
@@ -165,6 +179,7 @@ def test_no_planted_secret_reaches_a_provider(
     [
         ("/v1/responses", "openai/fake-large", "response.output_text.delta", "text"),
         ("/v1/messages", "anthropic/claude-x", "content_block_delta", None),
+        ("/v1/completions", "openllama/fake-small", "text", None),
     ],
 )
 def test_secrets_split_across_native_stream_events_are_scrubbed(
@@ -182,6 +197,7 @@ def test_secrets_split_across_native_stream_events_are_scrubbed(
     body = {
         "model": model,
         "input": "?",
+        "prompt": "?",
         "messages": [{"role": "user", "content": "?"}],
         "stream": True,
         "max_tokens": 100,
@@ -193,11 +209,15 @@ def test_secrets_split_across_native_stream_events_are_scrubbed(
     clean = "A REDACTED B REDACTED C REDACTED D"
     pieces, whole = [], None
     for block in r.text.strip().split("\n\n"):
+        if block == "data: [DONE]":
+            continue
         data = orjson.loads(next(ln for ln in block.split("\n") if ln.startswith("data: "))[6:])
         if data.get("type") == delta:
             pieces.append(
                 data["delta"]["text"] if isinstance(data["delta"], dict) else data["delta"]
             )
+        if delta == "text" and data.get("choices"):  # legacy completions: text chunks
+            pieces.append(data["choices"][0]["text"])
         if done and data.get("type") == delta.replace(".delta", ".done"):
             whole = data[done]
     assert "".join(pieces).strip() == clean and whole in (None, clean)

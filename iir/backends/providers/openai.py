@@ -86,6 +86,8 @@ class OpenAIBackend(OpenAICompatBackend):
         "gpt-4.1-mini",
         "gpt-4.1-nano",
         "o4-mini",
+        "text-embedding-3-small",
+        "text-embedding-3-large",
     )
 
     def speaks(self, surface: str, model: str) -> bool:
