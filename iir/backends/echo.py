@@ -153,34 +153,43 @@ class EchoBackend(Backend):
     async def stream_native(self, request: ScrubbedBody, model: str) -> AsyncIterator[StreamEvent]:
         legacy = _Legacy(request.body)
         top = legacy.logprobs is not None and legacy.logprobs > 0
-        for i, (prompt, (toks, finish)) in enumerate(
-            zip(legacy.prompts, legacy.answers, strict=True)
-        ):
-            for j in range(legacy.n):
-                index, offset = i * legacy.n + j, 0
-                if legacy.echo and prompt:
-                    lps = None
-                    if legacy.logprobs is not None:
-                        lps = legacy_logprobs(pieces(prompt), 0, top)
-                    yield Delta(index=index, content=prompt, logprobs=lps)
-                    offset = len(prompt)
-                for k, piece in enumerate(toks):
-                    if self.delay:
-                        await asyncio.sleep(self.delay)
-                    lps = None
-                    if legacy.logprobs is not None:
-                        lps = legacy_logprobs([piece], offset, top)
-                    offset += len(piece)
-                    last = k == len(toks) - 1
-                    yield Delta(
-                        index=index,
-                        content=piece,
-                        finish_reason=finish if last else None,
-                        logprobs=lps,
-                    )
-                if not toks:
-                    yield Delta(index=index, content="", finish_reason=finish)
-        yield legacy.usage()
+        sent = 0
+        try:
+            for i, (prompt, (toks, finish)) in enumerate(
+                zip(legacy.prompts, legacy.answers, strict=True)
+            ):
+                for j in range(legacy.n):
+                    index, offset = i * legacy.n + j, 0
+                    if legacy.echo and prompt:
+                        lps = None
+                        if legacy.logprobs is not None:
+                            lps = legacy_logprobs(pieces(prompt), 0, top)
+                        yield Delta(index=index, content=prompt, logprobs=lps)
+                        offset = len(prompt)
+                    for k, piece in enumerate(toks):
+                        if self.delay:
+                            await asyncio.sleep(self.delay)
+                        lps = None
+                        if legacy.logprobs is not None:
+                            lps = legacy_logprobs([piece], offset, top)
+                        offset += len(piece)
+                        last = k == len(toks) - 1
+                        yield Delta(
+                            index=index,
+                            content=piece,
+                            finish_reason=finish if last else None,
+                            logprobs=lps,
+                        )
+                        sent += 1
+                    if not toks:
+                        yield Delta(index=index, content="", finish_reason=finish)
+            yield legacy.usage()
+        except (asyncio.CancelledError, GeneratorExit):
+            log.info(
+                "generation cancelled",
+                extra={"event": "cancelled", "tokens": sent, "backend": self.name},
+            )
+            raise
 
     async def complete(self, request: ScrubbedChat, model: str) -> Completion:
         out, finish = _answer(request)

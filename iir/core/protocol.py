@@ -144,7 +144,10 @@ def _param(loc: tuple[int | str, ...]) -> str:
             "function-after[_content_rules()]",
             "constrained-list",
             "function-after[_text_parts_have_text()]",
-        ) or (isinstance(part, str) and (part.startswith("function-") or "[" in part)):
+        ) or (
+            isinstance(part, str)
+            and (part.startswith(("function-", "constrained-")) or "[" in part)
+        ):
             continue
         else:
             out += ("." if out else "") + part
@@ -187,7 +190,7 @@ class ScrubbedBody:
     headers: tuple[tuple[str, str], ...] = ()
 
 
-TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+TokenIds = Annotated[list[Annotated[int, Field(ge=0, le=2**31 - 1)]], Field(min_length=1)]
 
 
 class EmbeddingsRequest(StrictModel):

@@ -341,9 +341,7 @@ class Pipeline:
         """A named model and its fallbacks. The named model must be able to serve ``surface``
         (400 when it cannot); fallbacks that cannot are left out."""
         candidates = [model, *self.fallbacks.get(model, ())]
-        if check:
-            self._check_served(candidates)
-        return self._capable(candidates, surface, native=native)
+        return self._capable(candidates, surface, native=native, served=check)
 
     def _capable(
         self,
@@ -351,17 +349,22 @@ class Pipeline:
         surface: str,
         auto: bool = False,
         native: tuple[str, str] | None = None,
+        served: bool = False,
     ) -> list[str]:
         """The candidates that can serve ``surface`` (natively, when ``native`` names a field
         only such backends honour); a named (first) one that cannot is 400. Names nothing
-        serves stay: trying them gives the fallback chain its 404."""
+        serves stay: trying them gives the fallback chain its 404. With ``served``, a chain
+        none of whose names is served is that 404 now (not in a job, not after the chain)."""
         kept = []
+        missing: ApiError | None = None
         for i, model in enumerate(candidates):
             try:
                 backend, target = self.registry.resolve(model)
-            except ApiError:
+            except ApiError as err:
+                missing = missing or err
                 kept.append(model)
                 continue
+            served = False  # one name is served: the chain's 404s come when tried
             capabilities = backend.capabilities(target)
             if surface in capabilities and (native is None or backend.speaks(surface, target)):
                 kept.append(model)
@@ -377,6 +380,8 @@ class Pipeline:
                     code="unsupported_parameter",
                     param=param,
                 )
+        if served and missing is not None:
+            raise missing
         if not kept:
             raise ApiError(
                 503,
@@ -384,18 +389,6 @@ class Pipeline:
                 code="no_route",
             )
         return kept
-
-    def _check_served(self, candidates: list[str]) -> None:
-        """404 now (not in a job, not after a fallback chain) when no candidate is served."""
-        first: ApiError | None = None
-        for model in candidates:
-            try:
-                self.registry.resolve(model)
-                return
-            except ApiError as err:
-                first = first or err
-        assert first is not None
-        raise first
 
     # --- the backend --------------------------------------------------------------------------
 

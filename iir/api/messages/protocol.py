@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from iir.core.errors import ApiError, bad_request
+from iir.core.errors import ApiError
 from iir.core.protocol import validation_error
 
 # --- the request ---------------------------------------------------------------------------------
@@ -44,16 +44,19 @@ class ImageBlock(_Part):
     source: ImageSource
 
 
+Id = Annotated[str, Field(min_length=1)]
+
+
 class ToolUseBlock(_Part):
     type: Literal["tool_use"]
-    id: str
+    id: Id
     name: str
     input: dict[str, Any]
 
 
 class ToolResultBlock(_Part):
     type: Literal["tool_result"]
-    tool_use_id: str
+    tool_use_id: Id
     content: str | list[Annotated[TextBlock | ImageBlock, Field(discriminator="type")]] | None = (
         None
     )
@@ -92,10 +95,18 @@ class Tool(_Part):
     type: Literal["custom"] | None = None
 
 
-class ToolChoice(_Part):
-    type: Literal["auto", "any", "tool", "none"]
-    name: str | None = None
+class ToolChoiceMode(_Part):
+    type: Literal["auto", "any", "none"]
     disable_parallel_tool_use: bool | None = None
+
+
+class ToolChoiceTool(_Part):
+    type: Literal["tool"]
+    name: str
+    disable_parallel_tool_use: bool | None = None
+
+
+ToolChoice = Annotated[ToolChoiceMode | ToolChoiceTool, Field(discriminator="type")]
 
 
 class Metadata(_Part):
@@ -302,9 +313,7 @@ def to_chat(body: dict[str, Any], *, counting: bool = False) -> dict[str, Any]:
         ]
     choice = req.tool_choice
     if choice is not None:
-        if choice.type == "tool":
-            if not choice.name:
-                raise bad_request("'tool_choice' of type 'tool' needs a 'name'", "tool_choice.name")
+        if isinstance(choice, ToolChoiceTool):
             chat["tool_choice"] = {"type": "function", "function": {"name": choice.name}}
         else:
             chat["tool_choice"] = {"auto": "auto", "any": "required", "none": "none"}[choice.type]

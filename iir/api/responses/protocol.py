@@ -22,7 +22,6 @@ from pydantic import (
     ValidationError,
 )
 
-from iir.core.errors import bad_request
 from iir.core.ids import random_hex
 from iir.core.protocol import validation_error
 
@@ -67,9 +66,12 @@ class MessageItem(_Part):
     id: str | None = None
 
 
+CallId = Annotated[str, Field(min_length=1)]
+
+
 class FunctionCallItem(_Part):
     type: Literal["function_call"]
-    call_id: str
+    call_id: CallId
     name: str
     arguments: str
     id: str | None = None
@@ -77,7 +79,7 @@ class FunctionCallItem(_Part):
 
 class FunctionCallOutputItem(_Part):
     type: Literal["function_call_output"]
-    call_id: str
+    call_id: CallId
     output: str | list[ContentPart]
     id: str | None = None
 
@@ -139,7 +141,7 @@ class ResponsesRequest(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
 
     model: Annotated[str, Field(min_length=1, max_length=256)]
-    input: str | list[InputItem]
+    input: str | Annotated[list[InputItem], Field(min_length=1)]
     instructions: str | None = None
     max_output_tokens: Annotated[int, Field(ge=1)] | None = None
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
@@ -279,7 +281,8 @@ def _translatable(body: dict[str, Any]) -> dict[str, Any]:
                 if isinstance(parts, list):
                     item = {**item, field: [p for p in parts if _translatable_part(p)]}
             kept.append(item)
-        out["input"] = kept
+        # Only native items: a placeholder turn (routing keeps the request to native backends).
+        out["input"] = kept if kept or not items else ""
     return out
 
 
@@ -305,10 +308,8 @@ def to_chat(body: dict[str, Any]) -> dict[str, Any]:
         for item in req.input:
             _add(messages, item)
     if not any(m["role"] != "system" for m in messages):
-        if native_only(body) is None:
-            raise bad_request("Invalid value for 'input': it holds no message", param="input")
-        # Only native items: routing keeps this request to native backends, which get the
-        # body as it is; the canonical request just needs a turn to count.
+        # Only items with no chat counterpart (reasoning; or native ones, which routing keeps
+        # to native backends, taking the body as it is): the canonical request needs a turn.
         messages.append({"role": "user", "content": ""})
     chat: dict[str, Any] = {"model": req.model, "messages": messages, "stream": req.stream}
     if req.max_output_tokens is not None:

@@ -10,6 +10,7 @@ the model name the client asked for and IIR's view of ``store``/``background``/
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
@@ -22,6 +23,8 @@ from iir.core.errors import ApiError
 from iir.core.ids import now, random_hex
 from iir.core.types import RESPONSES, Completion, Delta, NativeEvent, Usage
 from iir.service.pipeline import Answer, AnswerStream, Caller, Pipeline, Prepared
+
+log = logging.getLogger("iir.api.responses")
 
 TERMINAL = ("response.completed", "response.incomplete", "response.failed")
 _NOT_NULL = ("usage", "user")
@@ -386,8 +389,7 @@ async def sse(
                         base = data["response"]
                         if event.name in TERMINAL:
                             final = data["response"]
-                            if on_final is not None:
-                                await on_final(final)
+                            await _keep(on_final, final)
                     yield frame({"type": event.name, **data})
                 else:
                     if ev.seq == 0:
@@ -402,8 +404,7 @@ async def sse(
             if not native:
                 failed["output"] = ev.output
             yield ev.event("error", code=err.code, message=err.message, param=err.param)
-            if on_final is not None:
-                await on_final(failed)
+            await _keep(on_final, failed)
             yield ev.event("response.failed", response=failed)
             return
     if native:
@@ -415,11 +416,25 @@ async def sse(
     for piece in ev.close(status):
         yield piece
     final = response_object(turn, status, ev.output, usage_object(usage), incomplete=incomplete)
-    if on_final is not None:
-        await on_final(final)
+    await _keep(on_final, final)
     yield ev.event(
         "response.completed" if status == "completed" else "response.incomplete", response=final
     )
+
+
+async def _keep(
+    on_final: Callable[[dict[str, Any]], Awaitable[None]] | None, obj: dict[str, Any]
+) -> None:
+    """Stores the final object; a store that fails now costs the stored copy, not the answer
+    the client is being sent (it gets 404 when it asks for it later)."""
+    if on_final is None:
+        return
+    try:
+        await on_final(obj)
+    except ApiError as err:
+        log.warning(
+            "response not stored", extra={"event": "response_not_stored", "reason": err.message}
+        )
 
 
 def _delta(ev: _Events, d: Delta) -> list[bytes]:
