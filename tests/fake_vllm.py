@@ -1,9 +1,12 @@
 """A stand-in for vLLM's ``AsyncLLM`` (a third-party engine), for machines without vLLM or a GPU.
 
-It has exactly ``AsyncLLM``'s ``generate()``/``abort()`` signatures (vLLM 0.33) and yields objects
-shaped like ``vllm.outputs.RequestOutput``/``CompletionOutput`` with ``RequestOutputKind.DELTA``
-semantics: each output carries only the new text and token ids of the choices that moved, and the
-last one has ``finished=True``. Its "model" answers with the last user message, one word per token.
+It has exactly ``AsyncLLM``'s ``generate()``/``encode()``/``abort()`` signatures (vLLM 0.33) and
+yields objects shaped like ``vllm.outputs.RequestOutput``/``CompletionOutput`` with
+``RequestOutputKind.DELTA`` semantics: each output carries only the new text and token ids of the
+choices that moved, and the last one has ``finished=True``. Its "model" answers with the last user
+message, one word per token (a raw prompt without chat markers: the whole prompt). An engine
+built with ``runner="pooling"`` embeds instead (``encode()`` yields one ``PoolingRequestOutput``
+whose vector is derived from the token ids) and refuses to generate, as vLLM does.
 
 Loaded into a real ``iir serve`` with ``IIR_VLLM_ENGINE_FACTORY=tests.fake_vllm:factory``. Control
 words in the last user message drive failures: ``__fail__`` (a generate error), ``__fail_mid__``
@@ -72,6 +75,37 @@ class SamplingParams:
         self.logprobs = logprobs
         self.logit_bias = logit_bias
         self.output_kind = output_kind
+
+
+class PoolingParams:
+    """vLLM's pooling parameters that IIR uses, checked the way ``verify("embed")`` checks them."""
+
+    def __init__(self, dimensions: int | None = None, normalize: bool | None = None) -> None:
+        self.dimensions = dimensions
+        self.normalize = normalize
+        self.task: str | None = None
+
+    def verify(self, task: str, model_config: Any = None) -> None:
+        self.task = task
+        if self.dimensions is not None and not getattr(model_config, "is_matryoshka", False):
+            raise ValueError(
+                f'Model "{getattr(model_config, "served_model_name", "?")}" does not support '
+                "matryoshka representation, changing output dimensions will lead to poor results."
+            )
+
+
+@dataclass
+class PoolingOutput:
+    data: list[float]
+
+
+@dataclass
+class PoolingRequestOutput:
+    request_id: str
+    outputs: PoolingOutput
+    prompt_token_ids: list[int]
+    num_cached_tokens: int
+    finished: bool
 
 
 @dataclass
@@ -168,6 +202,8 @@ class Tokenizer:
 @dataclass
 class ModelConfig:
     max_model_len: int
+    served_model_name: str = ""
+    is_matryoshka: bool = False
 
 
 def _wait_gate(var: str) -> None:
@@ -177,9 +213,10 @@ def _wait_gate(var: str) -> None:
 
 
 class FakeAsyncLLM:
-    def __init__(self, served_name: str, max_model_len: int) -> None:
+    def __init__(self, served_name: str, max_model_len: int, runner: str = "generate") -> None:
         self.served_name = served_name
-        self.model_config = ModelConfig(max_model_len)
+        self.runner = runner
+        self.model_config = ModelConfig(max_model_len, served_name)
         self.tokenizer = Tokenizer()
         self.aborted: list[str] = []
         self._dead = False
@@ -215,6 +252,8 @@ class FakeAsyncLLM:
             raise EngineDeadError(
                 "EngineCore encountered an issue. See stack trace for the root cause."
             )
+        if self.runner == "pooling":
+            raise ValueError("This model does not support the 'generate' task")
         if sampling_params.output_kind is not RequestOutputKind.DELTA:
             raise EngineGenerateError("this stand-in only streams DELTA outputs")
         if sampling_params.max_tokens is None:
@@ -225,7 +264,7 @@ class FakeAsyncLLM:
             else self.tokenizer.encode(prompt)
         )
         text = self.tokenizer.decode(ids)
-        # The "answer": the last user turn of the rendered prompt.
+        # The "answer": the last user turn of the rendered prompt (a raw prompt: all of it).
         last_user = text.rsplit("<|user|>", 1)[-1].split("<|", 1)[0].strip()
         words = _WORD.findall(" " + last_user) if last_user else []
         delay = 0.0
@@ -291,6 +330,30 @@ class FakeAsyncLLM:
         finally:
             self._running.discard(request_id)
 
+    async def encode(
+        self,
+        prompt: Any,
+        pooling_params: PoolingParams,
+        request_id: str,
+        lora_request: Any = None,
+        trace_headers: Mapping[str, str] | None = None,
+        priority: int = 0,
+        tokenization_kwargs: dict[str, Any] | None = None,
+        reasoning_ended: bool | None = None,
+    ) -> AsyncGenerator[PoolingRequestOutput, None]:
+        if self._dead:
+            raise EngineDeadError("EngineCore encountered an issue.")
+        if self.runner != "pooling":
+            raise ValueError("This model does not support the 'embed' task")
+        if pooling_params.task != "embed":
+            raise ValueError("`task` must be set")
+        ids = list(prompt["prompt_token_ids"])
+        dims = pooling_params.dimensions or 8
+        raw = [float((sum(ids) * (i + 3) + len(ids)) % 11 - 5) for i in range(dims)]
+        norm = sum(x * x for x in raw) ** 0.5 or 1.0
+        await asyncio.sleep(0)
+        yield PoolingRequestOutput(request_id, PoolingOutput([x / norm for x in raw]), ids, 0, True)
+
     @staticmethod
     def _plan(words: list[str], sp: SamplingParams) -> tuple[list[str], str, str | None]:
         text = "".join(words)
@@ -337,12 +400,21 @@ class FakeFactory:
         )
         if os.environ.get("FAKE_VLLM_FAIL_CREATE") == spec.served_name:
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        engine = FakeAsyncLLM(spec.served_name, spec.engine_args.get("max_model_len", 2048))
+        engine = FakeAsyncLLM(
+            spec.served_name,
+            spec.engine_args.get("max_model_len", 2048),
+            spec.engine_args.get("runner", "generate"),
+        )
         self.engines.append(engine)
         return engine
 
     def sampling_params(self, **fields: Any) -> SamplingParams:
         return SamplingParams(**fields, output_kind=RequestOutputKind.DELTA)
+
+    def pooling_params(self, engine: Any, **fields: Any) -> PoolingParams:
+        params = PoolingParams(**fields)
+        params.verify("embed", getattr(engine, "model_config", None))
+        return params
 
 
 def factory() -> FakeFactory:

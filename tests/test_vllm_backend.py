@@ -562,4 +562,4 @@ def test_server_without_vllm_serves_everything_else() -> None:
         )
         assert r.status_code == 503 and local["reason"] in r.json()["detail"]
         ids = [m["id"] for m in httpx.get(srv.url + "/v1/models", headers=srv.auth).json()["data"]]
-        assert ids == ["iir/echo"]
+        assert ids == ["iir/echo", "iir/echo-embed"]  # the built-in models only

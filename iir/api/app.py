@@ -60,8 +60,11 @@ class App:
         for backend in self.svc.backends:
             await backend.start()
         await self.svc.job_pool.start()
+        await self.svc.responses.start()
 
     async def shutdown(self) -> None:
+        with suppress(Exception):
+            await self.svc.responses.stop()
         with suppress(Exception):
             await self.svc.job_pool.stop()
         if self.log_forwarder is not None:
@@ -128,6 +131,7 @@ class App:
             request_id_var.reset(token)
 
     async def _dispatch(self, req: Request) -> Response | StreamResponse:
+        route = None
         try:
             if req.path not in _PROBES:
                 self.svc.limits.check_ip(
@@ -136,7 +140,10 @@ class App:
             route, params = self.router.match(req.method, req.path)
             req.route = route.template
             if route.auth:
-                req.key_id = self.svc.keys.authenticate(req.header("authorization"))
+                req.key_id = self.svc.keys.authenticate(
+                    req.header("authorization"),
+                    req.header(route.key_header) if route.key_header else None,
+                )
                 req.reply_headers += self.svc.limits.check_key(req.key_id)
             resp: Response | StreamResponse = await route.handler(self.svc, req, **params)
             resp.headers += req.reply_headers
@@ -144,11 +151,13 @@ class App:
         except ApiError as err:
             # Upstream messages are relayed to the client: they must not carry a secret either.
             err.message = self.svc.scrubber.scrub_text(err.message)[0]
-            return Response(err.status, err.body(), JSON, err.headers + req.reply_headers)
+            body = route.error_body(err) if route and route.error_body else err.body()
+            return Response(err.status, body, JSON, err.headers + req.reply_headers)
         except Exception:
             applog.exception("unhandled error", extra={"route": req.route})
             internal = ApiError(500, f"Internal error (request id {req.request_id})")
-            return Response(500, internal.body(), JSON)
+            body = route.error_body(internal) if route and route.error_body else internal.body()
+            return Response(500, body, JSON)
 
     async def _stream(
         self, proto: Any, req: Request, resp: StreamResponse, base: list[tuple[str, str]]

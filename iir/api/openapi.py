@@ -63,6 +63,12 @@ def _operation_id(r: Route) -> str:
     return out
 
 
+def _security(r: Route) -> list[dict[str, list[str]]]:
+    if not r.auth:
+        return []
+    return [{"bearer": []}, {"apiKey": []}] if r.key_header else [{"bearer": []}]
+
+
 def build(routes: list[Route]) -> dict[str, Any]:
     schemas = _Schemas()
     error = schemas.ref(Error, "serialization")
@@ -87,12 +93,13 @@ def build(routes: list[Route]) -> dict[str, Any]:
                 "description": "Success",
                 "content": {JSON: {"schema": schemas.ref(model, "serialization")}},
             }
-        responses["default"] = {"description": "Error", "content": {JSON: {"schema": error}}}
+        shape = schemas.ref(r.error_model, "serialization") if r.error_model else error
+        responses["default"] = {"description": "Error", "content": {JSON: {"schema": shape}}}
         op: dict[str, Any] = {
             "summary": r.summary,
             "operationId": _operation_id(r),
             "responses": responses,
-            "security": [{"bearer": []}] if r.auth else [],
+            "security": _security(r),
         }
         if r.tags:
             op["tags"] = list(r.tags)
@@ -119,7 +126,11 @@ def build(routes: list[Route]) -> dict[str, Any]:
         "paths": paths,
         "components": {
             "schemas": schemas.components,
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                # Anthropic's clients send the key as x-api-key (the Messages API routes).
+                "apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"},
+            },
         },
     }
 

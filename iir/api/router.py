@@ -40,6 +40,11 @@ class Route:
     stream: Any = None
     content_type: str = JSON
     tags: tuple[str, ...] = ()
+    #: A header that may carry the API key instead of ``Authorization`` (``x-api-key``).
+    key_header: str | None = None
+    #: The error body in this route's own shape (Anthropic's on ``/v1/messages``), and its model.
+    error_body: Callable[[ApiError], bytes] | None = None
+    error_model: Any = None
 
 
 class Router:

@@ -10,13 +10,18 @@ from dataclasses import dataclass, field
 
 from iir.api import registry, routing, system
 from iir.api.chat import api_router as chat
+from iir.api.completions import api_router as completions
 from iir.api.console import api_router as console
+from iir.api.embeddings import api_router as embeddings
 from iir.api.infer import api_router as infer
 from iir.api.jobs import api_router as jobs
 from iir.api.jobs.serving import Jobs
+from iir.api.messages import api_router as messages
+from iir.api.responses import api_router as responses
 from iir.api.router import Route
 from iir.backends.base import Backend
 from iir.backends.echo import EchoBackend
+from iir.backends.echo_embed import EchoEmbedBackend
 from iir.backends.local.vllm import VllmBackend
 from iir.backends.providers.catalog import remote_backends
 from iir.backends.registry import ModelRegistry
@@ -29,12 +34,17 @@ from iir.policy.scrub import Scrubber
 from iir.service.jobs import JobPool
 from iir.service.pipeline import Pipeline
 from iir.store.jobs import JobStore
+from iir.store.responses import ResponseStore
 from iir.store.sqlite import db_path
 
 #: Every route IIR serves, surface by surface.
 ROUTES: list[Route] = [
     *system.ROUTES,
     *chat.ROUTES,
+    *responses.ROUTES,
+    *messages.ROUTES,
+    *embeddings.ROUTES,
+    *completions.ROUTES,
     *jobs.ROUTES,
     *infer.ROUTES,
     *routing.ROUTES,
@@ -54,6 +64,8 @@ class Services:
     pipeline: Pipeline
     jobs: Jobs
     job_pool: JobPool
+    #: Stored responses of the Responses API (in the job database).
+    responses: ResponseStore
     routes: list[Route] = field(default_factory=lambda: list(ROUTES))
     #: ``/openapi.json``, rendered on first request.
     openapi: bytes | None = None
@@ -65,6 +77,7 @@ def build(settings: Settings) -> Services:
     scrubber = Scrubber.from_environ(settings.env, extra_secrets=settings.api_keys)
     backends: list[Backend] = [
         EchoBackend(settings.echo_token_delay_ms, settings.max_answer_bytes),
+        EchoEmbedBackend(),
         VllmBackend(settings),
         *remote_backends(settings),
     ]
@@ -103,6 +116,7 @@ def build(settings: Settings) -> Services:
         write_retries=settings.job_write_retries,
     )
     job_runner.bind(pool)
+    stored = ResponseStore(pool.store, settings.response_ttl_seconds, scrub=scrubber.scrub)
     return Services(
         settings=settings,
         keys=KeyRing(settings.api_keys),
@@ -113,4 +127,5 @@ def build(settings: Settings) -> Services:
         pipeline=pipeline,
         jobs=job_runner,
         job_pool=pool,
+        responses=stored,
     )

@@ -7,7 +7,7 @@ import asyncio
 from typing import TYPE_CHECKING, Literal
 
 import orjson
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from iir import __version__
 from iir.api import openapi
@@ -34,6 +34,10 @@ class Model(BaseModel):
     object: Literal["model"]
     created: int
     owned_by: str
+    capabilities: list[str] = Field(
+        description="The routes the model serves: chat, responses, messages, completions, "
+        "embeddings (an extra field OpenAI's clients ignore)"
+    )
 
 
 class ModelList(BaseModel):
@@ -79,9 +83,16 @@ async def docs_asset(svc: Services, req: Request, name: str) -> Response:
 
 
 async def models(svc: Services, req: Request) -> Response:
+    registry = svc.registry
     data = [
-        {"id": c.id, "object": "model", "created": c.created, "owned_by": c.owned_by}
-        for c in svc.registry.cards()
+        {
+            "id": c.id,
+            "object": "model",
+            "created": c.created,
+            "owned_by": c.owned_by,
+            "capabilities": sorted(registry.capabilities(c.id)),
+        }
+        for c in registry.cards()
     ]
     return json_response({"object": "list", "data": data})
 

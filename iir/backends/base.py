@@ -4,6 +4,12 @@ A backend turns a :class:`~iir.core.protocol.ScrubbedChat` (validated, and scrub
 request pipeline: the only request type a backend accepts) into either a whole
 :class:`~iir.core.types.Completion` or an async stream of :class:`~iir.core.types.Delta` pieces
 followed by one optional :class:`~iir.core.types.Usage`.
+
+Surfaces other than chat reach a backend in one of two ways: translated into the chat request
+(every chat model serves ``/v1/responses`` and ``/v1/messages`` so), or natively, when
+:meth:`Backend.speaks` the surface: :meth:`Backend.complete_native` and
+:meth:`Backend.stream_native` then take the surface's own scrubbed body
+(:class:`~iir.core.protocol.ScrubbedBody`). Embedding models answer :meth:`Backend.embed`.
 """
 
 from __future__ import annotations
@@ -12,15 +18,21 @@ import abc
 from collections.abc import AsyncIterator
 from typing import ClassVar
 
-from iir.core.protocol import ScrubbedChat
+from iir.core.errors import ApiError
+from iir.core.protocol import ScrubbedBody, ScrubbedChat, ScrubbedEmbeddings
 from iir.core.types import (
     IDLE,
     READY,
+    SURFACE_PATHS,
+    TRANSLATED,
     BackendStatus,
     Completion,
+    Embeddings,
     Load,
     ModelCard,
     ModelStatus,
+    NativeAnswer,
+    NativeEvent,
     StreamEvent,
 )
 
@@ -77,3 +89,32 @@ class Backend(abc.ABC):
     def load(self, model: str) -> Load:
         """Circuit state, queue depth and recent latency of ``model`` here, for routing."""
         return IDLE
+
+    # --- other surfaces -----------------------------------------------------------------------
+
+    def capabilities(self, model: str) -> frozenset[str]:
+        """The API surfaces ``model`` (the backend's own id) can serve; see ``iir.core.types``."""
+        return TRANSLATED
+
+    def speaks(self, surface: str, model: str) -> bool:
+        """Whether ``surface``'s own request goes to ``model`` as it is (no translation)."""
+        return False
+
+    async def complete_native(self, request: ScrubbedBody, model: str) -> Completion | NativeAnswer:
+        """Runs a surface's own request (see :meth:`speaks`): neutral choices or a native answer."""
+        raise cannot_serve(self.name, request.surface)
+
+    def stream_native(
+        self, request: ScrubbedBody, model: str
+    ) -> AsyncIterator[StreamEvent | NativeEvent]:
+        """Streams a surface's own request: neutral pieces or native events, then a Usage."""
+        raise cannot_serve(self.name, request.surface)
+
+    async def embed(self, request: ScrubbedEmbeddings, model: str) -> Embeddings:
+        """One vector per input of ``request``."""
+        raise cannot_serve(self.name, "embeddings")
+
+
+def cannot_serve(backend: str, surface: str) -> ApiError:
+    path = SURFACE_PATHS.get(surface, surface)
+    return ApiError(400, f"The {backend} backend cannot serve {path}", code="model_not_supported")

@@ -54,6 +54,23 @@ class ModelRegistry:
                 seen.setdefault(card.id, card)
         return list(seen.values())
 
+    def capabilities(self, name: str) -> frozenset[str]:
+        """The API surfaces the model ``name`` serves (none when nothing serves it)."""
+        try:
+            backend, target = self.resolve(name)
+        except ApiError:
+            return frozenset()
+        return backend.capabilities(target)
+
+    def serving(self, surface: str) -> list[tuple[str, bool]]:
+        """Every model that serves ``surface`` now, with whether it runs on this box."""
+        out: dict[str, bool] = {}
+        for backend in self.backends:
+            for card in backend.models():
+                if card.id not in out and surface in self.capabilities(card.id):
+                    out[card.id] = backend.local
+        return list(out.items())
+
     def degraded(self) -> list[str]:
         return [reason for backend in self.backends for reason in backend.degraded()]
 

@@ -7,6 +7,7 @@ rules; unknown top-level fields are ignored, as OpenAI-compatible servers do.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -148,7 +149,10 @@ def _param(loc: tuple[int | str, ...]) -> str:
             "function-after[_content_rules()]",
             "constrained-list",
             "function-after[_text_parts_have_text()]",
-        ) or (isinstance(part, str) and (part.startswith("function-") or "[" in part)):
+        ) or (
+            isinstance(part, str)
+            and (part.startswith(("function-", "constrained-")) or "[" in part)
+        ):
             continue
         else:
             out += ("." if out else "") + part
@@ -171,3 +175,52 @@ def parse_chat_request(body: Any) -> ChatRequest:
         return ChatRequest.model_validate(body)
     except ValidationError as exc:
         raise validation_error(exc) from None
+
+
+# --- other surfaces' requests as backends see them -------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ScrubbedBody:
+    """A surface's own request body after the scrub step, for a backend that speaks the surface
+    natively (OpenAI's Responses API, Anthropic's Messages API, legacy completions).
+
+    Like :class:`ScrubbedChat` it is built only in :mod:`iir.service.pipeline`, from the scrubbed
+    body; ``headers`` are the client headers the surface passes on (``anthropic-beta``),
+    scrubbed too. Backends copy ``body`` before they change anything in it.
+    """
+
+    surface: str
+    body: dict[str, Any]
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+TokenIds = Annotated[list[Annotated[int, Field(ge=0, le=2**31 - 1)]], Field(min_length=1)]
+
+
+class EmbeddingsRequest(StrictModel):
+    """OpenAI's ``POST /v1/embeddings`` body."""
+
+    model: Annotated[str, Field(min_length=1, max_length=256)]
+    input: (
+        Annotated[str, Field(min_length=1)]
+        | Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=2048)]
+        | TokenIds
+        | Annotated[list[TokenIds], Field(min_length=1, max_length=2048)]
+    )
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: Annotated[int, Field(ge=1, le=65536)] | None = None
+    user: str | None = None
+
+    @property
+    def inputs(self) -> list[str] | list[list[int]]:
+        """The inputs as a list: texts, or token-id arrays."""
+        value: Any = self.input
+        if isinstance(value, str) or (value and isinstance(value[0], int)):
+            return [value]
+        return value  # type: ignore[no-any-return]
+
+
+class ScrubbedEmbeddings(EmbeddingsRequest):
+    """An embeddings request validated from a scrubbed body: the only one ``embed()`` accepts
+    (built, like :class:`ScrubbedChat`, only in :mod:`iir.service.pipeline`)."""

@@ -62,9 +62,7 @@ class _MappingSource(EnvSettingsSource):
         # blank value means "the default", as an unset one does.
         env = _ENV.get() or {}
         return {
-            k: v
-            for k, v in env.items()
-            if (k.startswith("IIR_") or k in _OTHER_VARS) and v.strip()
+            k: v for k, v in env.items() if (k.startswith("IIR_") or k in _OTHER_VARS) and v.strip()
         }
 
 
@@ -184,6 +182,7 @@ class Settings(_FromEnv):
     job_max_result_bytes: int = _var("IIR_JOB_MAX_RESULT_BYTES", 16 * 1024 * 1024, ge=1024)
     # A worker's write (start, finish) is retried this many times, then the job fails.
     job_write_retries: int = _var("IIR_JOB_WRITE_RETRIES", 10, ge=0, le=1000)
+    response_ttl_seconds: int = _var("IIR_RESPONSE_TTL_SECONDS", 30 * 86400, ge=1)
     # Local engine (vLLM in process) and the model registry.
     local_models: Annotated[tuple[tuple[str, str], ...], NoDecode] = _var("IIR_LOCAL_MODELS", ())
     model_dir: Path | None = _var("IIR_MODEL_DIR")
@@ -224,6 +223,10 @@ class Settings(_FromEnv):
         return parse_trusted_proxies(raw) if isinstance(raw, str) else raw
 
 
+#: What a local model runs as, written ``name=path#embed``: generation (the default) or pooling.
+RUNNERS = ("generate", "embed")
+
+
 def _parse_local_models(raw: str) -> tuple[tuple[str, str], ...]:
     out: list[tuple[str, str]] = []
     for item in (i.strip() for i in raw.split(",")):
@@ -231,8 +234,13 @@ def _parse_local_models(raw: str) -> tuple[tuple[str, str], ...]:
             continue
         name, sep, path = item.partition("=")
         name, path = (name.strip(), path.strip()) if sep else (item, item)
+        if not sep and "#" in name:
+            name = name.partition("#")[0].strip()
         if not name or not path:
             raise ValueError(f"{item!r} must be 'path-or-id' or 'served-name=path-or-id'")
+        runner = path.partition("#")[2]
+        if "#" in path and runner not in RUNNERS:
+            raise ValueError(f"{item!r}: the runner after '#' must be one of {', '.join(RUNNERS)}")
         if any(n == name for n, _ in out):
             raise ValueError(f"the served name {name!r} is given twice")
         out.append((name, path))

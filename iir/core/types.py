@@ -111,3 +111,63 @@ class ModelSource(Protocol):
     def load_probe(self, name: str) -> Callable[[], Load] | None:
         """A function reading ``name``'s live load, or None when nothing serves ``name``."""
         ...
+
+
+# --- API surfaces -----------------------------------------------------------------------------
+
+# What a model can serve, route by route (``GET /v1/models`` lists them per model).
+CHAT, RESPONSES, MESSAGES, COMPLETIONS, EMBEDDINGS = (
+    "chat",
+    "responses",
+    "messages",
+    "completions",
+    "embeddings",
+)
+#: Surfaces every chat model serves: the request is translated into a chat request.
+TRANSLATED = frozenset({CHAT, RESPONSES, MESSAGES})
+#: The path each surface answers on, for error messages.
+SURFACE_PATHS = {
+    CHAT: "/v1/chat/completions",
+    RESPONSES: "/v1/responses",
+    MESSAGES: "/v1/messages",
+    COMPLETIONS: "/v1/completions",
+    EMBEDDINGS: "/v1/embeddings",
+}
+
+
+@dataclass(slots=True)
+class NativeAnswer:
+    """A whole answer in the surface's own wire format, from a backend that speaks it natively
+    (OpenAI's Responses API, Anthropic's Messages API), with the usage it reported."""
+
+    body: dict[str, Any]
+    usage: Usage | None = None
+
+
+@dataclass(slots=True)
+class NativeEvent:
+    """One event of a native stream, with what the answer scrubber needs to know about it.
+
+    ``stream`` and ``path`` mark an event that carries a piece of streamed text: the key of the
+    text it belongs to (one stream scrubber per key, so a secret split across events is still
+    caught) and where the piece sits in ``data``. ``closes`` lists the keys whose text ends
+    with this event: what their scrubbers held back is released just before it.
+    """
+
+    name: str
+    data: dict[str, Any]
+    stream: tuple[Any, ...] | None = None
+    path: tuple[str, ...] = ()
+    closes: tuple[tuple[Any, ...], ...] = ()
+
+
+#: What a streamed answer yields: neutral pieces and usage, or native events.
+AnswerEvent = Delta | Usage | NativeEvent
+
+
+@dataclass(slots=True)
+class Embeddings:
+    """One vector per input, in input order."""
+
+    vectors: list[list[float]]
+    usage: Usage | None = None

@@ -23,9 +23,17 @@ class KeyRing:
         # (digest, id) per key: the id is derived once here, not per request.
         self._keys = [(hashlib.sha256(k.encode()).digest(), key_id(k)) for k in keys]
 
-    def authenticate(self, authorization: str | None) -> str:
-        """Returns the key's id, or raises 401 (no usable header) / 403 (unknown key)."""
+    def authenticate(self, authorization: str | None, api_key: str | None = None) -> str:
+        """Returns the key's id, or raises 401 (no usable header) / 403 (unknown key).
+
+        ``api_key`` is the value of a route's key header (``x-api-key``, as Anthropic's clients
+        send it), used when there is no ``Authorization`` header."""
         challenge = [("www-authenticate", 'Bearer realm="iir"')]
+        if not authorization and api_key is not None:
+            token = api_key.strip()
+            if not token or " " in token:
+                raise ApiError(401, "Malformed x-api-key header", headers=challenge)
+            return self._check(token)
         if not authorization:
             raise ApiError(
                 401, "Missing Authorization header (expected 'Bearer <API_KEY>')", headers=challenge
@@ -38,6 +46,9 @@ class KeyRing:
                 "Malformed Authorization header (expected 'Bearer <API_KEY>')",
                 headers=challenge,
             )
+        return self._check(token)
+
+    def _check(self, token: str) -> str:
         digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
         found = None
         for known, ident in self._keys:  # every key is compared: no early exit

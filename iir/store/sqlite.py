@@ -56,6 +56,21 @@ MIGRATIONS: list[Migration] = [
     CREATE INDEX jobs_owner ON jobs (owner, created_at);
     """,
     _incremental_vacuum,
+    # 2 -> 3: stored responses of the Responses API (iir.store.responses)
+    """
+    CREATE TABLE responses (
+        id          TEXT PRIMARY KEY,
+        owner       TEXT NOT NULL,
+        job_id      TEXT,
+        status      TEXT NOT NULL,
+        model       TEXT NOT NULL,
+        request     BLOB NOT NULL,
+        response    BLOB NOT NULL,
+        created_at  REAL NOT NULL,
+        expires_at  REAL NOT NULL
+    );
+    CREATE INDEX responses_expires ON responses (expires_at);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

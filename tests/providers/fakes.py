@@ -1,8 +1,9 @@
 """Fake remote providers on loopback, speaking the real wire formats, with injectable faults.
 
-``FakeProvider("openai")`` answers OpenAI's ``POST /v1/chat/completions`` (JSON and SSE) and
-``GET /v1/models``; ``FakeProvider("anthropic")`` answers the Messages API ``POST /v1/messages``
-(JSON and its SSE event stream) and its model list. Each runs an aiohttp server on its own event
+``FakeProvider("openai")`` answers OpenAI's ``POST /v1/chat/completions`` (JSON and SSE), the
+Responses API ``POST /v1/responses`` (JSON and its typed events), legacy ``POST /v1/completions``,
+``POST /v1/embeddings`` and ``GET /v1/models``; ``FakeProvider("anthropic")`` answers the Messages
+API ``POST /v1/messages`` (JSON and its SSE event stream) and its model list. Each runs an aiohttp server on its own event
 loop in a thread, records every request it gets, and applies queued :class:`Fault` s to chat
 requests in order.
 """
@@ -10,6 +11,7 @@ requests in order.
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 import zlib
@@ -94,8 +96,12 @@ class FakeProvider:
 
     async def _start(self) -> None:
         app = web.Application()
-        chat_path = "/v1/chat/completions" if self.kind == "openai" else "/v1/messages"
-        app.router.add_post(chat_path, self._chat)
+        if self.kind == "openai":
+            for path in ("/v1/chat/completions", "/v1/responses", "/v1/completions"):
+                app.router.add_post(path, self._chat)
+            app.router.add_post("/v1/embeddings", self._embeddings)
+        else:
+            app.router.add_post("/v1/messages", self._chat)
         app.router.add_get("/v1/models", self._models)
         self._runner = web.AppRunner(
             app, handler_cancellation=True, access_log=None, shutdown_timeout=0.5
@@ -154,7 +160,8 @@ class FakeProvider:
             given = got.removeprefix("Bearer ")
         else:
             given = request.headers.get("x-api-key", "")
-            ok = given == self.key and request.headers.get("anthropic-version") == "2023-06-01"
+            version = request.headers.get("anthropic-version", "")
+            ok = given == self.key and re.fullmatch(r"20\d\d-\d\d-\d\d", version) is not None
         if ok:
             return None
         # Real providers echo part of a wrong key; this fake echoes all of it (worst case).
@@ -167,7 +174,12 @@ class FakeProvider:
             body = {"type": "error", "error": {"type": kind, "message": message}}
         return web.json_response(body, status=status, dumps=lambda o: orjson.dumps(o).decode())
 
-    def _stream_error(self) -> bytes:
+    def _stream_error(self, path: str = "") -> bytes:
+        if path == "/v1/responses":
+            return _sse(
+                {"type": "error", "code": "server_error", "message": "Overloaded", "param": None},
+                "error",
+            )
         if self.kind == "openai":
             return _sse({"error": {"message": "Overloaded", "type": "server_error"}})
         return _sse(
@@ -208,6 +220,31 @@ class FakeProvider:
                 "last_id": self.models[-1] if self.models else None,
             }
         return web.Response(body=orjson.dumps(data), content_type="application/json")
+
+    async def _embeddings(self, request: web.Request) -> web.Response:
+        body = orjson.loads(await request.read())
+        self._record(request, body)
+        denied = self._auth_error(request)
+        if denied is not None:
+            return denied
+        fault = self.always or (self.faults.popleft() if self.faults else None)
+        if fault is not None and fault.kind == "status":
+            return self._error(fault.status, fault.message)
+        inputs = body["input"]
+        if isinstance(inputs, str) or (inputs and isinstance(inputs[0], int)):
+            inputs = [inputs]
+        dims = body.get("dimensions") or 4
+        data = [
+            {"object": "embedding", "index": i, "embedding": fake_vector(item, dims)}
+            for i, item in enumerate(inputs)
+        ]
+        answer = {
+            "object": "list",
+            "data": data,
+            "model": body["model"],
+            "usage": {"prompt_tokens": 3 * len(inputs), "total_tokens": 3 * len(inputs)},
+        }
+        return web.Response(body=orjson.dumps(answer), content_type="application/json")
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
@@ -256,16 +293,24 @@ class FakeProvider:
             body = {
                 **body,
                 "messages": [{"role": "user", "content": self.reply}],
+                "input": self.reply,
+                "prompt": self.reply,
                 "tools": None,
                 "_reply_verbatim": True,
             }
-        if self.kind == "openai":
+        if request.path == "/v1/responses":
+            frames = responses_frames(body, self.chunk_chars) if stream else None
+            answer = None if stream else responses_answer(body)
+        elif request.path == "/v1/completions":
+            frames = text_frames(body, self.chunk_chars) if stream else None
+            answer = None if stream else text_answer(body)
+        elif self.kind == "openai":
             frames = openai_frames(body, self.chunk_chars, self.omit_usage) if stream else None
             answer = None if stream else openai_answer(body)
             if answer is not None and self.omit_usage:
                 del answer["usage"]
         else:
-            frames = anthropic_frames(body) if stream else None
+            frames = anthropic_frames(body, self.chunk_chars) if stream else None
             answer = None if stream else anthropic_answer(body)
         if answer is not None:
             return web.Response(body=orjson.dumps(answer), content_type="application/json")
@@ -275,7 +320,7 @@ class FakeProvider:
         for i, frame in enumerate(frames):
             if fault is not None and i == fault.at:
                 if fault.kind == "error_event":
-                    await resp.write(self._stream_error())
+                    await resp.write(self._stream_error(request.path))
                     await resp.write_eof()
                     return resp
                 if fault.kind == "reset_mid":
@@ -394,6 +439,12 @@ def gzip_bomb(size: int, head: bytes = b"") -> bytes:
 # --- the answers ---------------------------------------------------------------------------------
 
 
+def fake_vector(item: Any, dims: int) -> list[float]:
+    """A made-up vector that differs with the input's length."""
+    n = len(item) + 1
+    return [round((n * (i + 1)) % 7 / 7 - 0.5, 6) for i in range(dims)]
+
+
 def _last_user_text(messages: list[dict[str, Any]]) -> str:
     for m in reversed(messages):
         if m.get("role") == "user":
@@ -430,6 +481,222 @@ def reply_text(body: dict[str, Any]) -> str:
     if body.get("_reply_verbatim"):
         return _last_user_text(body["messages"])
     return "You said: " + _last_user_text(body["messages"])
+
+
+# --- the Responses API ---------------------------------------------------------------------------
+
+
+def _responses_user_text(body: dict[str, Any]) -> str:
+    value = body.get("input")
+    if isinstance(value, str):
+        return value
+    for item in reversed(value or []):
+        if isinstance(item, dict) and item.get("role") == "user":
+            content = item.get("content")
+            if isinstance(content, str):
+                return content
+            return "".join(
+                p.get("text", "") for p in content or () if isinstance(p, dict) and "text" in p
+            )
+    return ""
+
+
+def _responses_tool(body: dict[str, Any]) -> dict[str, Any] | None:
+    tools = body.get("tools")
+    items = body.get("input")
+    if not tools or (
+        isinstance(items, list)
+        and items
+        and isinstance(items[-1], dict)
+        and items[-1].get("type") == "function_call_output"
+    ):
+        return None
+    return tools[0]
+
+
+def _responses_object(body: dict[str, Any], status: str, output: list[Any]) -> dict[str, Any]:
+    return {
+        "id": "resp_fake",
+        "object": "response",
+        "created_at": 1_700_000_000,
+        "status": status,
+        "error": None,
+        "incomplete_details": None,
+        "instructions": body.get("instructions"),
+        "model": body.get("model"),
+        "output": output,
+        "parallel_tool_calls": True,
+        "previous_response_id": None,
+        "store": body.get("store", True),
+        "temperature": 1.0,
+        "text": {"format": {"type": "text"}},
+        "tool_choice": "auto",
+        "tools": body.get("tools") or [],
+        "top_p": 1.0,
+        "truncation": "disabled",
+        "usage": {
+            "input_tokens": 11,
+            "input_tokens_details": {"cached_tokens": 2, "cache_write_tokens": 0},
+            "output_tokens": 5,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": 16,
+        }
+        if status == "completed"
+        else None,
+        "metadata": {},
+    }
+
+
+def _responses_output(body: dict[str, Any]) -> list[dict[str, Any]]:
+    tool = _responses_tool(body)
+    if tool is not None:
+        return [
+            {
+                "id": "fc_fake",
+                "type": "function_call",
+                "status": "completed",
+                "call_id": "call_fake_1",
+                "name": tool.get("name", tool.get("type")),
+                "arguments": TOOL_ARGS,
+            }
+        ]
+    text = _responses_user_text(body)
+    if not body.get("_reply_verbatim"):
+        text = "You said: " + text
+    part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+    return [
+        {
+            "id": "msg_fake",
+            "type": "message",
+            "role": "assistant",
+            "status": "completed",
+            "content": [part],
+        }
+    ]
+
+
+def responses_answer(body: dict[str, Any]) -> dict[str, Any]:
+    return _responses_object(body, "completed", _responses_output(body))
+
+
+def responses_frames(body: dict[str, Any], chunk_chars: int | None = None) -> list[bytes]:
+    output = _responses_output(body)
+    seq = iter(range(10_000))
+
+    def ev(kind: str, **fields: Any) -> bytes:
+        return _sse({"type": kind, "sequence_number": next(seq), **fields}, kind)
+
+    started = _responses_object(body, "in_progress", [])
+    frames = [
+        ev("response.created", response=started),
+        ev("response.in_progress", response=started),
+    ]
+    item = output[0]
+    if item["type"] == "function_call":
+        frames.append(
+            ev("response.output_item.added", output_index=0, item={**item, "arguments": ""})
+        )
+        for part in (TOOL_ARGS[:8], TOOL_ARGS[8:]):
+            frames.append(
+                ev(
+                    "response.function_call_arguments.delta",
+                    item_id="fc_fake",
+                    output_index=0,
+                    delta=part,
+                )
+            )
+        frames.append(
+            ev(
+                "response.function_call_arguments.done",
+                item_id="fc_fake",
+                output_index=0,
+                arguments=TOOL_ARGS,
+            )
+        )
+    else:
+        text = item["content"][0]["text"]
+        common = {"item_id": "msg_fake", "output_index": 0, "content_index": 0}
+        empty = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+        frames.append(
+            ev("response.output_item.added", output_index=0, item={**item, "content": []})
+        )
+        frames.append(ev("response.content_part.added", part=empty, **common))
+        if chunk_chars:
+            pieces = [text[i : i + chunk_chars] for i in range(0, len(text), chunk_chars)]
+        else:
+            pieces = [w + " " for w in text.split(" ")[:-1]] + [text.split(" ")[-1]]
+        for piece in pieces:
+            frames.append(ev("response.output_text.delta", delta=piece, logprobs=[], **common))
+        frames.append(ev("response.output_text.done", text=text, logprobs=[], **common))
+        frames.append(ev("response.content_part.done", part=item["content"][0], **common))
+    frames.append(ev("response.output_item.done", output_index=0, item=item))
+    frames.append(ev("response.completed", response=_responses_object(body, "completed", output)))
+    return frames
+
+
+# --- legacy completions --------------------------------------------------------------------------
+
+
+def _prompts(body: dict[str, Any]) -> list[str]:
+    prompt = body.get("prompt")
+    return [prompt] if isinstance(prompt, str) else list(prompt or [])
+
+
+def _completion_text(body: dict[str, Any], prompt: str) -> str:
+    return prompt if body.get("_reply_verbatim") else "You said: " + prompt
+
+
+def text_answer(body: dict[str, Any]) -> dict[str, Any]:
+    choices = [
+        {"text": _completion_text(body, p), "index": i, "logprobs": None, "finish_reason": "stop"}
+        for i, p in enumerate(_prompts(body))
+    ]
+    return {
+        "id": "cmpl-fake",
+        "object": "text_completion",
+        "created": 1_700_000_000,
+        "model": body.get("model"),
+        "choices": choices,
+        "usage": {"prompt_tokens": 7, "completion_tokens": 4, "total_tokens": 11},
+    }
+
+
+def text_frames(body: dict[str, Any], chunk_chars: int | None = None) -> list[bytes]:
+    def chunk(index: int, text: str, finish: str | None) -> bytes:
+        return _sse(
+            {
+                "id": "cmpl-fake",
+                "object": "text_completion",
+                "created": 1_700_000_000,
+                "model": body.get("model"),
+                "choices": [
+                    {"text": text, "index": index, "logprobs": None, "finish_reason": finish}
+                ],
+            }
+        )
+
+    frames = []
+    for i, prompt in enumerate(_prompts(body)):
+        text = _completion_text(body, prompt)
+        step = chunk_chars or 4
+        for k in range(0, len(text), step):
+            frames.append(chunk(i, text[k : k + step], None))
+        frames.append(chunk(i, "", "stop"))
+    if (body.get("stream_options") or {}).get("include_usage"):
+        frames.append(
+            _sse(
+                {
+                    "id": "cmpl-fake",
+                    "object": "text_completion",
+                    "created": 1_700_000_000,
+                    "model": body.get("model"),
+                    "choices": [],
+                    "usage": {"prompt_tokens": 7, "completion_tokens": 4, "total_tokens": 11},
+                }
+            )
+        )
+    frames.append(b"data: [DONE]\n\n")
+    return frames
 
 
 def openai_answer(body: dict[str, Any]) -> dict[str, Any]:
@@ -578,7 +845,7 @@ def anthropic_answer(body: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def anthropic_frames(body: dict[str, Any]) -> list[bytes]:
+def anthropic_frames(body: dict[str, Any], chunk_chars: int | None = None) -> list[bytes]:
     text, stop_reason, tool = _anthropic_outcome(body)
     frames = [
         _sse(
@@ -607,13 +874,17 @@ def anthropic_frames(body: dict[str, Any]) -> list[bytes]:
         ),
         _sse({"type": "ping"}, "ping"),
     ]
-    for word in text.split(" "):
+    if chunk_chars:
+        pieces = [text[i : i + chunk_chars] for i in range(0, len(text), chunk_chars)]
+    else:
+        pieces = [word + " " for word in text.split(" ")]
+    for piece in pieces:
         frames.append(
             _sse(
                 {
                     "type": "content_block_delta",
                     "index": 0,
-                    "delta": {"type": "text_delta", "text": word + " "},
+                    "delta": {"type": "text_delta", "text": piece},
                 },
                 "content_block_delta",
             )

@@ -114,7 +114,7 @@ async def sse(chat: ChatRequest, answer: AnswerStream, created: int) -> AsyncIte
             async for event in events:
                 if isinstance(event, Usage):
                     usage = event
-                else:
+                elif isinstance(event, Delta):
                     yield head + orjson.dumps((delta_choice(event),)) + b"}\n\n"
         except ApiError as err:
             yield error_frame(err)

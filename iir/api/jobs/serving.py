@@ -9,21 +9,53 @@ produced anything).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from iir.api.chat.serving import completion_body
 from iir.api.http import Request, Response, json_response
 from iir.api.infer.api_router import infer_body
+from iir.api.responses import serving as responses
 from iir.core.errors import ApiError, bad_request
 from iir.core.ids import now
 from iir.policy.limits import Reservation
 from iir.service.jobs import JobPool
 from iir.service.pipeline import Answer, Caller, Pipeline, Prepared
 
-#: How each kind of job shapes its answer: as the route it was submitted to would.
-SHAPES: dict[str, Callable[[Answer], dict[str, Any]]] = {
-    "chat": lambda answer: completion_body(answer, now()),
-    "infer": infer_body,
+
+def _prepare_chat(pipeline: Pipeline, stored: dict[str, Any]) -> Prepared:
+    return pipeline.prepare(stored, Caller(), admit=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Kind:
+    """A kind of job: how its stored request goes through the pipeline again, and how its
+    answer is shaped (as the route it was submitted to would answer)."""
+
+    shape: Callable[[Answer, dict[str, Any]], dict[str, Any]]
+    prepare: Callable[[Pipeline, dict[str, Any]], Prepared] = _prepare_chat
+
+
+def _response(answer: Answer, stored: dict[str, Any]) -> dict[str, Any]:
+    turn = responses.Turn(
+        stored["response_id"],
+        stored["created_at"],
+        answer.model,
+        stored["body"],
+        stored.get("previous_response_id"),
+        background=True,
+    )
+    return responses.answer_object(turn, answer)
+
+
+SHAPES: dict[str, Kind] = {
+    "chat": Kind(lambda answer, _: completion_body(answer, now())),
+    "infer": Kind(lambda answer, _: infer_body(answer)),
+    # A background response (POST /v1/responses with "background": true).
+    "responses": Kind(
+        _response,
+        lambda pipeline, stored: responses.prepare(pipeline, stored["body"], Caller(), admit=False),
+    ),
 }
 
 
@@ -40,6 +72,17 @@ class Jobs:
 
     async def submit(self, req: Request, kind: str, prepared: Prepared) -> Response:
         """Stores the prepared request as a job; 202 once it is on disk."""
+        return accepted(await self.enqueue(req, kind, prepared))
+
+    async def enqueue(
+        self,
+        req: Request,
+        kind: str,
+        prepared: Prepared,
+        stored: dict[str, Any] | None = None,
+    ) -> str:
+        """Stores ``stored`` (by default the prepared request) as a job; returns its id once it
+        is on disk. The job holds the prepared request's token reservation until it ends."""
         assert self.pool is not None
         try:
             if prepared.request.stream:
@@ -47,7 +90,8 @@ class Jobs:
                     "Async jobs cannot stream; drop 'stream' or use POST /v1/chat/completions",
                     param="stream",
                 )
-            stored = prepared.request.model_dump(mode="json", exclude_unset=True)
+            if stored is None:
+                stored = prepared.request.model_dump(mode="json", exclude_unset=True)
             job_id = await self.pool.submit(req.key_id or "", kind, stored)
         except BaseException:
             if prepared.reservation is not None:
@@ -56,15 +100,15 @@ class Jobs:
         # No await since the job was queued: no worker can have started it yet.
         if prepared.reservation is not None:
             self._reservations[job_id] = prepared.reservation
-        return accepted(job_id)
+        return job_id
 
     async def run(self, job_id: str, kind: str, request: dict[str, Any]) -> dict[str, Any]:
-        shape = SHAPES.get(kind)
-        if shape is None:
+        spec = SHAPES.get(kind)
+        if spec is None:
             raise ApiError(500, f"Unknown job kind {kind!r}")
-        prepared = self.pipeline.prepare(request, Caller(), admit=False)
+        prepared = spec.prepare(self.pipeline, request)
         prepared.reservation = self._reservations.pop(job_id, None)
-        return shape(await self.pipeline.run(prepared))
+        return spec.shape(await self.pipeline.run(prepared), request)
 
     def ended(self, job_id: str) -> None:
         """The job ended without running to its end (cancelled, failed before it ran)."""

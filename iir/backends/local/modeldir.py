@@ -4,6 +4,11 @@ A folder is a model when it holds ``config.json``, tokenizer files and weights. 
 for at depth one (``models/llama-3-8b``) and two (``models/meta-llama/Meta-Llama-3-8B-Instruct``),
 and the folder's path under the model directory is the model's served name, so that a folder laid
 out like the Hugging Face hub keeps the hub's id.
+
+A folder is an embedding model (served by vLLM's pooling runner on ``/v1/embeddings``) when it is
+a sentence-transformers folder (``modules.json``) or when its architectures are bare encoders
+(``BertModel``, ``XLMRobertaModel``, ``Qwen3Model``: a name ending in ``Model`` without ``For`` or
+``LMHead``), as vLLM's own runner detection reads them.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ class FoundModel:
     path: Path
     problem: str | None = None  # why the folder cannot be loaded, when it cannot
     context_length: int | None = None
+    runner: str = "generate"  # or "embed"
 
 
 def context_length(config: dict[str, Any]) -> int | None:
@@ -37,6 +43,23 @@ def context_length(config: dict[str, Any]) -> int | None:
             if isinstance(value, int) and not isinstance(value, bool) and value > 0:
                 return value
     return None
+
+
+def runner(config: dict[str, Any], names: list[str]) -> str:
+    """``embed`` for an embedding model's folder, ``generate`` otherwise."""
+    if "modules.json" in names or "config_sentence_transformers.json" in names:
+        return "embed"
+    archs = config.get("architectures")
+    if (
+        isinstance(archs, list)
+        and archs
+        and all(
+            isinstance(a, str) and a.endswith("Model") and "For" not in a and "LMHead" not in a
+            for a in archs
+        )
+    ):
+        return "embed"
+    return "generate"
 
 
 def inspect_folder(path: Path, name: str) -> FoundModel:
@@ -57,7 +80,7 @@ def inspect_folder(path: Path, name: str) -> FoundModel:
         return FoundModel(name, path, "no tokenizer files (tokenizer.json or tokenizer.model)", ctx)
     if not any(n.endswith(_WEIGHT_SUFFIXES) for n in names):
         return FoundModel(name, path, "no weights (*.safetensors or pytorch_model*.bin)", ctx)
-    return FoundModel(name, path, None, ctx)
+    return FoundModel(name, path, None, ctx, runner(config, names))
 
 
 def scan(root: Path) -> tuple[list[FoundModel], str | None]:

@@ -30,6 +30,7 @@ from typing import Any, Protocol, cast
 
 from iir.backends.base import Backend
 from iir.backends.local.modeldir import FoundModel, scan
+from iir.backends.local.surfaces import EMBED, LocalSurfaces
 from iir.core.errors import ApiError, bad_request
 from iir.core.protocol import ChatRequest, Message, ScrubbedChat
 from iir.core.settings import Settings, VllmSettings
@@ -99,6 +100,9 @@ class EngineFactory(Protocol):
     def sampling_params(self, **fields: Any) -> Any:
         """A ``SamplingParams`` with ``output_kind=RequestOutputKind.DELTA``."""
 
+    def pooling_params(self, engine: Any, **fields: Any) -> Any:
+        """A ``PoolingParams`` for the embed task, checked against ``engine``'s model."""
+
 
 class VllmEngineFactory:
     """The real factory: vLLM 0.33's ``AsyncLLM.from_engine_args(AsyncEngineArgs(...))``."""
@@ -129,6 +133,13 @@ class VllmEngineFactory:
 
         return SamplingParams(**fields, output_kind=RequestOutputKind.DELTA)
 
+    def pooling_params(self, engine: Any, **fields: Any) -> Any:
+        from vllm import PoolingParams
+
+        params = PoolingParams(**fields)
+        params.verify("embed", getattr(engine, "model_config", None))
+        return params
+
 
 def load_factory(ref: str | None) -> EngineFactory:
     """The real factory, or the stand-in named by ``module:attribute`` (tests only)."""
@@ -157,6 +168,7 @@ class LocalModel:
     restarts: int = 0
     want_loaded: bool = False
     restart_task: asyncio.Task[None] | None = field(default=None, repr=False)
+    runner: str = "generate"  # or "embed" (vLLM's pooling runner, for /v1/embeddings)
 
 
 def _error_text(exc: BaseException) -> str:
@@ -185,7 +197,7 @@ def _top_logprob(token: str, logprob: float) -> dict[str, Any]:
     return {"token": token, "logprob": max(float(logprob), -9999.0), "bytes": list(token.encode())}
 
 
-class VllmBackend(Backend):
+class VllmBackend(LocalSurfaces, Backend):
     name = SOURCE
     local = True  # routing's "@local" stands for these models
 
@@ -198,7 +210,10 @@ class VllmBackend(Backend):
         self.model_dir_reason: str | None = None
         self._models: dict[str, LocalModel] = {}
         for served, model in settings.local_models:
-            self._models[served] = LocalModel(served, model, "configured", want_loaded=True)
+            path, _, runner = model.partition("#")
+            self._models[served] = LocalModel(
+                served, path, "configured", want_loaded=True, runner=runner or "generate"
+            )
         self._queue: asyncio.Queue[LocalModel] = asyncio.Queue()
         self._load_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
@@ -266,7 +281,9 @@ class VllmBackend(Backend):
             # served, loaded or retried keeps its entry (and its engine) untouched.
             if known is not None and (known.origin == "configured" or known.want_loaded):
                 continue
-            lm = LocalModel(f.name, str(f.path), "model_dir", context_length=f.context_length)
+            lm = LocalModel(
+                f.name, str(f.path), "model_dir", context_length=f.context_length, runner=f.runner
+            )
             if f.problem:
                 lm.state, lm.reason = UNAVAILABLE, f"incomplete model folder: {f.problem}"
             elif self.settings.autoload_models:
@@ -354,7 +371,10 @@ class VllmBackend(Backend):
         """Builds ``lm``'s engine. A restart keeps the model ``failed`` (and /health degraded)
         until the new engine answers."""
         assert self.factory is not None
-        spec = EngineSpec(lm.name, lm.model, engine_args(lm.name, lm.model, self.vllm))
+        args = engine_args(lm.name, lm.model, self.vllm)
+        if lm.runner == EMBED:
+            args["runner"] = "pooling"
+        spec = EngineSpec(lm.name, lm.model, args)
         async with self._load_lock:
             if lm.state != FAILED:
                 lm.state, lm.reason = LOADING, None

@@ -11,6 +11,11 @@ Answer: text and ``tool_use`` blocks → content and ``tool_calls``; ``stop_reas
 ``finish_reason``; usage with cache tokens counted into ``prompt_tokens``. Streams: every event
 type (``message_start``, ``content_block_*`` with ``text_delta`` and ``input_json_delta``,
 ``message_delta``, ``message_stop``, ``ping``, ``error``) becomes OpenAI chunks.
+
+``/v1/messages`` requests reach Claude natively: the client's (scrubbed) body with the
+provider's model id, and the client's ``anthropic-version`` and ``anthropic-beta`` headers. Stream
+events are marked for the answer scrubber: the text, JSON and thinking deltas of each content
+block are one stream each, closed by ``content_block_stop``.
 """
 
 from __future__ import annotations
@@ -23,10 +28,21 @@ from typing import Any, ClassVar
 
 import orjson
 
+from iir.backends.base import cannot_serve
 from iir.backends.providers.base import ProviderBackend, as_object, bad_answer
 from iir.core.errors import bad_request
-from iir.core.protocol import ChatRequest, Message, ScrubbedChat
-from iir.core.types import Choice, Completion, Delta, ModelCard, StreamEvent, Usage
+from iir.core.protocol import ChatRequest, Message, ScrubbedBody, ScrubbedChat
+from iir.core.types import (
+    MESSAGES,
+    Choice,
+    Completion,
+    Delta,
+    ModelCard,
+    NativeAnswer,
+    NativeEvent,
+    StreamEvent,
+    Usage,
+)
 
 API_VERSION = "2023-06-01"
 
@@ -337,6 +353,29 @@ class StreamTranslator:
         return []  # ping, content_block_stop and event types added later
 
 
+# The text a content block delta carries, by delta type: (field, the block's stream).
+_DELTA_TEXT = {
+    "text_delta": ("text", "text"),
+    "input_json_delta": ("partial_json", "json"),
+    "thinking_delta": ("thinking", "thinking"),
+}
+#: Client headers a native Messages request passes on.
+PASSED_HEADERS = ("anthropic-version", "anthropic-beta")
+
+
+def mark(name: str, data: dict[str, Any]) -> NativeEvent:
+    """A Messages stream event, marked for the answer scrubber."""
+    index = data.get("index", 0)
+    if name == "content_block_delta":
+        delta = as_object(data.get("delta"))
+        found = _DELTA_TEXT.get(str(delta.get("type")))
+        if found is not None:
+            return NativeEvent(name, data, (index, found[1]), ("delta", found[0]))
+    if name == "content_block_stop":
+        return NativeEvent(name, data, closes=tuple((index, k) for _, k in _DELTA_TEXT.values()))
+    return NativeEvent(name, data)
+
+
 class AnthropicBackend(ProviderBackend):
     name = "anthropic"
     key_vars = ("ANTHROPIC_API_KEY",)
@@ -371,6 +410,72 @@ class AnthropicBackend(ProviderBackend):
     async def complete(self, request: ScrubbedChat, model: str) -> Completion:
         body = build_request(request, model, False, self.settings.anthropic_max_tokens)
         return parse_message(await self._up().post_json(self.messages_path, body))
+
+    def speaks(self, surface: str, model: str) -> bool:
+        return surface == MESSAGES
+
+    def _native(
+        self, request: ScrubbedBody, model: str, stream: bool
+    ) -> tuple[bytes, dict[str, str]]:
+        if request.surface != MESSAGES:
+            raise cannot_serve(self.name, request.surface)
+        body = {**request.body, "model": model}
+        body.pop("stream", None)
+        if stream:
+            body["stream"] = True
+        headers = {k: v for k, v in request.headers if k in PASSED_HEADERS}
+        return orjson.dumps(body), headers
+
+    async def complete_native(self, request: ScrubbedBody, model: str) -> NativeAnswer:
+        body, headers = self._native(request, model, False)
+        answer = await self._up().post_json(self.messages_path, body, headers)
+        if not isinstance(answer, dict) or not isinstance(answer.get("content"), list):
+            raise bad_answer("anthropic", "the answer has no 'content' list")
+        return NativeAnswer(answer, usage(answer.get("usage")))
+
+    def stream_native(
+        self, request: ScrubbedBody, model: str
+    ) -> AsyncIterator[StreamEvent | NativeEvent]:
+        body, headers = self._native(request, model, True)
+        return self._native_stream(body, headers)
+
+    async def _native_stream(
+        self, body: bytes, headers: dict[str, str]
+    ) -> AsyncIterator[StreamEvent | NativeEvent]:
+        events = self._up().post_sse(self.messages_path, body, headers)
+        start: dict[str, Any] = {}
+        output: int | None = None
+        done = False
+        try:
+            async for event, raw in events:
+                if done:
+                    continue  # drain to the end so the connection can be reused
+                try:
+                    data = orjson.loads(raw)
+                except orjson.JSONDecodeError:
+                    raise bad_answer("anthropic", "a stream event is not valid JSON") from None
+                if not isinstance(data, dict):
+                    raise bad_answer("anthropic", "a stream event is not a JSON object")
+                name = data.get("type") if isinstance(data.get("type"), str) else event
+                if name == "error":
+                    err = as_object(data.get("error"))
+                    raise bad_answer(
+                        "anthropic",
+                        f"{err.get('type', 'error')} during the stream: {err.get('message', '')}",
+                    )
+                if name == "message_start":
+                    start = as_object(as_object(data.get("message")).get("usage"))
+                elif name == "message_delta":
+                    n = as_object(data.get("usage")).get("output_tokens")
+                    output = n if isinstance(n, int) else output
+                elif name == "message_stop":
+                    done = True
+                yield mark(str(name), data)
+        finally:
+            await events.aclose()  # type: ignore[attr-defined]
+        if not done:
+            raise bad_answer("anthropic", "the stream ended before message_stop")
+        yield usage(start, output)
 
     async def stream(self, request: ScrubbedChat, model: str) -> AsyncIterator[StreamEvent]:
         body = build_request(request, model, True, self.settings.anthropic_max_tokens)
