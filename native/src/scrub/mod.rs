@@ -33,20 +33,37 @@ impl std::fmt::Display for BuildError {
     }
 }
 
-/// Names of the environment variables whose values are secrets.
+/// Words that make an environment variable's value a secret, wherever they occur in its name
+/// (ASCII case ignored, plus the few characters Python's case-insensitive matching also takes
+/// for their letters, see [`is_secret_env_name`]).
+pub const SECRET_NAME_WORDS: [&str; 7] = [
+    "KEY",
+    "TOKEN",
+    "SECRET",
+    "PASSWORD",
+    "PASSWD",
+    "CREDENTIAL",
+    "AUTH",
+];
+
+/// Whether an environment variable of this name holds a secret: one of [`SECRET_NAME_WORDS`] in
+/// it, letters compared as Python's `re.IGNORECASE` compares them (which also takes the Kelvin
+/// sign for K, the long s for S, and dotted and dotless I for I).
 pub fn is_secret_env_name(name: &str) -> bool {
-    let upper = name.to_ascii_uppercase();
-    [
-        "KEY",
-        "TOKEN",
-        "SECRET",
-        "PASSWORD",
-        "PASSWD",
-        "CREDENTIAL",
-        "AUTH",
-    ]
-    .iter()
-    .any(|w| upper.contains(w))
+    let folded: Vec<u8> = name
+        .chars()
+        .map(|c| match c {
+            '\u{212a}' => b'K',
+            '\u{17f}' => b'S',
+            '\u{130}' | '\u{131}' => b'I',
+            c if c.is_ascii() => c.to_ascii_uppercase() as u8,
+            // Never part of a word.
+            _ => 0,
+        })
+        .collect();
+    SECRET_NAME_WORDS
+        .iter()
+        .any(|w| folded.windows(w.len()).any(|win| win == w.as_bytes()))
 }
 
 /// The forms in which a literal secret is matched: as is, JSON-escaped, URL-encoded, base64.

@@ -1,18 +1,21 @@
 //! The streaming scrubber: chunks in, text out as soon as no secret can still start in it.
+//!
+//! It runs the one-shot scan ([`super::engine`]) over the text received so far and stops where a
+//! decision needs text that has not arrived: a trigger cut by the end of the chunk, a rule's walk
+//! still alive, the end of an over-long secret. Everything before that point is emitted; the rest
+//! waits for the next chunk. Every rule's walk is bounded, so what waits is too.
 
-use super::engine::{next_char, Alive, Found, Scratch, Scrubber};
-use super::REDACTED;
+use super::engine::{Scan, Scratch, Scrubber};
 
 /// A scrubber over a stream of chunks; the output equals the one-shot scrub of their concatenation.
 pub struct Stream {
-    /// Unemitted text, preceded by up to one character of already-emitted context.
+    /// The text from offset `base` of the stream on: what is not emitted yet, preceded by one
+    /// character of emitted context.
     buf: String,
-    /// Start of the unemitted text in `buf`.
-    pos: usize,
+    base: usize,
+    scan: Scan,
     pub counts: Vec<u64>,
     scratch: Scratch,
-    /// Where the held-back tail starts and how far its automaton has run.
-    alive: Option<Alive>,
 }
 
 impl Stream {
@@ -21,13 +24,14 @@ impl Stream {
     }
 
     /// A stream that uses `scratch` (from a pool: making one costs more than a short stream).
-    pub fn with_scratch(scrubber: &Scrubber, scratch: Scratch) -> Self {
+    pub fn with_scratch(scrubber: &Scrubber, mut scratch: Scratch) -> Self {
+        scratch.reset();
         Self {
             buf: String::new(),
-            pos: 0,
+            base: 0,
+            scan: Scan::default(),
             counts: vec![0; scrubber.rule_names().len()],
             scratch,
-            alive: None,
         }
     }
 
@@ -36,46 +40,27 @@ impl Stream {
         self.scratch
     }
 
+    /// Bytes received and not emitted yet.
+    pub fn held(&self) -> usize {
+        self.base + self.buf.len() - self.scan.copied
+    }
+
     /// Append a chunk; return the text that is final now.
     pub fn push(&mut self, scrubber: &Scrubber, chunk: &str) -> String {
         self.buf.push_str(chunk);
         let mut out = String::new();
-        let len = self.buf.len();
-        let mut hold =
-            scrubber.first_alive(&mut self.scratch, &self.buf, self.pos, &mut self.alive);
-        while self.pos < len {
-            if self.pos > hold {
-                hold =
-                    scrubber.first_alive(&mut self.scratch, &self.buf, self.pos, &mut self.alive);
-            }
-            let found = scrubber.find_before(&mut self.scratch, &self.buf, self.pos, len, hold);
-            match found {
-                // A match is final when no earlier position is alive and the character after
-                // it (which the checks look at) has arrived.
-                Some(Found::Secret { start, end, rule }) if start < hold && end < len => {
-                    out.push_str(&self.buf[self.pos..start]);
-                    out.push_str(REDACTED);
-                    self.counts[rule] += 1;
-                    self.pos = end.max(next_char(&self.buf, start));
-                }
-                Some(Found::Rejected { start, end }) if start < hold && end < len => {
-                    let next = next_char(&self.buf, start);
-                    out.push_str(&self.buf[self.pos..next]);
-                    self.pos = next;
-                }
-                Some(Found::Secret { start, .. }) | Some(Found::Rejected { start, .. })
-                    if start < hold =>
-                {
-                    out.push_str(&self.buf[self.pos..start]);
-                    self.pos = start;
-                    break;
-                }
-                _ => {
-                    out.push_str(&self.buf[self.pos..hold]);
-                    self.pos = hold;
-                    break;
-                }
-            }
+        let hold = scrubber.run(
+            &mut self.scratch,
+            &mut self.scan,
+            &self.buf,
+            self.base,
+            false,
+            &mut out,
+            &mut self.counts,
+        );
+        if hold > self.scan.copied {
+            out.push_str(&self.buf[self.scan.copied - self.base..hold - self.base]);
+            self.scan.copied = hold;
         }
         self.compact();
         out
@@ -84,48 +69,36 @@ impl Stream {
     /// Flush: scrub what is held back as the end of the text.
     pub fn finish(&mut self, scrubber: &Scrubber) -> String {
         let mut out = String::new();
-        let len = self.buf.len();
-        let mut copied = self.pos;
-        let mut pos = self.pos;
-        while pos <= len {
-            match scrubber.find(&mut self.scratch, &self.buf, pos, len) {
-                None => break,
-                Some(Found::Rejected { start, .. }) => pos = next_char(&self.buf, start),
-                Some(Found::Secret { start, end, rule }) => {
-                    out.push_str(&self.buf[copied..start]);
-                    out.push_str(REDACTED);
-                    self.counts[rule] += 1;
-                    copied = end;
-                    pos = end.max(next_char(&self.buf, start));
-                }
-            }
-        }
-        out.push_str(&self.buf[copied..]);
+        scrubber.run(
+            &mut self.scratch,
+            &mut self.scan,
+            &self.buf,
+            self.base,
+            true,
+            &mut out,
+            &mut self.counts,
+        );
+        out.push_str(&self.buf[self.scan.copied - self.base..]);
         self.buf.clear();
-        self.pos = 0;
-        self.alive = None;
+        self.base = 0;
+        self.scan = Scan::default();
+        self.scratch.reset();
         out
     }
 
-    /// Drop emitted text, keeping one character of context for word boundaries.
+    /// Drop emitted text, keeping one character of context (for word boundaries and the
+    /// character before a value).
     fn compact(&mut self) {
-        if self.pos < 64 {
+        let held = self.scan.copied - self.base;
+        if held < 64 {
             return;
         }
-        let mut keep = self.pos - 1;
+        let mut keep = held - 1;
         while !self.buf.is_char_boundary(keep) {
             keep -= 1;
         }
         self.buf.drain(..keep);
-        self.pos -= keep;
-        if let Some(a) = self.alive.as_mut() {
-            if a.start < keep {
-                self.alive = None;
-            } else {
-                a.start -= keep;
-                a.scanned = a.scanned.saturating_sub(keep);
-            }
-        }
+        self.base += keep;
     }
 }
 
@@ -138,11 +111,17 @@ mod tests {
         s.scrub(&mut s.scratch(), text, &mut counts).into_owned()
     }
 
-    #[test]
-    fn builds_with_literals() {
-        let s = Scrubber::new(&["hunter2hunter2", "my$ecret/pass w"]).unwrap();
-        assert_eq!(scrub(&s, "a hunter2hunter2 b"), "a REDACTED b");
-        assert_eq!(scrub(&s, "x my%24ecret%2Fpass%20w"), "x REDACTED");
+    fn streamed(s: &Scrubber, text: &str, size: usize) -> (String, usize) {
+        let mut st = Stream::new(s);
+        let mut got = String::new();
+        let mut held = 0;
+        let chars: Vec<char> = text.chars().collect();
+        for chunk in chars.chunks(size) {
+            got.push_str(&st.push(s, &chunk.iter().collect::<String>()));
+            held = held.max(st.held());
+        }
+        got.push_str(&st.finish(s));
+        (got, held)
     }
 
     #[test]
@@ -152,14 +131,7 @@ mod tests {
                     Authorization: Bearer abc123def456ghi789 hunter2hunter2 end";
         let want = scrub(&s, text);
         for size in 1..12 {
-            let mut st = Stream::new(&s);
-            let mut got = String::new();
-            let chars: Vec<char> = text.chars().collect();
-            for chunk in chars.chunks(size) {
-                got.push_str(&st.push(&s, &chunk.iter().collect::<String>()));
-            }
-            got.push_str(&st.finish(&s));
-            assert_eq!(got, want, "chunk size {size}");
+            assert_eq!(streamed(&s, text, size).0, want, "chunk size {size}");
         }
     }
 
@@ -171,35 +143,48 @@ mod tests {
             format!("x -----BEGIN PRIVATE KEY-----\n{body}-----END PRIVATE KEY----- y"),
             format!("x -----BEGIN PRIVATE KEY-----\n{body} no end. Then prose."),
             format!("eyJ{} tail", "a1B2".repeat(3000)),
+            format!(
+                "x sk-{} y password=\"{} z",
+                "a1B2".repeat(5000),
+                "q".repeat(9000)
+            ),
+            format!("token={} and more", "Zq9x".repeat(4000)),
         ] {
             let want = scrub(&s, &text);
-            for size in [1, 7, 64] {
-                let mut st = Stream::new(&s);
-                let mut got = String::new();
-                let bytes: Vec<char> = text.chars().collect();
-                for chunk in bytes.chunks(size) {
-                    got.push_str(&st.push(&s, &chunk.iter().collect::<String>()));
-                }
-                got.push_str(&st.finish(&s));
-                assert_eq!(got, want, "chunk size {size}");
+            for size in [1, 7, 64, 5000] {
+                assert_eq!(streamed(&s, &text, size).0, want, "chunk size {size}");
             }
         }
     }
 
     #[test]
-    fn placeholders_are_kept() {
-        let s = Scrubber::new::<&str>(&[]).unwrap();
-        for text in [
-            "AKIAIOSFODNN7EXAMPLE",
-            "sk-...",
-            "api_key=<your-api-key>",
-            "OPENAI_API_KEY=${OPENAI_API_KEY}",
-            "password: REDACTED",
-            "sk-proj-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
-            "max_tokens: 100",
-            "task-force risk-free",
+    fn held_back_text_stays_bounded() {
+        let s = Scrubber::new(&["hunter2hunter2"]).unwrap();
+        let bound = crate::rules::MAX_PEM + 64;
+        for unit in [
+            "-----BEGIN PRIVATE KEY-----\nAAAA",
+            "token=...",
+            "password=\"",
+            "sk-a1B2c3D4",
+            "Authorization: Bearer ",
+            "hunter2hunter",
         ] {
-            assert_eq!(scrub(&s, text), text);
+            let text = unit.repeat(200_000 / unit.len());
+            let (got, held) = streamed(&s, &text, 1000);
+            assert_eq!(got, scrub(&s, &text), "{unit:?}");
+            assert!(held <= bound, "{unit:?}: held {held} bytes");
+        }
+    }
+
+    #[test]
+    fn over_long_secret_is_redacted_whole_in_a_stream() {
+        let s = Scrubber::new::<&str>(&[]).unwrap();
+        let key = format!("sk-proj-{}", "Ab3dEf6hIj9kLm2n".repeat(2000));
+        let text = format!("use {key} now");
+        for size in [1, 100, 10_000] {
+            let (got, held) = streamed(&s, &text, size);
+            assert_eq!(got, "use REDACTED now", "chunk size {size}");
+            assert!(held <= crate::rules::MAX_MATCH + 64);
         }
     }
 }
