@@ -2,7 +2,12 @@
 //! routing classifier's cue scan).
 //!
 //! Each engine sits beside its Python bindings (`scrub` and `py_scrub`, ...). Every entry point
-//! returns a Python exception on bad input; no panic crosses the boundary.
+//! returns a Python exception on bad input; no panic crosses the boundary (and none is written:
+//! `unwrap`, `expect` and `panic!` are refused outside tests).
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 use pyo3::prelude::*;
 
 pub mod cues;

@@ -8,7 +8,9 @@ use crate::{tokens, DETACH_BYTES};
 fn token_err(e: tokens::TokenError) -> PyErr {
     match e {
         tokens::TokenError::UnknownEncoding(_) => PyValueError::new_err(e.to_string()),
-        tokens::TokenError::Integrity(_) => PyRuntimeError::new_err(e.to_string()),
+        tokens::TokenError::Integrity(_) | tokens::TokenError::Build(_) => {
+            PyRuntimeError::new_err(e.to_string())
+        }
     }
 }
 

@@ -76,7 +76,12 @@ pub fn triggers() -> Vec<&'static str> {
 /// Words that make a key's value a secret in `key = value`, `"key": "value"`, `key: value`,
 /// `?key=value`. The match starts at the word (`DB_PASSWORD=` matches from `PASSWORD`), which
 /// keeps a literal prefix for the regex engine's prefilter.
-pub const SECRET_WORD: &str = r"(?i:password|passwd|passphrase|secret|api[_-]?key|apikey|access[_-]?key|private[_-]?key|token)";
+///
+/// Written as a trie (`password|passwd|passphrase|private_key|secret|api_key|access_key|token`,
+/// `_` or `-` or nothing before `key`), so that after each byte one branch remains: the
+/// assignment rules are then one-pass, and their capture group is found in one quick pass.
+pub const SECRET_WORD: &str =
+    r"(?i:p(?:ass(?:w(?:or)?d|phrase)|rivate[_-]?key)|secret|a(?:pi|ccess)[_-]?key|token)";
 
 /// A whole key (e.g. of a JSON object) whose value is a secret.
 pub fn secret_key_pattern() -> String {
@@ -105,10 +110,12 @@ pub fn builtin() -> Vec<Rule> {
     // unquoted values are two patterns, so that an unclosed quote (which runs to the end of its
     // line) does not keep the unquoted form from being tried inside it. The key word is matched with ASCII case
     // folding, as its triggers are (Unicode folding would let `ſecret` match, where no trigger is).
-    let assignment = |value: &str| {
+    // The operators are `=`, `:`, `=>` and `:=`; before an unquoted value `:=` is `:` and a value
+    // starting with `=` (as the alternation `=|:|=>|:=` tried in order would take it).
+    let assignment = |operator: &str, value: &str| {
         rule(
             "assignment",
-            format!(r#"(?-u:{SECRET_WORD})["']?[ \t]*(?:=|:|=>|:=)[ \t]*{value}"#),
+            format!(r#"(?-u:{SECRET_WORD})["']?[ \t]*(?:{operator})[ \t]*{value}"#),
             false,
             SECRET_WORDS,
         )
@@ -210,8 +217,8 @@ pub fn builtin() -> Vec<Rule> {
             false,
             &["://"],
         ),
-        assignment(r#"(?:"([^"\r\n]+)"|'([^'\r\n]+)')"#),
-        assignment(r#"([^\s"'&,;<>(){}\[\]]+)"#),
+        assignment("=>?|:=?", r#"(?:"([^"\r\n]+)"|'([^'\r\n]+)')"#),
+        assignment("=>?|:", r#"([^\s"'&,;<>(){}\[\]]+)"#),
     ]
 }
 
@@ -291,6 +298,27 @@ mod tests {
                     }
                     todo.push((next, depth + 1, still, path));
                 }
+            }
+        }
+    }
+
+    /// A rule with a capture group whose match can be long is one-pass: the engine then finds the
+    /// group in one quick pass over the match (a backtracking search over a match of several
+    /// kilobytes would cost more than the scan).
+    #[test]
+    fn rules_with_long_values_find_their_group_in_one_pass() {
+        for r in builtin() {
+            let groups = regex_automata::meta::Regex::new(&r.pattern)
+                .unwrap()
+                .group_info()
+                .group_len(regex_automata::PatternID::ZERO);
+            // aws_secret_key's match is at most about a hundred bytes.
+            if groups > 1 && r.name != "aws_secret_key" {
+                assert!(
+                    regex_automata::dfa::onepass::DFA::new(&r.pattern).is_ok(),
+                    "{} is not one-pass",
+                    r.name
+                );
             }
         }
     }
