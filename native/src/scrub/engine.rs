@@ -42,6 +42,9 @@ use super::accept::accept;
 use super::{escape_literal, literal_forms, BuildError, ENV_SECRET, MIN_ENV_SECRET_LEN, REDACTED};
 use crate::rules::{self, Rule};
 
+/// How far [`Scrubber::glance`] looks past a trigger.
+const GLANCE: usize = 24;
+
 /// One pattern of the compiled set (a rule may have several).
 struct Pattern {
     /// Index into `Scrubber::names`.
@@ -480,6 +483,13 @@ impl Scrubber {
         let Some(candidates) = self.candidates.get(a.literal) else {
             return Ok(None);
         };
+        if a.next == 0 && a.walk.is_none() {
+            match self.glance(scratch, text, base, at_end, a.at) {
+                Some(true) => {}
+                Some(false) => return Ok(None),
+                None => return Err(a),
+            }
+        }
         while let Some(&pid) = candidates.get(a.next) {
             let resume = a.walk.take();
             if resume.is_none() && scratch.masks[pid] > a.at {
@@ -505,6 +515,52 @@ impl Scrubber {
             }
         }
         Ok(None)
+    }
+
+    /// Whether any rule may match at `at`, from one walk of all the rules together over at most
+    /// [`GLANCE`] bytes: most triggers in ordinary text (`tokens`, `task-force`) are decided
+    /// there, without a walk per rule. `None`: the text ends before it is known.
+    fn glance(
+        &self,
+        scratch: &mut Scratch,
+        text: &str,
+        base: usize,
+        at_end: bool,
+        at: usize,
+    ) -> Option<bool> {
+        let hay = text.as_bytes();
+        let cache = &mut scratch.dfa;
+        let look_behind = (at > base).then(|| hay[at - base - 1]);
+        let config = start::Config::new()
+            .anchored(Anchored::Yes)
+            .look_behind(look_behind);
+        let Ok(mut state) = self.dfa.start_state(cache, &config) else {
+            return Some(true);
+        };
+        let stop = hay.len().min(at - base + GLANCE);
+        for (i, &b) in hay[at - base..stop].iter().enumerate() {
+            state = match self.dfa.next_state(cache, state, b) {
+                Ok(s) => s,
+                Err(_) => return Some(true),
+            };
+            if state.is_tagged() {
+                scratch.steps += i as u64 + 1;
+                // A match (or anything but a dead end) goes to the rules one by one.
+                return Some(!state.is_dead());
+            }
+        }
+        scratch.steps += (stop - (at - base)) as u64;
+        if stop < hay.len() || at - base + GLANCE == stop {
+            return Some(true);
+        }
+        if !at_end {
+            return None;
+        }
+        Some(
+            self.dfa
+                .next_eoi_state(cache, state)
+                .map_or(true, |s| s.is_match()),
+        )
     }
 
     /// Walk pattern `pid` from `at` (or from where `resume` stopped).
