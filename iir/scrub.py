@@ -42,9 +42,10 @@ def secret_values(environ: Mapping[str, str]) -> list[str]:
 class StreamScrubber:
     """Scrubs one stream of chunks (e.g. SSE deltas); a secret split across chunks is still found.
 
-    ``push`` returns what is safe to emit now and holds back only the shortest tail that could
-    still become a secret; ``finish`` flushes it. The concatenated output equals
-    ``Scrubber.scrub_text`` of the concatenated input, for every chunking.
+    ``push`` returns what is safe to emit now and holds back only the tail that could still
+    become a secret (never more than a rule's bound, 16 KB at most); ``finish`` flushes it. The
+    concatenated output equals ``Scrubber.scrub_text`` of the concatenated input, for every
+    chunking.
     """
 
     __slots__ = ("_inner", "finish", "push")
