@@ -74,7 +74,9 @@ def test_scrub_hostile_1mb(benchmark, family: str) -> None:
     benchmark.pedantic(RUST.scrub_text, args=(text,), rounds=5, iterations=1, warmup_rounds=1)
     if benchmark.stats:
         base = None if family == "clean text" else "scrub 1 MB clean text"
-        record(f"scrub 1 MB {family}", base, median_ms=benchmark.stats.stats.median * 1e3)
+        stats = benchmark.stats.stats
+        # The min as well: on a busy machine the median of five rounds is mostly waiting.
+        record(f"scrub 1 MB {family}", base, min_ms=stats.min * 1e3, median_ms=stats.median * 1e3)
 
 
 @pytest.mark.parametrize("size", list(SIZES))
