@@ -5,8 +5,16 @@ from typing import Any
 
 import openai
 import pytest
+from hypothesis import HealthCheck, settings
 
 from .harness import Server
+
+# Property tests check behaviour, never speed: the machines that run them are shared, so a slow
+# example must not fail a run (speed lives in bench/).
+settings.register_profile(
+    "iir", deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]
+)
+settings.load_profile("iir")
 
 
 @pytest.fixture(scope="session")

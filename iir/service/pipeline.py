@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 import orjson
 from pydantic import ValidationError
 
+from iir import _native
 from iir.backends.base import Backend
 from iir.backends.registry import ModelRegistry
 from iir.core.errors import ApiError, answer_too_large, bad_request
@@ -250,9 +251,9 @@ class Pipeline:
         """Every string of the body through the scrubber, before anything else reads it."""
         try:
             clean, counts = self.scrubber.scrub(body)
-        except ValueError as exc:  # nested too deep, or text the scrubber cannot read
-            param = getattr(exc, "param", None) or "body"
-            raise bad_request(f"Invalid value for '{param}': {exc}", param) from None
+        except _native.ScrubError as exc:  # nested deeper than the scrubber walks
+            param = exc.path or "body"
+            raise bad_request(f"Invalid value for '{param}': {exc.reason}", param) from None
         if counts:
             metrics.count_redactions("request", counts)
         return clean  # type: ignore[no-any-return]
