@@ -57,6 +57,7 @@ class App:
     async def startup(self) -> None:
         # Load and integrity-check the token rank tables now, not on the first request (~0.4 s).
         await asyncio.to_thread(tokens.warm_up)
+        await self.svc.limits.start()
         for backend in self.svc.backends:
             await backend.start()
         await self.svc.job_pool.start()
@@ -69,6 +70,8 @@ class App:
         for backend in self.svc.backends:
             with suppress(Exception):
                 await backend.close()
+        with suppress(Exception):
+            await self.svc.limits.close()
         logs.flush()
 
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -130,14 +133,14 @@ class App:
     async def _dispatch(self, req: Request) -> Response | StreamResponse:
         try:
             if req.path not in _PROBES:
-                self.svc.limits.check_ip(
+                await self.svc.limits.check_ip(
                     self.svc.limits.client(req.client, req.header("x-forwarded-for"))
                 )
             route, params = self.router.match(req.method, req.path)
             req.route = route.template
             if route.auth:
                 req.key_id = self.svc.keys.authenticate(req.header("authorization"))
-                req.reply_headers += self.svc.limits.check_key(req.key_id)
+                req.reply_headers += await self.svc.limits.check_key(req.key_id)
             resp: Response | StreamResponse = await route.handler(self.svc, req, **params)
             resp.headers += req.reply_headers
             return resp

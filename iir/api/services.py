@@ -21,7 +21,7 @@ from iir.backends.providers.catalog import remote_backends
 from iir.backends.registry import ModelRegistry
 from iir.core.settings import Settings
 from iir.policy.auth import KeyRing
-from iir.policy.limits import Limits
+from iir.policy.limits import Limits, build_limits
 from iir.policy.routing.router import Router
 from iir.policy.routing.rules import load_policy
 from iir.policy.scrub import Scrubber
@@ -58,7 +58,7 @@ class Services:
 
 
 def build(settings: Settings) -> Services:
-    limits = Limits(settings)
+    limits = build_limits(settings)
     # Secrets: the process's secret environment values (provider keys too) and IIR's own keys.
     scrubber = Scrubber.from_environ(settings.env, extra_secrets=settings.api_keys)
     backends: list[Backend] = [

@@ -118,14 +118,17 @@ class Pipeline:
 
     # --- before the backend -------------------------------------------------------------------
 
-    def prepare(
+    async def prepare(
         self, body: Any, caller: Caller, translate: Translate = _as_chat, *, admit: bool = True
     ) -> Prepared:
-        """Default model, scrub, validate, admit (unless ``admit`` is false), route."""
+        """Default model, scrub, validate, admit (unless ``admit`` is false), route.
+
+        A coroutine because admission may ask the fleet's shared limiter; with this box's own
+        limiter it never suspends."""
         request, messages = self.parse(body, translate)
         prepared = Prepared(request, messages, [])
         if admit:
-            self.admit(prepared, caller)
+            await self.admit(prepared, caller)
         try:
             self.route(prepared, caller)
         except BaseException:
@@ -167,7 +170,7 @@ class Pipeline:
             prepared.prompt_tokens = tokens.count_chat(prepared.messages, prepared.request.model)
         return prepared.prompt_tokens
 
-    def admit(self, prepared: Prepared, caller: Caller) -> None:
+    async def admit(self, prepared: Prepared, caller: Caller) -> None:
         """The prompt-size cap, then the key's tokens-per-minute reservation."""
         limits = self.limits
         per_key = limits is not None and limits.key_tokens.enabled and caller.key_id is not None
@@ -183,7 +186,7 @@ class Pipeline:
             )
         if per_key and limits is not None and caller.key_id is not None:
             chat = prepared.request
-            prepared.reservation = limits.reserve_tokens(
+            prepared.reservation = await limits.reserve_tokens(
                 caller.key_id, prompt + (chat.output_limit or 0) * chat.n
             )
             prepared.headers += prepared.reservation.headers

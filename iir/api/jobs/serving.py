@@ -62,7 +62,7 @@ class Jobs:
         shape = SHAPES.get(kind)
         if shape is None:
             raise ApiError(500, f"Unknown job kind {kind!r}")
-        prepared = self.pipeline.prepare(request, Caller(), admit=False)
+        prepared = await self.pipeline.prepare(request, Caller(), admit=False)
         prepared.reservation = self._reservations.pop(job_id, None)
         return shape(await self.pipeline.run(prepared))
 
