@@ -6,7 +6,9 @@ and the route table (every API surface's ``ROUTES``).
 
 from __future__ import annotations
 
+from contextlib import suppress
 from dataclasses import dataclass, field
+from urllib.parse import unquote, urlsplit
 
 from iir.api import registry, routing, system
 from iir.api.chat import api_router as chat
@@ -17,6 +19,7 @@ from iir.api.router import Route
 from iir.backends.base import Backend
 from iir.backends.echo import EchoBackend
 from iir.backends.local.vllm import VllmBackend
+from iir.backends.peers import PeerBackend
 from iir.backends.providers.catalog import remote_backends
 from iir.backends.registry import ModelRegistry
 from iir.core.settings import Settings
@@ -45,6 +48,8 @@ ROUTES: list[Route] = [
 class Services:
     settings: Settings
     keys: KeyRing
+    #: The fleet's peer key (``IIR_PEER_KEY``), accepted only on peer hops; None without one.
+    peer_keys: KeyRing | None
     limits: Limits
     scrubber: Scrubber
     backends: list[Backend]
@@ -57,15 +62,32 @@ class Services:
     openapi: bytes | None = None
 
 
+def url_passwords(settings: Settings) -> list[str]:
+    """Passwords inside the fleet's server URLs: secrets like any key."""
+    found = []
+    for url in (settings.state_url, settings.job_store_url):
+        if url:
+            with suppress(ValueError):
+                password = urlsplit(url).password
+                if password:
+                    found.append(unquote(password))
+    return found
+
+
 def build(settings: Settings) -> Services:
     limits = build_limits(settings)
     # Secrets: the process's secret environment values (provider keys too) and IIR's own keys.
-    scrubber = Scrubber.from_environ(settings.env, extra_secrets=settings.api_keys)
+    scrubber = Scrubber.from_environ(
+        settings.env, extra_secrets=(*settings.api_keys, *url_passwords(settings))
+    )
     backends: list[Backend] = [
         EchoBackend(settings.echo_token_delay_ms),
         VllmBackend(settings),
         *remote_backends(settings),
     ]
+    if settings.peers:
+        # After this box's own engine (its names come first), before the remote providers.
+        backends.insert(2, PeerBackend(settings, lambda: models.own_names()))
     models = ModelRegistry(backends)
     router = Router(
         load_policy(settings.routing_file),
@@ -97,6 +119,7 @@ def build(settings: Settings) -> Services:
     return Services(
         settings=settings,
         keys=KeyRing(settings.api_keys),
+        peer_keys=KeyRing([settings.peer_key]) if settings.peer_key else None,
         limits=limits,
         scrubber=scrubber,
         backends=backends,

@@ -4,10 +4,10 @@ the list of models."""
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from iir import __version__
 from iir.api import openapi
@@ -34,6 +34,9 @@ class Model(BaseModel):
     object: Literal["model"]
     created: int
     owned_by: str
+    boxes: list[str] | None = Field(
+        None, description="The fleet's other boxes that serve it (only for a peer's model)"
+    )
 
 
 class ModelList(BaseModel):
@@ -79,10 +82,17 @@ async def docs_asset(svc: Services, req: Request, name: str) -> Response:
 
 
 async def models(svc: Services, req: Request) -> Response:
-    data = [
-        {"id": c.id, "object": "model", "created": c.created, "owned_by": c.owned_by}
-        for c in svc.registry.cards()
-    ]
+    data: list[dict[str, Any]] = []
+    for c in svc.registry.cards():
+        entry: dict[str, Any] = {
+            "id": c.id,
+            "object": "model",
+            "created": c.created,
+            "owned_by": c.owned_by,
+        }
+        if c.boxes:
+            entry["boxes"] = list(c.boxes)
+        data.append(entry)
     return json_response({"object": "list", "data": data})
 
 

@@ -29,6 +29,7 @@ from iir.core.protocol import ScrubbedChat, validation_error
 from iir.core.types import Completion, Delta, StreamEvent, Usage
 from iir.ops import metrics
 from iir.policy import tokens
+from iir.policy.auth import PEER
 from iir.policy.limits import Limits, Reservation
 from iir.policy.routing.router import Decision, Router, check_strategy, is_auto
 from iir.policy.scrub import Scrubber, StreamScrubber
@@ -58,6 +59,11 @@ class Caller:
     key_id: str | None = None
     strategy: str | None = None
 
+    @property
+    def peer(self) -> bool:
+        """Forwarded by another box of the fleet, which admitted and routed it already."""
+        return self.key_id == PEER
+
 
 @dataclass(slots=True)
 class Prepared:
@@ -68,6 +74,8 @@ class Prepared:
     messages: list[dict[str, Any]]
     candidates: list[str]
     decision: Decision | None = None
+    #: Served by this box's own backends only (a peer hop is never forwarded again).
+    own_only: bool = False
     reservation: Reservation | None = None
     prompt_tokens: int | None = None
     #: Reply headers the steps produced (token-limit state, routing decision).
@@ -127,6 +135,13 @@ class Pipeline:
         limiter it never suspends."""
         request, messages = self.parse(body, translate)
         prepared = Prepared(request, messages, [])
+        if caller.peer:
+            # Admitted and routed by the box that forwarded it: it runs here, on this box's own
+            # backends, and counts against no limit a second time.
+            prepared.own_only = True
+            prepared.candidates = [request.model]
+            self._check_served(prepared.candidates, own_only=True)
+            return prepared
         if admit:
             await self.admit(prepared, caller)
         try:
@@ -222,12 +237,12 @@ class Pipeline:
         prepared.candidates = candidates
         prepared.decision = decision
 
-    def _check_served(self, candidates: list[str]) -> None:
+    def _check_served(self, candidates: list[str], own_only: bool = False) -> None:
         """404 now (not in a job, not after a fallback chain) when no candidate is served."""
         first: ApiError | None = None
         for model in candidates:
             try:
-                self.registry.resolve(model)
+                self.registry.resolve(model, own_only)
                 return
             except ApiError as err:
                 first = first or err
@@ -254,7 +269,7 @@ class Pipeline:
         candidates = prepared.candidates
         for i, model in enumerate(candidates):
             try:
-                backend, target = self.registry.resolve(model)
+                backend, target = self.registry.resolve(model, prepared.own_only)
                 completion = await backend.complete(chat, target)
             except ApiError as err:
                 if i + 1 == len(candidates) or not falls_back(err):
@@ -277,7 +292,7 @@ class Pipeline:
         try:
             for i, model in enumerate(candidates):
                 try:
-                    backend, target = self.registry.resolve(model)
+                    backend, target = self.registry.resolve(model, prepared.own_only)
                     events = backend.stream(chat, target)
                     try:
                         first = await anext(events, None)

@@ -290,14 +290,17 @@ class Upstream:
 
     # --- requests -----------------------------------------------------------------------------
 
-    async def post_json(self, path: str, body: bytes) -> Any:
-        """POSTs ``body`` and returns the decoded JSON answer, retrying per the policy."""
+    async def post_json(
+        self, path: str, body: bytes, headers: Mapping[str, str] | None = None
+    ) -> Any:
+        """POSTs ``body`` and returns the decoded JSON answer, retrying per the policy;
+        ``headers`` are added to this request's (a request id)."""
         attempt = 0
         while True:
             self.breaker.check()
             t0 = time.perf_counter()
             try:
-                result = await self._json_once(path, body)
+                result = await self._json_once(path, body, headers)
             except _Retry as retry:
                 overhead.add_wait(time.perf_counter() - t0)
                 self.breaker.record(None if retry.error.status == 429 else False)
@@ -316,7 +319,9 @@ class Upstream:
             self.breaker.record(True)
             return result
 
-    async def _json_once(self, path: str, body: bytes) -> Any:
+    async def _json_once(
+        self, path: str, body: bytes, headers: Mapping[str, str] | None = None
+    ) -> Any:
         t0 = time.perf_counter()
         status = "connect_error"
         try:
@@ -325,6 +330,7 @@ class Upstream:
             async with self.session().post(
                 self.base_url + path,
                 data=body,
+                headers=headers,
                 timeout=self._json_timeout,
                 allow_redirects=False,
             ) as resp:
@@ -347,7 +353,9 @@ class Upstream:
             self._count("bad_response")
             raise self._failed("the answer is not valid JSON") from None
 
-    async def post_sse(self, path: str, body: bytes) -> AsyncIterator[tuple[str, bytes]]:
+    async def post_sse(
+        self, path: str, body: bytes, headers: Mapping[str, str] | None = None
+    ) -> AsyncIterator[tuple[str, bytes]]:
         """POSTs ``body`` and yields the answer's SSE events as ``(event, data)``.
 
         Retries happen only before the first event is yielded. Closing or cancelling the
@@ -365,7 +373,7 @@ class Upstream:
                 try:
                     async with asyncio.timeout(self.settings.first_byte_timeout):
                         resp = await self.session().post(
-                            self.base_url + path, data=body, allow_redirects=False
+                            self.base_url + path, data=body, headers=headers, allow_redirects=False
                         )
                         status = str(resp.status)
                         if resp.status >= 300:

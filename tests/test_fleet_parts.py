@@ -1,6 +1,7 @@
-"""Shared limits (``IIR_STATE_URL``) against a real ``redis-server``: two limiters stand for two
-boxes; the server is killed and flushed for real. The fleet of real ``iir serve`` processes is in
-tests/test_fleet.py."""
+"""The fleet's parts in process: shared limits (``IIR_STATE_URL``) against a real
+``redis-server`` (two limiters stand for two boxes; the server is killed and flushed for real),
+how a peer's status is read, and how routing weighs a peer. The fleet of real ``iir serve``
+processes is in tests/test_fleet.py."""
 
 from __future__ import annotations
 
@@ -13,10 +14,13 @@ from typing import Any
 
 import pytest
 
+from iir.backends.peers import PeerBackend, PeerModel
 from iir.core.errors import ApiError
 from iir.core.settings import load_settings
+from iir.core.types import Load
 from iir.ops import metrics
 from iir.policy.limits import Limits, SharedLimits, build_limits
+from iir.policy.routing.router import Option
 from iir.store.state import StateStore, redacted
 
 from .fleet_servers import RedisServer, redis_server
@@ -203,3 +207,83 @@ def test_settings_name_a_bad_url_without_printing_it() -> None:
         load_settings({"IIR_API_KEY": "k" * 16, "IIR_STATE_URL": "http://u:hunter2hunter2@x"})
     assert "IIR_STATE_URL" in str(caught.value) and "hunter2" not in str(caught.value)
     assert redacted("redis://u:hunter2@h:1/0") == "redis://u:***@h:1/0"
+
+
+# --- peers ----------------------------------------------------------------------------------------
+
+
+def peer_backend(*urls: str, own: set[str] | None = None) -> PeerBackend:
+    s = load_settings(
+        {"IIR_API_KEY": "k" * 16, "IIR_PEERS": ",".join(urls), "IIR_PEER_KEY": "p" * 16}
+    )
+    return PeerBackend(s, lambda: set(own or ()))
+
+
+def status(*models: dict[str, Any]) -> dict[str, Any]:
+    return {"object": "registry.status", "models": list(models), "hardware": {"gpus": []}}
+
+
+def local(name: str, queue: int = 0, **kw: Any) -> dict[str, Any]:
+    return {"id": name, "source": "local", "state": "ready", "queue": queue, **kw}
+
+
+def test_a_peer_status_yields_only_its_own_ready_engine_models() -> None:
+    backend = peer_backend("http://box2:8000")
+    peer = backend.peers[0]
+    peer.read_status(
+        status(
+            local("m1", queue=3, context_length=4096),
+            local("m2", state="loading"),
+            local("m3", shadowed=True),
+            local("m@box9:1"),  # a qualified name is its own peer's: never relayed
+            {"id": "m4", "source": "peer", "state": "ready"},  # one hop only
+            {"id": "iir/echo", "source": "echo", "state": "ready"},
+            local("x" * 300),
+            local(7),  # type: ignore[arg-type]
+        )
+    )
+    assert peer.models == {"m1": PeerModel(3, 4096)}
+    with pytest.raises(ValueError):
+        peer.read_status({"models": "nope"})
+    many = status(*(local(f"m{i}") for i in range(5000)))
+    peer.read_status(many)
+    assert len(peer.models) == 1000  # bounded however much a peer lists
+
+
+def test_names_are_plain_when_unique_and_qualified_where_they_clash() -> None:
+    backend = peer_backend("http://box2:8000", "http://box3:8000", own={"shared"})
+    b2, b3 = backend.peers
+    for p in (b2, b3):
+        p.alive = True
+    b2.read_status(status(local("only-b2", queue=1), local("shared"), local("both", queue=4)))
+    b3.read_status(status(local("both", queue=2)))
+    cards = {c.id: c.boxes for c in backend.models()}
+    assert cards == {
+        "only-b2": ("box2:8000",),
+        "shared@box2:8000": ("box2:8000",),  # this box serves "shared" itself
+        "both": ("box2:8000", "box3:8000"),
+        "both@box2:8000": ("box2:8000",),
+        "both@box3:8000": ("box3:8000",),
+    }
+    # The least busy peer first; a qualified name pins its box.
+    assert [p.box for p, _ in backend._choices("both")] == ["box3:8000", "box2:8000"]
+    assert [p.box for p, _ in backend._choices("both@box2:8000")] == ["box2:8000"]
+    assert backend.load("both").queue == 2
+    b3.alive = False  # a dead peer is skipped and its models leave the list
+    assert "both@box3:8000" not in {c.id for c in backend.models()}
+    assert [p.box for p, _ in backend._choices("both")] == ["box2:8000"]
+    with pytest.raises(ApiError) as caught:
+        backend._choices("both@box3:8000")
+    assert caught.value.status == 404
+    assert backend.resolve("nothing") is None
+
+
+def test_routing_weighs_queue_depth_then_prefers_this_box() -> None:
+    def option(name: str, queue: int, peer: bool) -> Option:
+        return Option(name, True, 3, 0.0, Load(queue=queue), 8192, peer=peer)
+
+    own_busy, peer_idle = option("m", 5, False), option("m@box2:8000", 0, True)
+    for key in (Option.quality_key, Option.cost_key):
+        assert sorted([own_busy, peer_idle], key=key)[0] is peer_idle
+        own_idle = option("m", 0, False)
+        assert sorted([peer_idle, own_idle], key=key)[0] is own_idle
