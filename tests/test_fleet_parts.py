@@ -21,9 +21,13 @@ from iir.core.types import Load
 from iir.ops import metrics
 from iir.policy.limits import Limits, SharedLimits, build_limits
 from iir.policy.routing.router import Option
+from iir.store.jobs import new_job_id
+from iir.store.pgjobs import PgJobStore
+from iir.store.postgres import SCHEMA_VERSION
+from iir.store.sqlite import StoreError, StoreUnavailable
 from iir.store.state import StateStore, redacted
 
-from .fleet_servers import RedisServer, redis_server
+from .fleet_servers import PostgresServer, RedisServer, postgres_server, redis_server
 from .harness import REPO
 
 
@@ -287,3 +291,139 @@ def test_routing_weighs_queue_depth_then_prefers_this_box() -> None:
         assert sorted([own_busy, peer_idle], key=key)[0] is peer_idle
         own_idle = option("m", 0, False)
         assert sorted([peer_idle, own_idle], key=key)[0] is own_idle
+
+
+# --- jobs on PostgreSQL ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[PostgresServer]:
+    with postgres_server() as srv:
+        yield srv
+
+
+def two_boxes(url: str, lease: float = 30.0) -> tuple[PgJobStore, PgJobStore]:
+    return PgJobStore(url, ttl=60, lease=lease), PgJobStore(url, ttl=60, lease=lease)
+
+
+def test_boxes_starting_together_migrate_once(postgres: PostgresServer) -> None:
+    url = postgres.create_database("migrate_once")
+
+    async def go() -> None:
+        stores = [PgJobStore(url, ttl=60) for _ in range(4)]
+        await asyncio.gather(*(s.open() for s in stores))
+        rows = await stores[0]._all("SELECT version FROM iir_schema ORDER BY version")
+        assert [r[0] for r in rows] == list(range(1, SCHEMA_VERSION + 1))
+        await stores[0].db.run(lambda c: c.execute("INSERT INTO iir_schema (version) VALUES (99)"))
+        for s in stores:
+            await s.close()
+        with pytest.raises(StoreError, match="newer than this IIR"):
+            await PgJobStore(url, ttl=60).open()
+
+    run(go())
+
+
+def test_two_boxes_never_take_the_same_job(postgres: PostgresServer) -> None:
+    url = postgres.create_database("skip_locked")
+
+    async def go() -> None:
+        a, b = two_boxes(url)
+        await asyncio.gather(a.open(), b.open())
+        ids = [new_job_id() for _ in range(40)]
+        for i in ids:
+            await a.insert(i, "owner", "chat", "m", b"{}")
+        claims = await asyncio.gather(*(s.claim() for _ in range(25) for s in (a, b)))
+        taken = [c.id for c in claims if c is not None]
+        assert sorted(taken) == sorted(ids)  # each exactly once, none left, none twice
+        assert all(c.attempts == 1 for c in claims if c is not None)
+        assert await a.claim() is None
+        for s in (a, b):
+            await s.close()
+
+    run(go())
+
+
+def test_leases_renewal_lapse_and_attempts(postgres: PostgresServer) -> None:
+    url = postgres.create_database("leases")
+
+    async def go() -> None:
+        a, b = two_boxes(url, lease=0.5)
+        await asyncio.gather(a.open(), b.open())
+        first, second = new_job_id(), new_job_id()
+        await a.insert(first, "o", "chat", "m", b"{}")
+        await a.insert(second, "o", "chat", "m", b"{}")
+        assert (await a.claim(first)) is not None
+        assert (await a.claim(second)) is not None
+        # Box A renews the first job's lease and not the second's (as if it died under it).
+        for _ in range(4):
+            assert await a.renew([first]) == {first}
+            await asyncio.sleep(0.2)
+        requeued, failed = await b.recover(3, b'{"code": "job_crashed"}')
+        assert (requeued, failed) == ([second], [])
+        again = await b.claim()
+        assert again is not None and again.id == second and again.attempts == 2
+        assert not await a.finish(second, "succeeded", b"{}", None)  # B holds it now
+        assert await a.renew([first, second]) == {first}
+        assert await b.finish(second, "succeeded", b"{}", None)
+        # A job whose box died under it as often as its attempts allow fails.
+        await asyncio.sleep(0.7)
+        requeued, failed = await b.recover(1, b'{"code": "job_crashed"}')
+        assert (requeued, failed) == ([], [first])
+        job = await b.get(first, "o")
+        assert job is not None and job.status == "failed" and job.error == {"code": "job_crashed"}
+        for s in (a, b):
+            await s.close()
+
+    run(go())
+
+
+def test_cancel_owner_isolation_and_release(postgres: PostgresServer) -> None:
+    url = postgres.create_database("cancel")
+
+    async def go() -> None:
+        a, b = two_boxes(url)
+        await asyncio.gather(a.open(), b.open())
+        running, pending = new_job_id(), new_job_id()
+        await a.insert(running, "alice", "chat", "m", b"{}")
+        await a.insert(pending, "alice", "chat", "m", b"{}")
+        await a.claim(running)
+        assert await b.get(running, "mallory") is None
+        assert await b.cancel(running, "mallory") is None
+        assert await b.cancel(running, "alice") == "running"  # cancelled on another box
+        assert await a.renew([running]) == set()  # A learns at its next renewal
+        assert await b.cancel(running, "alice") == "cancelled"
+        claimed = await a.claim(pending)
+        assert claimed is not None and claimed.attempts == 1
+        assert await a.release([pending]) == 1  # a clean stop: back, no attempt counted
+        job = await b.get(pending, "alice")
+        assert job is not None and job.status == "pending" and job.attempts == 0
+        assert (await a.counts())["cancelled"] == 1
+        assert await a.usage() == {"alice": (1, 4)}
+        for s in (a, b):
+            await s.close()
+
+    run(go())
+
+
+def test_a_restarted_server_is_used_again_without_losing_a_row(postgres: PostgresServer) -> None:
+    url = postgres.create_database("restart")
+
+    async def go() -> None:
+        store = PgJobStore(url, ttl=60)
+        await store.open()
+        ids = [new_job_id() for _ in range(3)]
+        for i in ids:
+            await store.insert(i, "o", "chat", "m", b"{}")
+        postgres.restart()  # immediate shutdown, as in a crash, then recovery
+        for i in ids:
+            job = await store.get(i, "o")  # the dropped connections are replaced
+            assert job is not None and job.status == "pending"
+        postgres.stop()
+        with pytest.raises(StoreUnavailable):
+            await store.insert(new_job_id(), "o", "chat", "m", b"{}")
+        postgres.start()
+        await store.insert(new_job_id(), "o", "chat", "m", b"{}")
+        assert (await store.counts())["pending"] == 4
+        await store.close()
+
+    run(go())
