@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
 from typing import Any
 
+import orjson
 import pytest
 
 from iir.backends.peers import PeerBackend, PeerModel
@@ -28,7 +30,7 @@ from iir.store.sqlite import StoreError, StoreUnavailable
 from iir.store.state import StateStore, redacted
 
 from .fleet_servers import PostgresServer, RedisServer, postgres_server, redis_server
-from .harness import REPO
+from .harness import IIR, REPO
 
 
 @pytest.fixture(scope="module")
@@ -427,3 +429,36 @@ def test_a_restarted_server_is_used_again_without_losing_a_row(postgres: Postgre
         await store.close()
 
     run(go())
+
+
+def test_iir_jobs_works_against_the_shared_store(postgres: PostgresServer) -> None:
+    url = postgres.create_database("operator")
+    job = new_job_id()
+
+    async def seed() -> None:
+        store = PgJobStore(url, ttl=60)
+        await store.open()
+        await store.insert(job, "o", "chat", "m", b'{"model": "m"}')
+        await store.close()
+
+    def iir(*args: str, db: str = url) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("IIR_")}
+        return subprocess.run(
+            [IIR, "jobs", *args],
+            env={**env, "IIR_JOB_STORE_URL": db},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    run(seed())
+    listed = iir("list")
+    assert listed.returncode == 0, listed.stderr
+    assert [orjson.loads(line)["job_id"] for line in listed.stdout.splitlines()] == [job]
+    shown = iir("show", job)
+    assert shown.returncode == 0 and orjson.loads(shown.stdout)["request"] == {"model": "m"}
+    assert iir("cancel", job).stdout.strip() == f"{job}: pending -> cancelled"
+    assert iir("cancel", job).stdout.strip() == f"{job}: already cancelled"
+    assert iir("show", new_job_id()).returncode == 1
+    blank = iir("list", db=postgres.create_database("operator_blank"))
+    assert blank.returncode == 2 and "start a box of this release once" in blank.stderr

@@ -27,6 +27,7 @@ from typing import Any
 from iir.store.base import Claimed
 from iir.store.jobs import _COLUMNS, ACTIVE, STATUSES, Job, _job
 from iir.store.postgres import NOW, Database
+from iir.store.sqlite import StoreError, StoreUnavailable
 
 
 def box_id() -> str:
@@ -50,8 +51,8 @@ class PgJobStore:
         self.lease = lease
         self.box = box_id()
 
-    async def open(self) -> None:
-        await self.db.open()
+    async def open(self, upgrade: bool = True) -> None:
+        await self.db.open(upgrade)
 
     async def close(self) -> None:
         await self.db.close()
@@ -243,3 +244,35 @@ class PgJobStore:
             (status, status, limit),
         )
         return [_job(r) for r in rows]
+
+
+# --- the operator's view (``iir jobs list|show|cancel`` with IIR_JOB_STORE_URL) -------------------
+
+
+async def operate(
+    url: str, action: str, job_id: str = "", status: str | None = None, limit: int = 100
+) -> Any:
+    """What ``iir jobs`` does, on the shared store: ``list`` (summaries, newest first),
+    ``show`` (one job with its scrubbed payloads, or None), ``cancel`` (the status it had, or
+    None). A box running a cancelled job stops it at its next lease renewal."""
+    if status is not None and status not in STATUSES:
+        raise StoreError(f"unknown status {status!r}; one of {', '.join(STATUSES)}")
+    store = PgJobStore(url, ttl=86400.0, max_size=1)
+    await store.open(upgrade=False)
+    try:
+        if action == "list":
+            return [j.summary() for j in await store.list(status, limit)]
+        if action == "show":
+            job = await store.get(job_id, None)
+            if job is None:
+                return None
+            return job.summary() | {
+                "request": job.request,
+                "result": job.result,
+                "error": job.error,
+            }
+        return await store.cancel(job_id, None)
+    except StoreUnavailable as exc:
+        raise StoreError(f"{store.where}: {exc}") from None
+    finally:
+        await store.close()

@@ -92,15 +92,16 @@ class Database:
             kwargs={"autocommit": True, "connect_timeout": max(1, round(timeout))},
         )
 
-    async def open(self) -> None:
-        """Opens the pool and brings the schema up to date; :class:`StoreError` if it cannot."""
+    async def open(self, upgrade: bool = True) -> None:
+        """Opens the pool and brings the schema up to date (``upgrade`` false: only checks that
+        it is; the operator's commands never change a schema); :class:`StoreError` if not."""
         try:
             await self.pool.open(wait=True, timeout=self.timeout)
         except self._errors as exc:
             await self.pool.close()
             raise StoreError(f"{self.where} cannot be reached ({type(exc).__name__})") from None
         try:
-            await self.run(migrate)
+            await self.run(migrate if upgrade else check_version)
         except StoreUnavailable as exc:
             await self.pool.close()
             raise StoreError(f"{self.where}: {exc}") from None
@@ -157,4 +158,21 @@ async def migrate(conn: Any) -> int:
             await conn.execute(MIGRATIONS[version])
             version += 1
             await conn.execute("INSERT INTO iir_schema (version) VALUES (%s)", (version,))
+    return version
+
+
+async def check_version(conn: Any) -> int:
+    """The schema's version, if it is this release's; :class:`StoreError` otherwise."""
+    cur = await conn.execute("SELECT to_regclass('iir_schema') IS NOT NULL")
+    row = await cur.fetchone()
+    version = 0
+    if row and row[0]:
+        cur = await conn.execute("SELECT coalesce(max(version), 0) FROM iir_schema")
+        row = await cur.fetchone()
+        version = int(row[0]) if row else 0
+    if version != SCHEMA_VERSION:
+        raise StoreError(
+            f"the job store's schema version is {version}, this IIR's is {SCHEMA_VERSION}; "
+            "start a box of this release once to create or migrate it"
+        )
     return version
