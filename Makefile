@@ -23,14 +23,19 @@ $(STAMP): $(SOURCES)
 	$(BIN)/pip install --quiet -e '.[dev]'
 	@touch $@
 
+# A development key, and iir/echo as routing's last resort so that "auto" answers on a box with
+# no model yet (a production install answers 503 instead). Written once; edit it freely.
 $(DEV_ENV): | $(STAMP)
 	@mkdir -p $(DATA)
-	@umask 077; $(BIN)/iir keygen --prefix dev --env > $@
+	@umask 077; $(BIN)/iir keygen --prefix dev --env > $@.tmp && \
+	  printf '%s\n' '# model "auto" falls back to the built-in echo model when nothing else can serve' \
+	    'IIR_ROUTING_LAST_RESORT=iir/echo' >> $@.tmp && mv $@.tmp $@
 	@echo "Generated a development API key in $@"
 
 run: install $(DEV_ENV)  ## serve on $(HOST):$(PORT) with ./var as the data directory
 	@echo "API key: $$(sed -n 's/^IIR_API_KEY=//p' $(DEV_ENV))"
 	@echo "Try: curl -H \"Authorization: Bearer $$(sed -n 's/^IIR_API_KEY=//p' $(DEV_ENV))\" http://$(HOST):$(PORT)/v1/models"
+	@echo "Console: http://$(HOST):$(PORT)/console"
 	IIR_DATA_DIR=$(DATA) $(BIN)/iir serve --host $(HOST) --port $(PORT) --env-file $(DEV_ENV)
 
 lint: install  ## ruff, the import contract, mypy, cargo fmt and clippy

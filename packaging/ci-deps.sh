@@ -5,6 +5,7 @@
 #   git              (Debian package: git)      lists the sources the wheel is built from
 #   setpriv          (Debian package: util-linux) drops to an unprivileged user in deploy-test
 #   /usr/bin/python3 with venv (python3, python3-venv) builds /opt/iir/venv as the GPU box does
+#   chromium         (Debian package: chromium)  the headless browser the /console tests drive
 #   redis-server     (Debian package: redis-server) the fleet tests' shared limits (IIR_STATE_URL)
 #   postgres, initdb (Debian package: postgresql)   the fleet tests' shared jobs (IIR_JOB_STORE_URL)
 # The fleet tests start their own servers on loopback ports in temporary folders
@@ -16,6 +17,8 @@ command -v systemd-analyze >/dev/null 2>&1 || missing="$missing systemd"
 command -v dpkg-deb >/dev/null 2>&1 || missing="$missing dpkg"
 command -v git >/dev/null 2>&1 || missing="$missing git"
 command -v setpriv >/dev/null 2>&1 || missing="$missing util-linux"
+command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 \
+    || missing="$missing chromium"
 command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"
 if ! command -v postgres >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
     missing="$missing postgresql"

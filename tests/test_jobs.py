@@ -44,6 +44,7 @@ from iir.store.jobs import (
     purge_jobs,
     show_job,
 )
+from iir.store.sqlite import MIGRATIONS, SCHEMA_VERSION, check_database
 
 from . import harness
 from .harness import IIR, Server, free_port
@@ -481,7 +482,7 @@ def test_store_purges_on_an_injected_clock(tmp_path: Path) -> None:
         try:
             await store.call(insert_job, "job_" + "1" * 32, "k", "chat", "m", b"{}", now[0])
             await store.call(insert_job, "job_" + "2" * 32, "k", "chat", "m", b"{}", now[0])
-            assert await store.call(claim_job, "job_" + "1" * 32, now[0]) == ("chat", b"{}")
+            assert await store.call(claim_job, "job_" + "1" * 32, now[0]) == ("chat", b"{}", "k")
             assert await store.call(
                 finish_job, "job_" + "1" * 32, "succeeded", b"{}", None, now[0], 60
             )
@@ -700,3 +701,213 @@ def test_fuzzed_job_ids_are_404(srv: Server, job_id: str) -> None:
         for r in (poll(c, job_id, srv.key), c.delete(f"{ASYNC}/{job_id}", headers=srv.auth)):
             assert r.status_code == 404, r.text
             validate_error(r.json())
+
+
+# --- bounds: attempts, quotas, result size, store failures, file size ---------------------------
+
+
+def _kill(srv: Server) -> None:
+    assert srv.proc is not None
+    for pid in [*_children(srv.proc.pid), srv.proc.pid]:
+        os.kill(pid, signal.SIGKILL)
+    srv.proc.wait(10)
+
+
+def test_a_job_the_server_dies_under_too_often_fails_as_crashed(tmp_path: Path) -> None:
+    """A job running whenever the process dies (a generation that brings it down) was run again
+    after every restart; after IIR_JOB_MAX_ATTEMPTS interruptions it fails instead."""
+    data = tmp_path / "data"
+    env = {"IIR_JOB_MAX_ATTEMPTS": "2", "IIR_ECHO_TOKEN_DELAY_MS": "200"}
+    slow = chat(" ".join(["tok"] * 200))  # 40 s: always running when killed
+    job_id = ""
+    for attempt in (1, 2):
+        with Server(env=env, data_dir=data) as s, s.client() as c:
+            if attempt == 1:
+                job_id = submit(c, slow, s.key)
+            wait_status(c, job_id, s.key, ("running",))
+            _kill(s)
+        assert [j["attempts"] for j in list_jobs(data)] == [attempt]
+    with Server(env=env, data_dir=data) as s, s.client() as c:
+        r = poll(c, job_id, s.key)
+        assert r.headers["x-iir-job-status"] == "failed", r.text
+        validate(r.json()["error"], "Error")
+        validate_ours(s, r.json(), "JobStatus")
+        assert r.json()["error"]["code"] == "job_crashed"
+        assert "IIR_JOB_MAX_ATTEMPTS" in r.json()["error"]["message"]
+        assert s.wait_for_log(lambda ln: ln.get("event") == "job_crashed")
+        # the server is otherwise fine, and runs new jobs
+        wait_status(c, submit(c, chat("after"), s.key), s.key, ("succeeded",))
+    assert [j["status"] for j in list_jobs(data)].count("failed") == 1
+
+
+def test_a_clean_shutdown_is_not_counted_as_an_attempt(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    env = {"IIR_JOB_MAX_ATTEMPTS": "1", "IIR_ECHO_TOKEN_DELAY_MS": "100"}
+    with Server(env=env, data_dir=data) as s, s.client() as c:
+        job_id = submit(c, chat(" ".join(["tok"] * 40)), s.key)
+        wait_status(c, job_id, s.key, ("running",))
+        assert s.stop() == 0  # SIGTERM: the job goes back to pending
+    assert [(j["status"], j["attempts"]) for j in list_jobs(data)] == [("pending", 0)]
+    with Server(env=env, data_dir=data) as s, s.client() as c:
+        r = wait_status(c, job_id, s.key, ("succeeded", "failed"))
+        assert r.headers["x-iir-job-status"] == "succeeded", r.text
+    assert [j["attempts"] for j in list_jobs(data)] == [1]
+
+
+def test_per_key_limit_on_jobs_not_ended(tmp_path: Path) -> None:
+    env = {
+        "IIR_JOB_MAX_PENDING_PER_KEY": "2",
+        "IIR_JOB_CONCURRENCY": "1",
+        "IIR_ECHO_TOKEN_DELAY_MS": "200",
+        "IIR_ALLOWED_KEYS": SECOND,
+    }
+    slow = chat(" ".join(["word"] * 100))
+    with Server(env=env, data_dir=tmp_path / "data") as s, s.client() as c:
+        first, second = submit(c, slow, s.key), submit(c, slow, s.key)
+        r = c.post(ASYNC, json=chat(), headers=s.auth)
+        assert r.status_code == 429, r.text
+        validate_error(r.json())
+        assert r.json()["error"]["code"] == "too_many_pending_jobs"
+        assert "IIR_JOB_MAX_PENDING_PER_KEY" in r.json()["error"]["message"]
+        assert r.headers["retry-after"] == "5"
+        theirs = submit(c, chat("theirs"), SECOND)  # another key is not affected
+        assert c.delete(f"{ASYNC}/{second}", headers=s.auth).status_code == 200
+        third = submit(c, chat("room again"), s.key)
+        for job_id in (first, third, theirs):
+            c.delete(f"{ASYNC}/{job_id}", headers=s.auth)
+            c.delete(f"{ASYNC}/{job_id}", headers={"Authorization": f"Bearer {SECOND}"})
+
+
+def test_per_key_limit_on_stored_bytes_survives_a_restart(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    env = {"IIR_JOB_MAX_BYTES_PER_KEY": "40000", "IIR_ALLOWED_KEYS": SECOND}
+    text = "b" * 8000  # each job stores about 8 KB of request and 8 KB of result
+    with Server(env=env, data_dir=data) as s, s.client() as c:
+        done = [submit(c, chat(text), s.key) for _ in range(2)]
+        for job_id in done:
+            wait_status(c, job_id, s.key, ("succeeded",))
+        r = c.post(ASYNC, json=chat(text), headers=s.auth)
+        assert r.status_code == 429, r.text
+        validate_error(r.json())
+        assert r.json()["error"]["code"] == "job_storage_full"
+        assert "IIR_JOB_MAX_BYTES_PER_KEY" in r.json()["error"]["message"]
+        submit(c, chat("small"), s.key)  # what still fits is accepted
+        submit(c, chat(text), SECOND)
+    with Server(env=env, data_dir=data) as s, s.client() as c:
+        r = c.post(ASYNC, json=chat(text), headers=s.auth)
+        assert r.status_code == 429 and r.json()["error"]["code"] == "job_storage_full"
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        (chat("r" * 3000), "job_result_too_large"),
+        (chat("word " * 120_000, n=128), "answer_too_large"),
+    ],
+)
+def test_a_result_over_the_cap_fails_the_job(tmp_path: Path, body: Any, code: str) -> None:
+    env = {"IIR_JOB_MAX_RESULT_BYTES": "2048"}
+    with Server(env=env, data_dir=tmp_path / "data") as s, s.client() as c:
+        job_id = submit(c, body, s.key)
+        r = wait_status(c, job_id, s.key, ("succeeded", "failed"))
+        assert r.headers["x-iir-job-status"] == "failed", r.text[:300]
+        validate(r.json()["error"], "Error")
+        assert r.json()["error"]["code"] == code, r.json()
+        ok = submit(c, chat("short enough"), s.key)
+        wait_status(c, ok, s.key, ("succeeded",))
+    raw = b"".join(p.read_bytes() for p in (tmp_path / "data").iterdir() if "iir.db" in p.name)
+    assert b"r" * 3000 not in raw.replace(orjson.dumps(body), b"")  # the result was never stored
+
+
+def test_a_write_the_store_keeps_refusing_fails_the_job(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The result does not fit on the disk (a file-size limit stands in for a full disk): the
+    worker retries IIR_JOB_WRITE_RETRIES times, then records the failure (small enough to fit)
+    instead of retrying for ever, and goes on with the next job."""
+    limit = 768 * 1024
+    wrapper = tmp_path / "iir-limited"
+    wrapper.write_text(
+        f"#!{sys.executable}\n"
+        "import os, resource, sys\n"
+        f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, resource.RLIM_INFINITY))\n"
+        f"os.execv({IIR!r}, [{IIR!r}, *sys.argv[1:]])\n"
+    )
+    wrapper.chmod(0o755)
+    monkeypatch.setattr(harness, "IIR", str(wrapper))
+    env = {"IIR_LOG_LEVEL": "warning", "IIR_JOB_WRITE_RETRIES": "2"}
+    with Server(env=env, data_dir=tmp_path / "data") as s, s.client() as c:
+        # 100 KB asked for 12 times: a 1.2 MB result, beyond the limit; the request fits
+        job_id = submit(c, chat("q" * 100_000, n=12), s.key)
+        r = wait_status(c, job_id, s.key, ("succeeded", "failed"))
+        assert r.headers["x-iir-job-status"] == "failed", r.text[:300]
+        validate(r.json()["error"], "Error")
+        assert r.json()["error"]["code"] == "job_store_unavailable", r.json()
+        assert r.json()["error"]["message"].startswith("The job store could not record")
+        assert s.wait_for_log(lambda ln: ln.get("event") == "job_store_gave_up")
+        wait_status(c, submit(c, chat("next"), s.key), s.key, ("succeeded",))
+
+
+def _version_1_file(path: Path) -> None:
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    assert isinstance(MIGRATIONS[0], str)
+    for stmt in MIGRATIONS[0].split(";"):
+        if stmt.strip():
+            conn.execute(stmt)
+    for i in range(40):
+        request = orjson.dumps({"model": "iir/echo", "pad": "x" * 20_000})
+        insert_job(conn, f"job_{i:032x}", "owner", "chat", "iir/echo", request, 1.0 + i)
+    conn.execute("DELETE FROM jobs WHERE rowid % 2 = 0")  # free pages a purge would leave
+    conn.execute("PRAGMA user_version=1")
+    conn.close()
+
+
+def test_a_version_1_file_is_migrated_and_compacted(tmp_path: Path) -> None:
+    path = tmp_path / "iir.db"
+    _version_1_file(path)
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 0
+    assert conn.execute("PRAGMA freelist_count").fetchone()[0] >= 100
+    conn.close()
+    check_database(path)
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # incremental
+    assert conn.execute("PRAGMA freelist_count").fetchone()[0] == 0
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    rows = conn.execute("SELECT id, length(request) FROM jobs ORDER BY id").fetchall()
+    assert rows == [(f"job_{i:032x}", 20_029) for i in range(40) if (i + 1) % 2]
+    conn.close()
+    check_database(path)  # again: nothing left to do
+    assert list_jobs(tmp_path)[0]["job_id"] == f"job_{38:032x}"
+
+
+def test_a_new_file_is_incremental_from_the_start(tmp_path: Path) -> None:
+    path = tmp_path / "iir.db"
+    check_database(path)
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+def test_purged_jobs_give_their_space_back(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    with Server(env={"IIR_JOB_TTL_SECONDS": "1"}, data_dir=data) as s, s.client() as c:
+        for job_id in [submit(c, chat("p" * 50_000), s.key) for _ in range(20)]:
+            wait_status(c, job_id, s.key, ("succeeded",))
+        peak = sum(p.stat().st_size for p in data.iterdir() if p.name.startswith("iir.db"))
+        deadline = time.monotonic() + 30
+        # the purge logs its count once the freed pages went back (expired jobs are invisible
+        # at once, deleted by the next purge)
+        while sum(ln["count"] for ln in s.log_lines() if ln.get("event") == "jobs_purged") < 20:
+            assert time.monotonic() < deadline, "jobs were not purged"
+            time.sleep(0.2)
+        conn = sqlite3.connect(data / "iir.db")
+        try:
+            assert conn.execute("PRAGMA freelist_count").fetchone()[0] < 16
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            conn.close()
+        assert peak > 2_000_000
+        assert (data / "iir.db").stat().st_size < peak / 4

@@ -10,7 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from iir.core.settings import parse_trusted_proxies
+from iir.core.errors import ApiError
+from iir.core.settings import load_settings, parse_trusted_proxies
+from iir.policy.limits import Limits
 from iir.policy.ratelimit import Decision, RateLimiter, client_ip, ip_key
 
 
@@ -99,6 +101,20 @@ def test_token_reservation_reconciled() -> None:
     tpm.adjust("key", 10_000)  # more than reserved: the key must wait
     d = tpm.check("key", 1)
     assert not d.allowed and d.retry_after_seconds > 60
+
+
+@pytest.mark.parametrize("tokens", [2**63, 2**64 + 5, 10**30])
+def test_token_costs_beyond_64_bits_are_clamped(tokens: int) -> None:
+    """A cost the limiter's 64-bit integers cannot hold is refused as too large, not a crash;
+    settling such a reservation is harmless too."""
+    limits = Limits(load_settings({"IIR_API_KEY": "k" * 32, "IIR_RATE_LIMIT_TPM_PER_KEY": "1000"}))
+    with pytest.raises(ApiError) as err:
+        limits.reserve_tokens("key", tokens)
+    assert err.value.status == 429 and "Request too large" in err.value.message
+    reservation = limits.reserve_tokens("key", 10)
+    reservation.settle(tokens)  # far more used than reserved: the key waits, nothing overflows
+    with pytest.raises(ApiError):
+        limits.reserve_tokens("key", 10)
 
 
 def test_cost_above_burst_is_refused_with_finite_retry() -> None:

@@ -12,6 +12,7 @@ from urllib.parse import unquote, urlsplit
 
 from iir.api import registry, routing, system
 from iir.api.chat import api_router as chat
+from iir.api.console import api_router as console
 from iir.api.infer import api_router as infer
 from iir.api.jobs import api_router as jobs
 from iir.api.jobs.serving import Jobs
@@ -41,6 +42,7 @@ ROUTES: list[Route] = [
     *infer.ROUTES,
     *routing.ROUTES,
     *registry.ROUTES,
+    *console.ROUTES,
 ]
 
 
@@ -81,7 +83,7 @@ def build(settings: Settings) -> Services:
         settings.env, extra_secrets=(*settings.api_keys, *url_passwords(settings))
     )
     backends: list[Backend] = [
-        EchoBackend(settings.echo_token_delay_ms),
+        EchoBackend(settings.echo_token_delay_ms, settings.max_answer_bytes),
         VllmBackend(settings),
         *remote_backends(settings),
     ]
@@ -94,6 +96,7 @@ def build(settings: Settings) -> Services:
         models,
         settings.routing_strategy,
         settings.local_max_queue,
+        settings.routing_last_resort,
     )
     pipeline = Pipeline(
         models,
@@ -103,6 +106,7 @@ def build(settings: Settings) -> Services:
         fallbacks=settings.upstream.fallbacks,
         max_prompt_tokens=settings.max_prompt_tokens,
         default_model=settings.default_model,
+        max_answer_bytes=settings.max_answer_bytes,
     )
     job_runner = Jobs(pipeline)
     pool = JobPool(
@@ -114,6 +118,11 @@ def build(settings: Settings) -> Services:
         settings.job_queue_max,
         scrub=scrubber.scrub,
         on_end=job_runner.ended,
+        max_attempts=settings.job_max_attempts,
+        max_pending_per_key=settings.job_max_pending_per_key,
+        max_bytes_per_key=settings.job_max_bytes_per_key,
+        max_result_bytes=settings.job_max_result_bytes,
+        write_retries=settings.job_write_retries,
     )
     job_runner.bind(pool)
     return Services(

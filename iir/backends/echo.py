@@ -13,15 +13,17 @@ import re
 from collections.abc import AsyncIterator
 
 from iir.backends.base import Backend
+from iir.core.errors import answer_too_large
 from iir.core.protocol import ChatRequest, ScrubbedChat
 from iir.core.types import Choice, Completion, Delta, ModelCard, StreamEvent, Usage
 
 MODEL = "iir/echo"
 
-# Echo's own tokenizer: a word of up to six characters or one symbol, with the whitespace before it.
-# Joining the pieces gives the text back exactly.
-# Only trailing whitespace is left unmatched; it is added as a piece of its own.
-_PIECE = re.compile(r"\s*(?:\w{1,6}|[^\w\s])")
+# Echo's own tokenizer: a word of up to six characters or one symbol, with the whitespace before it,
+# or the whitespace at the very end. Joining the pieces gives the text back exactly.
+# The quantifiers on whitespace are possessive: a run of whitespace is read once, never given back
+# character by character, so a long run (with nothing after it) costs linear time, not quadratic.
+_PIECE = re.compile(r"\s*+(?:\w{1,6}|[^\w\s])|\s++\Z")
 # OpenAI-style framing cost per message and for priming the reply.
 _PER_MESSAGE = 3
 _REPLY_PRIMING = 3
@@ -31,8 +33,6 @@ log = logging.getLogger("iir.echo")
 
 def pieces(text: str) -> list[str]:
     out: list[str] = _PIECE.findall(text)
-    if text[-1:].isspace():
-        out.append(text[len(text.rstrip()) :])
     return out
 
 
@@ -63,14 +63,25 @@ def _answer(request: ChatRequest) -> tuple[list[str], str]:
 class EchoBackend(Backend):
     name = "echo"
 
-    def __init__(self, token_delay_ms: float = 0.0) -> None:
+    def __init__(self, token_delay_ms: float = 0.0, max_answer_bytes: int = 0) -> None:
         self.delay = token_delay_ms / 1000.0
+        self.max_answer_bytes = max_answer_bytes
+
+    def _check_size(self, out: list[str], n: int) -> None:
+        """Refuses up front an answer over the cap: echo's answer is ``n`` copies of the input,
+        so a large text with a large ``n`` would otherwise be built (and sent) in full."""
+        if not self.max_answer_bytes:
+            return
+        size = n * len("".join(out).encode("utf-8", "surrogatepass"))
+        if size > self.max_answer_bytes:
+            raise answer_too_large(size, self.max_answer_bytes, n)
 
     def models(self) -> list[ModelCard]:
         return [ModelCard(id=MODEL, owned_by="iir", created=1_700_000_000)]
 
     async def complete(self, request: ScrubbedChat, model: str) -> Completion:
         out, finish = _answer(request)
+        self._check_size(out, request.n)
         if self.delay and out:
             await asyncio.sleep(self.delay * len(out))
         text = "".join(out)
@@ -81,6 +92,7 @@ class EchoBackend(Backend):
 
     async def stream(self, request: ScrubbedChat, model: str) -> AsyncIterator[StreamEvent]:
         out, finish = _answer(request)
+        self._check_size(out, request.n)
         sent = 0
         try:
             for i, piece in enumerate(out):

@@ -89,6 +89,17 @@ def _vllm(settings: Settings) -> Check:
     return Check("vLLM", OK, f"installed, version {version('vllm')}")
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Redirects are reported, never followed: following one would send the provider key (in
+    whatever header the provider uses) to the host the redirect names."""
+
+    def redirect_request(self, *args: object, **kwargs: object) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
+
+
 def _providers(settings: Settings, timeout: float) -> list[Check]:
     from iir.backends.providers.catalog import remote_backends
 
@@ -101,10 +112,19 @@ def _providers(settings: Settings, timeout: float) -> list[Check]:
         url = backend.base_url.rstrip("/") + (backend.models_path or "/")
         req = urllib.request.Request(url, headers=backend.auth_headers())
         try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
+            with _OPENER.open(req, timeout=timeout) as resp:
                 out.append(Check(name, OK, f"{backend.base_url} answered {resp.status}"))
         except urllib.error.HTTPError as exc:
-            if exc.code in (401, 403):
+            if 300 <= exc.code < 400:
+                out.append(
+                    Check(
+                        name,
+                        FAIL,
+                        f"{backend.base_url} answered a redirect ({exc.code}); IIR does not "
+                        "follow redirects: set the base URL to where the API really is",
+                    )
+                )
+            elif exc.code in (401, 403):
                 out.append(Check(name, FAIL, f"{backend.base_url} refused the key ({exc.code})"))
             else:
                 out.append(Check(name, WARN, f"{backend.base_url} answered {exc.code}"))

@@ -93,3 +93,16 @@ def not_found(message: str, code: str = "not_found", param: str | None = None) -
 def client_closed() -> ApiError:
     """The client went away before its answer (nginx's 499: only ever seen in logs and metrics)."""
     return ApiError(499, "The client closed the request", code="client_closed_request")
+
+
+def answer_too_large(size: int, limit: int, n: int) -> ApiError:
+    """An answer over ``IIR_MAX_ANSWER_BYTES``: the request asked for more text than one answer
+    may carry (``n`` choices of a long text), so it is refused rather than built in memory."""
+    return ApiError(
+        400,
+        f"The answer would hold {size} bytes over {n} choice(s), more than the {limit} bytes "
+        "one answer may carry (IIR_MAX_ANSWER_BYTES); ask for fewer choices ('n') or fewer "
+        "tokens ('max_tokens')",
+        code="answer_too_large",
+        param="n" if n > 1 else "max_tokens",
+    )

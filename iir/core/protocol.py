@@ -15,6 +15,11 @@ from iir.core.errors import ApiError, bad_request
 
 Role = Literal["system", "developer", "user", "assistant", "tool"]
 
+#: The largest completion budget a request may ask for (per choice): far above any model's context,
+#: and small enough that ``n`` times it plus the prompt stays an exact integer everywhere it is
+#: counted (the token limiter works in 64-bit integers).
+MAX_OUTPUT_TOKENS = 2**24
+
 
 class StrictModel(BaseModel):
     """Strict types (no "1" for 1); unknown fields ignored, as OpenAI-compatible servers do."""
@@ -78,8 +83,8 @@ class StreamOptions(StrictModel):
 class ChatRequest(StrictModel):
     model: Annotated[str, Field(min_length=1, max_length=256)]
     messages: Annotated[list[Message], Field(min_length=1)]
-    max_tokens: Annotated[int, Field(ge=1)] | None = None
-    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_tokens: Annotated[int, Field(ge=1, le=MAX_OUTPUT_TOKENS)] | None = None
+    max_completion_tokens: Annotated[int, Field(ge=1, le=MAX_OUTPUT_TOKENS)] | None = None
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     top_p: Annotated[float, Field(ge=0, le=1)] | None = None
     n: Annotated[int, Field(ge=1, le=128)] = 1

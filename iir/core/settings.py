@@ -58,9 +58,14 @@ class _MappingSource(EnvSettingsSource):
     """pydantic-settings' environment source, reading the merged env instead of ``os.environ``."""
 
     def _load_env_vars(self) -> Mapping[str, str | None]:
-        # Only IIR's own variables: a field's name never doubles as a variable.
+        # Only IIR's own variables (a field's name never doubles as a variable); an empty or
+        # blank value means "the default", as an unset one does.
         env = _ENV.get() or {}
-        return {k: v for k, v in env.items() if k.startswith("IIR_") or k in _OTHER_VARS}
+        return {
+            k: v
+            for k, v in env.items()
+            if (k.startswith("IIR_") or k in _OTHER_VARS) and v.strip()
+        }
 
 
 class _FromEnv(BaseSettings):
@@ -110,6 +115,9 @@ class UpstreamSettings(_FromEnv):
     models_refresh_seconds: Seconds = _var("IIR_MODELS_REFRESH_SECONDS", 600.0, ge=1.0)
     models_timeout: Seconds = _var("IIR_MODELS_TIMEOUT", 5.0, ge=0.001)
     anthropic_max_tokens: int = _var("IIR_ANTHROPIC_MAX_TOKENS", 4096, ge=1)
+    #: The most bytes read from one upstream answer (after decompression); an SSE line may hold
+    #: at most min(1 MiB, this).
+    max_bytes: int = _var("IIR_UPSTREAM_MAX_BYTES", 32 * 1024 * 1024, ge=1024)
     #: model -> ordered alternatives tried when it fails before any byte reached the client
     fallbacks: Annotated[dict[str, tuple[str, ...]], NoDecode] = _var("IIR_FALLBACKS", {})
 
@@ -158,10 +166,24 @@ class Settings(_FromEnv):
     default_model: str | None = _var(
         "IIR_DEFAULT_MODEL", None, max_length=256, pattern=r"^[^\x00-\x1f\x7f]+$"
     )
+    # A model tried after every routed candidate, and alone when no policy model can serve: `make
+    # run` sets it to iir/echo so that "auto" answers on a box with no model; unset, such a
+    # request is a 503.
+    routing_last_resort: str | None = _var(
+        "IIR_ROUTING_LAST_RESORT", None, max_length=256, pattern=r"^[^\x00-\x1f\x7f]+$"
+    )
     job_concurrency: int = _var("IIR_JOB_CONCURRENCY", 4, ge=1, le=1024)
     job_queue_max: int = _var("IIR_JOB_QUEUE_MAX", 10000, ge=1)
     job_ttl_seconds: int = _var("IIR_JOB_TTL_SECONDS", 86400, ge=1)
     job_db_timeout: Seconds = _var("IIR_JOB_DB_TIMEOUT", 5.0, ge=0.0)
+    # A job found running at start-up this many times (the process died under it each time) fails.
+    job_max_attempts: int = _var("IIR_JOB_MAX_ATTEMPTS", 3, ge=1, le=100)
+    # Per API key: jobs not yet ended, and bytes stored (requests, results, errors).
+    job_max_pending_per_key: int = _var("IIR_JOB_MAX_PENDING_PER_KEY", 1000, ge=1)
+    job_max_bytes_per_key: int = _var("IIR_JOB_MAX_BYTES_PER_KEY", 1024**3, ge=1024)
+    job_max_result_bytes: int = _var("IIR_JOB_MAX_RESULT_BYTES", 16 * 1024 * 1024, ge=1024)
+    # A worker's write (start, finish) is retried this many times, then the job fails.
+    job_write_retries: int = _var("IIR_JOB_WRITE_RETRIES", 10, ge=0, le=1000)
     # Local engine (vLLM in process) and the model registry.
     local_models: Annotated[tuple[tuple[str, str], ...], NoDecode] = _var("IIR_LOCAL_MODELS", ())
     model_dir: Path | None = _var("IIR_MODEL_DIR")
@@ -171,6 +193,8 @@ class Settings(_FromEnv):
     rate_limit_tpm_per_key: int = _var("IIR_RATE_LIMIT_TPM_PER_KEY", 0, ge=0)
     trusted_proxies: Annotated[tuple[IPNetwork, ...], NoDecode] = _var("IIR_TRUSTED_PROXIES", ())
     max_prompt_tokens: int = _var("IIR_MAX_PROMPT_TOKENS", 0, ge=0)
+    # The most text one answer may carry over all its choices (n x the output).
+    max_answer_bytes: int = _var("IIR_MAX_ANSWER_BYTES", 64 * 1024 * 1024, ge=1024)
     remote_log_sink: str = _var("REMOTE_LOG_SINK", "")
     # A fleet of boxes (docs/fleet.md): limits on a shared Redis/Valkey, jobs on a shared
     # PostgreSQL, and peers that serve each other's models. Unset: a single box, as before.
@@ -206,6 +230,12 @@ class Settings(_FromEnv):
     @classmethod
     def _lower(cls, raw: Any) -> Any:
         return raw.lower() if isinstance(raw, str) else raw
+
+    @field_validator("routing_last_resort", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, raw: Any) -> Any:
+        # ``IIR_ROUTING_LAST_RESORT=`` in an env file turns the last resort off.
+        return None if isinstance(raw, str) and not raw.strip() else raw
 
     @field_validator("local_models", mode="before")
     @classmethod

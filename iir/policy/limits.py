@@ -30,6 +30,14 @@ Headers = list[tuple[str, str]]
 #: ``adjust(key_id, delta)``: charges (positive) or refunds (negative) reserved tokens.
 Adjust = Callable[[str, int], None]
 
+#: The largest cost handed to the limiter: costs are 64-bit integers there and are multiplied in
+#: floating point, exact up to 2**53. Anything above is refused as too large anyway.
+MAX_COST = 2**53
+
+
+def _clamp(tokens: int) -> int:
+    return min(max(0, tokens), MAX_COST)
+
 
 def _duration(seconds: float) -> str:
     """OpenAI's reset format: ``120ms``, ``1.5s``, ``6m0s``."""
@@ -96,7 +104,7 @@ class Limits:
     async def reserve_tokens(self, key_id: str, tokens: int) -> Reservation:
         """Reserves prompt + max output tokens at admission; the caller settles it once the
         answer's real size is known (success, failure or cancellation alike)."""
-        tokens = max(1, tokens)
+        tokens = max(1, _clamp(tokens))
         if not self.key_tokens.enabled:
             return Reservation(self.key_tokens.adjust, key_id, 0, [])
         decision = self.key_tokens.check(key_id, tokens)
@@ -145,8 +153,9 @@ class Reservation:
         if self.settled:
             return
         self.settled = True
+        used = _clamp(used)
         if self.reserved and used != self.reserved:
-            self.adjust(self.key_id, max(0, used) - self.reserved)
+            self.adjust(self.key_id, used - self.reserved)
 
 
 def _headers(kind: str, d: Decision) -> Headers:
@@ -245,7 +254,7 @@ class SharedLimits(Limits):
         return _requests_headers(decision)
 
     async def reserve_tokens(self, key_id: str, tokens: int) -> Reservation:
-        tokens = max(1, tokens)
+        tokens = max(1, _clamp(tokens))
         if not self.key_tokens.enabled:
             return Reservation(self.key_tokens.adjust, key_id, 0, [])
         decision, shared = await self._decide("tok", self.key_tokens, key_id, tokens)

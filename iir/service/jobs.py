@@ -1,8 +1,16 @@
 """The job pool: runs queued jobs, ``concurrency`` at a time, and keeps their state in the store.
 
-Jobs are at-least-once: a job found ``running`` at start-up was interrupted and runs again. What a
-job does is the ``run`` callable the pool is given (the api layer runs it through the request
-pipeline), so the pool knows nothing of chat, routing or wire formats.
+Jobs are at-least-once: a job found ``running`` at start-up was interrupted and runs again, up to
+``max_attempts`` interruptions (then it fails with ``job_crashed``: a job that brings the process
+down must not do so after every restart). What a job does is the ``run`` callable the pool is
+given (the api layer runs it through the request pipeline), so the pool knows nothing of chat,
+routing or wire formats.
+
+Nothing a key submits can fill the box: per key, at most ``max_pending_per_key`` jobs not yet
+ended and ``max_bytes_per_key`` bytes stored (429 past either), and a result over
+``max_result_bytes`` fails its job. A write the store refuses is retried ``write_retries`` times,
+then the job fails with the store's error (or, if even that cannot be written, is left for the
+next start), so a full disk never holds a worker for ever.
 """
 
 from __future__ import annotations
@@ -26,13 +34,17 @@ from iir.store.jobs import (
     JobStore,
     cancel_job,
     claim_job,
+    compact,
     count_jobs,
+    fail_job,
     finish_job,
     get_job,
     insert_job,
     new_job_id,
     purge_jobs,
     recover_jobs,
+    release_jobs,
+    usage_by_owner,
     valid_job_id,
 )
 from iir.store.sqlite import StoreError, StoreUnavailable
@@ -62,6 +74,32 @@ def _error_body(err: ApiError) -> dict[str, Any]:
     return err.error_object()
 
 
+def crashed_error(attempts: int) -> ApiError:
+    return ApiError(
+        500,
+        f"The job was interrupted {attempts} times by the server stopping while it ran "
+        "(IIR_JOB_MAX_ATTEMPTS); it is not run again",
+        code="job_crashed",
+    )
+
+
+def result_too_large(size: int, limit: int) -> ApiError:
+    return ApiError(
+        400,
+        f"The job's result holds {size} bytes, more than the {limit} bytes a stored result may "
+        "hold (IIR_JOB_MAX_RESULT_BYTES); ask for a shorter answer, or use the synchronous API",
+        code="job_result_too_large",
+    )
+
+
+def store_failed(exc: StoreUnavailable) -> ApiError:
+    return ApiError(
+        503,
+        f"The job store could not record the job's outcome ({exc})",
+        code="job_store_unavailable",
+    )
+
+
 def _no_job(job_id: str) -> ApiError:
     shown = job_id if valid_job_id(job_id) else "(malformed id)"
     return ApiError(404, f"No job {shown} for this API key", code="job_not_found")
@@ -82,6 +120,12 @@ class JobPool:
         queue_max: int = 10000,
         scrub: Scrub | None = None,
         on_end: Callable[[str], None] | None = None,
+        *,
+        max_attempts: int = 3,
+        max_pending_per_key: int = 0,
+        max_bytes_per_key: int = 0,
+        max_result_bytes: int = 0,
+        write_retries: int = 10,
     ) -> None:
         self.store = store
         self.scrub = scrub
@@ -89,6 +133,16 @@ class JobPool:
         self.on_end = on_end
         self.concurrency = concurrency
         self.queue_max = queue_max
+        self.max_attempts = max_attempts
+        self.max_pending_per_key = max_pending_per_key
+        self.max_bytes_per_key = max_bytes_per_key
+        self.max_result_bytes = max_result_bytes
+        self.write_retries = write_retries
+        # Per key: jobs not ended, and bytes stored. Kept here (a query per submission would
+        # cost more the more a key stores), counted from the file at start-up and after each
+        # purge, so drift (offline cancels, a write lost to a crash) is corrected soon.
+        self._active: Counter[str] = Counter()
+        self._bytes: Counter[str] = Counter()
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._reserved = 0
         self._running: dict[str, asyncio.Task[dict[str, Any]]] = {}
@@ -104,21 +158,34 @@ class JobPool:
 
     async def start(self) -> None:
         await self.store.open()
+        # IIR's own words, no client text: nothing for the scrubber
+        crashed = orjson.dumps(_error_body(crashed_error(self.max_attempts)))
         try:
-            pending = await self.store.call(recover_jobs)
+            pending, failed = await self.store.call(
+                recover_jobs, self.max_attempts, crashed, self.store.clock(), self.store.ttl
+            )
         except StoreUnavailable as exc:
             raise StoreError(f"job database {str(self.store.path)!r}: {exc}") from None
         for job_id in pending:
             self._queue.put_nowait(job_id)
         if pending:
             log.info("jobs recovered", extra={"event": "jobs_recovered", "count": len(pending)})
+        for job_id in failed:
+            log.error(
+                "job failed: the server stopped while it ran, too many times",
+                extra={"event": "job_crashed", "job_id": job_id},
+            )
         await self._refresh_counts()
+        await self._refresh_usage()
         self._tasks = [asyncio.ensure_future(self._worker()) for _ in range(self.concurrency)]
         self._tasks.append(asyncio.ensure_future(self._purger()))
         self._started = True
 
     async def stop(self) -> None:
-        """Stops the workers; a job they were running stays ``running`` and is run at restart."""
+        """Stops the workers; a job they were running goes back to ``pending`` and runs at the
+        next start, without counting as an attempt (if the store cannot be written, it stays
+        ``running``: run at the next start all the same, counted as a crash)."""
+        interrupted = list(self._running)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -130,6 +197,11 @@ class JobPool:
                 log.exception("job worker failed while stopping")
         self._tasks = []
         if self._started:
+            if interrupted:
+                try:
+                    await self.store.write(release_jobs, interrupted)
+                except StoreUnavailable:
+                    log.warning("interrupted jobs left running", extra={"event": "job_release"})
             await self.store.close()
             self._started = False
 
@@ -161,6 +233,32 @@ class JobPool:
         self._counts = Counter(await self.store.read(count_jobs, self.store.clock()))
         self._publish()
 
+    async def _refresh_usage(self) -> None:
+        usage = await self.store.read(usage_by_owner)
+        self._active = Counter({owner: u[0] for owner, u in usage.items() if u[0]})
+        self._bytes = Counter({owner: u[1] for owner, u in usage.items() if u[1]})
+
+    def _check_quota(self, owner: str, size: int) -> None:
+        """429 when the key has too many jobs not yet ended, or too many bytes stored."""
+        if self.max_pending_per_key and self._active[owner] >= self.max_pending_per_key:
+            raise ApiError(
+                429,
+                f"This API key has {self._active[owner]} jobs that have not ended, the most "
+                f"it may have (IIR_JOB_MAX_PENDING_PER_KEY); retry when some have ended",
+                code="too_many_pending_jobs",
+                headers=[("retry-after", "5")],
+            )
+        if self.max_bytes_per_key and self._bytes[owner] + size > self.max_bytes_per_key:
+            raise ApiError(
+                429,
+                f"This API key's stored jobs hold {self._bytes[owner]} bytes; this one "
+                f"({size} bytes) would pass the {self.max_bytes_per_key} bytes a key may store "
+                "(IIR_JOB_MAX_BYTES_PER_KEY); finished jobs are deleted IIR_JOB_TTL_SECONDS "
+                "after they end",
+                code="job_storage_full",
+                headers=[("retry-after", "60")],
+            )
+
     # the API
 
     async def submit(self, owner: str, kind: str, request: dict[str, Any]) -> str:
@@ -173,8 +271,12 @@ class JobPool:
                 headers=[("retry-after", "5")],
             )
         stored = self._for_storage(request)
+        raw = orjson.dumps(stored)
+        self._check_quota(owner, len(raw))
         job_id = new_job_id()
         self._reserved += 1
+        self._active[owner] += 1
+        self._bytes[owner] += len(raw)
         try:
             await self.store.write(
                 insert_job,
@@ -182,10 +284,12 @@ class JobPool:
                 owner,
                 kind,
                 str(stored.get("model", "")),
-                orjson.dumps(stored),
+                raw,
                 self.store.clock(),
             )
         except StoreUnavailable as exc:
+            self._active[owner] -= 1
+            self._bytes[owner] -= len(raw)
             raise unavailable(exc) from None
         finally:
             self._reserved -= 1
@@ -217,6 +321,7 @@ class JobPool:
             raise _no_job(job_id)
         if before in ACTIVE:
             self._move(before, "cancelled")
+            self._active[owner] -= 1
             task = self._running.get(job_id)
             if task is not None:
                 task.cancel()
@@ -240,23 +345,50 @@ class JobPool:
                 log.exception("job worker error", extra={"job_id": job_id})
 
     async def _write(self, fn: Callable[..., T], *args: Any) -> T:
-        """A state transition the worker must not lose: retried until the database takes it."""
+        """A state transition the worker must not lose: retried ``write_retries`` times (backing
+        off up to 2 s), then :class:`StoreUnavailable` is raised."""
         delay = 0.05
-        while True:
+        for attempt in range(self.write_retries + 1):
             try:
                 return await self.store.write(fn, *args)
             except StoreUnavailable as exc:
+                if attempt == self.write_retries:
+                    log.error(
+                        "job store unavailable; giving up", extra={"event": "job_store_gave_up"}
+                    )
+                    raise
                 log.warning("job store unavailable; retrying", extra={"event": "job_store_retry"})
                 log.debug("job store error: %s", exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _give_up(self, job_id: str, exc: StoreUnavailable) -> bool:
+        """Records that the job failed because the store refused its writes (the failure record
+        is small and may fit where the result did not); False if even that cannot be written,
+        and the job is left as the file has it, for the next start."""
+        error = orjson.dumps(self._for_storage(_error_body(store_failed(exc))))
+        try:
+            return await self._write(fail_job, job_id, error, self.store.clock(), self.store.ttl)
+        except StoreUnavailable:
+            log.error(
+                "job left for the next start: the store refuses every write",
+                extra={"event": "job_store_gave_up", "job_id": job_id},
+            )
+            return False
 
     async def _run(self, job_id: str) -> None:
-        claimed = await self._write(claim_job, job_id, self.store.clock())
+        try:
+            claimed = await self._write(claim_job, job_id, self.store.clock())
+        except StoreUnavailable as exc:
+            if await self._give_up(job_id, exc):
+                self._move("pending", "failed")
+            self._ended(job_id)
+            return
         if claimed is None:
             return  # cancelled (or purged) while waiting
         self._move("pending", "running")
-        kind, request = claimed
+        kind, request, owner = claimed
         started = time.perf_counter()
         task = asyncio.ensure_future(self.run(job_id, kind, orjson.loads(request)))
         self._running[job_id] = task
@@ -269,10 +401,18 @@ class JobPool:
             body = await task
             status = "succeeded"
             result = orjson.dumps(self._for_storage(body))
+            if self.max_result_bytes and len(result) > self.max_result_bytes:
+                status = "failed"
+                error = orjson.dumps(
+                    self._for_storage(
+                        _error_body(result_too_large(len(result), self.max_result_bytes))
+                    )
+                )
+                result = None
         except asyncio.CancelledError:
             current = asyncio.current_task()
             if current is not None and current.cancelling():
-                raise  # shutting down: the job stays running and is run again at start-up
+                raise  # shutting down: stop() puts the job back, to run at the next start
             metrics.JOB_DURATION.labels("cancelled").observe(time.perf_counter() - started)
             return
         except ApiError as err:
@@ -286,12 +426,18 @@ class JobPool:
             )
         finally:
             self._running.pop(job_id, None)
-        stored = await self._write(
-            finish_job, job_id, status, result, error, self.store.clock(), self.store.ttl
-        )
+        try:
+            stored = await self._write(
+                finish_job, job_id, status, result, error, self.store.clock(), self.store.ttl
+            )
+        except StoreUnavailable as exc:
+            status, result, error = "failed", None, None
+            stored = await self._give_up(job_id, exc)
         self._cancel_requested.discard(job_id)
         self._ended(job_id)
         if stored:
+            self._active[owner] -= 1
+            self._bytes[owner] += len(result or error or b"")
             self._move("running", status)
             metrics.JOB_DURATION.labels(status).observe(time.perf_counter() - started)
 
@@ -326,7 +472,9 @@ class JobPool:
             try:
                 gone = await self.store.call(purge_jobs, self.store.clock())
                 if gone:
+                    await self.store.call(compact)
                     log.info("jobs purged", extra={"event": "jobs_purged", "count": gone})
                 await self._refresh_counts()
+                await self._refresh_usage()
             except StoreUnavailable:
                 log.warning("job purge skipped: store unavailable", extra={"event": "purge_skip"})

@@ -20,11 +20,12 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from pydantic import ValidationError
 
 from iir.backends.base import Backend
 from iir.backends.registry import ModelRegistry
-from iir.core.errors import ApiError, bad_request
+from iir.core.errors import ApiError, answer_too_large, bad_request
 from iir.core.protocol import ScrubbedChat, validation_error
 from iir.core.types import Completion, Delta, StreamEvent, Usage
 from iir.ops import metrics
@@ -115,6 +116,7 @@ class Pipeline:
         fallbacks: Mapping[str, Sequence[str]] | None = None,
         max_prompt_tokens: int = 0,
         default_model: str | None = None,
+        max_answer_bytes: int = 0,
     ) -> None:
         self.registry = registry
         self.scrubber = scrubber
@@ -123,6 +125,8 @@ class Pipeline:
         self.fallbacks = {k: list(v) for k, v in (fallbacks or {}).items()}
         self.max_prompt_tokens = max_prompt_tokens
         self.default_model = default_model
+        #: The most text one answer may carry over all its choices (0: no cap).
+        self.max_answer_bytes = max_answer_bytes
 
     # --- before the backend -------------------------------------------------------------------
 
@@ -276,6 +280,7 @@ class Pipeline:
                     raise
                 self._fell_back(model, candidates[i + 1], err)
                 continue
+            self._check_answer_size(answer_bytes(completion), chat.n)
             if completion.usage is None:
                 completion.usage = self._estimate_usage(
                     prepared, model, [c.content or "" for c in completion.choices]
@@ -322,6 +327,7 @@ class Pipeline:
         clean = StreamCleaner(self.scrubber)
         usage: Usage | None = None
         produced = False
+        size = 0
         try:
             async with aclosing(events):  # type: ignore[type-var]
                 try:
@@ -331,6 +337,9 @@ class Pipeline:
                             usage = event
                         else:
                             produced = True
+                            if self.max_answer_bytes:
+                                size += delta_bytes(event)
+                                self._check_answer_size(size, prepared.request.n)
                             delta = clean(event)
                             if delta is not None:
                                 yield delta
@@ -367,6 +376,12 @@ class Pipeline:
                 prepared.reservation.settle(used)
 
     # --- after the backend --------------------------------------------------------------------
+
+    def _check_answer_size(self, size: int, n: int) -> None:
+        """The cap on one answer's text over all its choices, checked before the answer is
+        scrubbed, shaped or stored: whatever the backend, no answer grows past it."""
+        if self.max_answer_bytes and size > self.max_answer_bytes:
+            raise answer_too_large(size, self.max_answer_bytes, n)
 
     def _scrub_completion(self, completion: Completion) -> Completion:
         """Scrubs every text of an answer before the client (or the job store) sees it.
@@ -408,6 +423,38 @@ class Pipeline:
             "model failed; trying its fallback",
             extra={"model": model, "event": "fallback", "status": err.status, "reason": nxt},
         )
+
+
+def _utf8_len(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
+def _calls_bytes(calls: list[dict[str, Any]] | None) -> int:
+    return len(orjson.dumps(calls)) if calls else 0
+
+
+def answer_bytes(completion: Completion) -> int:
+    """The size of an answer's text over its choices (content, refusal, tool calls)."""
+    seen: dict[int, int] = {}  # choices often share one string (echo's n copies): measured once
+    total = 0
+    for c in completion.choices:
+        for text in (c.content, c.refusal):
+            if text:
+                size = seen.get(id(text))
+                if size is None:
+                    size = seen[id(text)] = _utf8_len(text)
+                total += size
+        total += _calls_bytes(c.tool_calls)
+    return total
+
+
+def delta_bytes(d: Delta) -> int:
+    """The size of one streamed piece's text, counted toward its answer's size."""
+    return (
+        (_utf8_len(d.content) if d.content else 0)
+        + (_utf8_len(d.refusal) if d.refusal else 0)
+        + _calls_bytes(d.tool_calls)
+    )
 
 
 def _add(counts: dict[str, int], found: dict[str, int]) -> None:

@@ -5,7 +5,9 @@ Durability rules (see the jobs documentation):
 
 * a job is answered 202 only once its row is committed (WAL, ``synchronous=FULL``), so after a
   crash at any moment every accepted job is still on disk;
-* jobs found ``running`` at start-up were interrupted and run again (at-least-once);
+* jobs found ``running`` at start-up were interrupted and run again (at-least-once), unless they
+  were interrupted ``max_attempts`` times already: such a job is the likely cause (a generation
+  that brings the process down) and fails with ``job_crashed`` instead of crashing it again;
 * the database file is never recreated behind the operator's back (:mod:`iir.store.sqlite`).
 
 Blocking SQLite calls never run on the event loop: writes go to one writer thread and connection
@@ -150,14 +152,39 @@ def get_job(conn: sqlite3.Connection, job_id: str, owner: str | None, now: float
     return _job(row) if row else None
 
 
-def claim_job(conn: sqlite3.Connection, job_id: str, now: float) -> tuple[str, bytes] | None:
-    """pending → running; None if the job was cancelled or purged meanwhile."""
+def claim_job(conn: sqlite3.Connection, job_id: str, now: float) -> tuple[str, bytes, str] | None:
+    """pending → running, counting the attempt; (kind, request, owner), or None if the job was
+    cancelled or purged meanwhile."""
     row = conn.execute(
         "UPDATE jobs SET status = 'running', started_at = ?, attempts = attempts + 1 "
-        "WHERE id = ? AND status = 'pending' RETURNING kind, request",
+        "WHERE id = ? AND status = 'pending' RETURNING kind, request, owner",
         (now, job_id),
     ).fetchone()
-    return (row[0], row[1]) if row else None
+    return (row[0], row[1], row[2]) if row else None
+
+
+def release_jobs(conn: sqlite3.Connection, job_ids: list[str]) -> int:
+    """running → pending for jobs a clean shutdown interrupted: run again at the next start,
+    and the interruption does not count as an attempt (only crashes do)."""
+    n = 0
+    for job_id in job_ids:
+        n += conn.execute(
+            "UPDATE jobs SET status = 'pending', attempts = max(0, attempts - 1) "
+            "WHERE id = ? AND status = 'running'",
+            (job_id,),
+        ).rowcount
+    return n
+
+
+def fail_job(conn: sqlite3.Connection, job_id: str, error: bytes, now: float, ttl: float) -> bool:
+    """pending or running → failed with ``error`` (what a worker records when it cannot record
+    the outcome itself); False when the job had ended already."""
+    cur = conn.execute(
+        "UPDATE jobs SET status = 'failed', result = NULL, error = ?, finished_at = ?, "
+        "expires_at = ? WHERE id = ? AND status IN ('pending', 'running')",
+        (error, now, now + ttl, job_id),
+    )
+    return cur.rowcount == 1
 
 
 def finish_job(
@@ -193,19 +220,55 @@ def cancel_job(
     return job.status if job else None
 
 
-def recover_jobs(conn: sqlite3.Connection) -> list[str]:
-    """Puts interrupted jobs back in the queue; returns every pending id, oldest first."""
+def recover_jobs(
+    conn: sqlite3.Connection,
+    max_attempts: int = 0,
+    crashed: bytes = b"{}",
+    now: float = 0.0,
+    ttl: float = 0.0,
+) -> tuple[list[str], list[str]]:
+    """Puts interrupted jobs back in the queue, except those interrupted ``max_attempts`` times
+    (0: no limit), which fail with the error ``crashed``. Returns (every pending id, oldest
+    first; the ids of the jobs failed)."""
+    failed: list[str] = []
+    if max_attempts:
+        failed = [
+            r[0]
+            for r in conn.execute(
+                "UPDATE jobs SET status = 'failed', error = ?, finished_at = ?, expires_at = ? "
+                "WHERE status = 'running' AND attempts >= ? RETURNING id",
+                (crashed, now, now + ttl, max_attempts),
+            ).fetchall()
+        ]
     conn.execute("UPDATE jobs SET status = 'pending' WHERE status = 'running'")
     rows = conn.execute(
         "SELECT id FROM jobs WHERE status = 'pending' ORDER BY created_at, rowid"
     ).fetchall()
-    return [r[0] for r in rows]
+    return [r[0] for r in rows], failed
 
 
 def purge_jobs(conn: sqlite3.Connection, now: float) -> int:
     return conn.execute(
         "DELETE FROM jobs WHERE expires_at IS NOT NULL AND expires_at <= ?", (now,)
     ).rowcount
+
+
+def compact(conn: sqlite3.Connection) -> None:
+    """Gives the pages purged jobs freed back to the filesystem (the file is in
+    ``auto_vacuum=INCREMENTAL`` mode), then checkpoints so the database file shrinks now. Run
+    outside a transaction. Through ``execute`` the vacuum frees one page per call: only a script
+    steps it to the end."""
+    conn.executescript("PRAGMA incremental_vacuum; PRAGMA wal_checkpoint(PASSIVE);")
+
+
+def usage_by_owner(conn: sqlite3.Connection) -> dict[str, tuple[int, int]]:
+    """owner -> (jobs not ended, bytes stored in requests, results and errors)."""
+    rows = conn.execute(
+        "SELECT owner, sum(status IN ('pending', 'running')), "
+        "sum(length(request) + coalesce(length(result), 0) + coalesce(length(error), 0)) "
+        "FROM jobs GROUP BY owner"
+    ).fetchall()
+    return {r[0]: (int(r[1] or 0), int(r[2] or 0)) for r in rows}
 
 
 def count_jobs(conn: sqlite3.Connection, now: float) -> dict[str, int]:

@@ -6,13 +6,34 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 DB_NAME = "iir.db"
-SCHEMA_VERSION = 1
+#: The most the write-ahead log keeps on disk once it is reset (a large write grows it for a while).
+WAL_SIZE_LIMIT = 16 * 1024 * 1024
 
-# Migration i takes the schema from version i to i + 1; each runs in one transaction.
-MIGRATIONS: list[str] = [
+#: SQL run in one transaction, or a function run outside any (for what SQLite refuses inside one,
+#: such as VACUUM); a function must be safe to run again, in case the process dies before the
+#: version is written.
+Migration = str | Callable[[sqlite3.Connection], None]
+
+
+def _incremental_vacuum(conn: sqlite3.Connection) -> None:
+    """Version 2: the file gives back the pages purged jobs free (``auto_vacuum=INCREMENTAL``).
+
+    SQLite changes that mode only on an empty file or by rebuilding the file with VACUUM: a file
+    from an older IIR is rebuilt once here (it needs about its own size again in free disk space
+    for the time it takes); a new file got the mode before its first table.
+    """
+    if conn.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:
+        conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        conn.execute("VACUUM")
+
+
+# Migration i takes the schema from version i to i + 1. Each entry is its own step: entries are
+# only ever appended.
+MIGRATIONS: list[Migration] = [
     """
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     CREATE TABLE jobs (
@@ -34,7 +55,9 @@ MIGRATIONS: list[str] = [
     CREATE INDEX jobs_expires ON jobs (expires_at) WHERE expires_at IS NOT NULL;
     CREATE INDEX jobs_owner ON jobs (owner, created_at);
     """,
+    _incremental_vacuum,
 ]
+SCHEMA_VERSION = len(MIGRATIONS)
 
 
 class StoreError(Exception):
@@ -59,6 +82,7 @@ def connect(path: Path, timeout: float = 5.0) -> sqlite3.Connection:
         if str(mode).lower() != "wal":
             raise sqlite3.OperationalError(f"cannot switch to WAL mode (journal mode is {mode})")
         conn.execute("PRAGMA synchronous=FULL")
+        conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
     except BaseException:
         conn.close()
         raise
@@ -73,12 +97,18 @@ def migrate(conn: sqlite3.Connection) -> int:
             f"schema version {version} is newer than this IIR understands ({SCHEMA_VERSION}); "
             "run the IIR release that wrote it"
         )
+    if version == 0:  # a new file: pages freed later go back to the filesystem (see version 2)
+        conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
     while version < SCHEMA_VERSION:
+        step = MIGRATIONS[version]
+        if callable(step):
+            step(conn)
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for stmt in MIGRATIONS[version].split(";"):
-                if stmt.strip():
-                    conn.execute(stmt)
+            if isinstance(step, str):
+                for stmt in step.split(";"):
+                    if stmt.strip():
+                        conn.execute(stmt)
             version += 1
             conn.execute(f"PRAGMA user_version={version}")
             conn.execute("COMMIT")

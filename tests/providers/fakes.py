@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import zlib
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +30,12 @@ class Fault:
     ``reset_mid`` (stream a few events, then drop), ``malformed`` (200 with a broken body or
     chunk), ``stall`` (stream a few events, then go silent), ``stall_before`` (never answer),
     ``error_event`` (stream a few events, then the provider's in-stream error).
+
+    Hostile answers: ``reset_body`` (a non-streamed body cut off half-way), ``trickle`` (one
+    byte, or for streams one comment line, every ``seconds``, for ever), ``oversized`` (a valid
+    answer of ``size`` bytes; ``chunked`` hides its length), ``gzip_bomb`` (a gzip body that
+    inflates to ``size`` bytes), ``endless_line`` (after ``at`` frames, one SSE line that never
+    ends), ``redirect`` (302 to ``location``), ``content_type`` (200 with an HTML page).
     """
 
     kind: str
@@ -37,6 +44,9 @@ class Fault:
     retry_after: str | None = None
     message: str = "simulated failure"
     at: int = 2  # for stream faults: the index of the frame where the fault strikes
+    size: int = 0
+    chunked: bool = False
+    location: str = ""
 
 
 @dataclass
@@ -63,6 +73,7 @@ class FakeProvider:
     reply: str | None = None  # answer this text instead of echoing the last user message
     chunk_chars: int | None = None  # stream the answer in pieces of this many characters
     omit_usage: bool = False  # answer without usage, as some OpenAI-compatible servers do
+    models_fault: Fault | None = None  # applied to every GET of the model list while set
 
     def __post_init__(self) -> None:
         self._loop = asyncio.new_event_loop()
@@ -114,6 +125,7 @@ class FakeProvider:
         self.reply = None
         self.chunk_chars = None
         self.omit_usage = False
+        self.models_fault = None
 
     def chat_requests(self) -> list[Recorded]:
         return [r for r in self.requests if r.method == "POST"]
@@ -163,11 +175,15 @@ class FakeProvider:
             "error",
         )
 
-    async def _models(self, request: web.Request) -> web.Response:
+    async def _models(self, request: web.Request) -> web.StreamResponse:
         self._record(request, None)
         denied = self._auth_error(request)
         if denied is not None:
             return denied
+        if self.models_fault is not None:
+            hostile = await self._hostile(request, self.models_fault, stream=False)
+            if hostile is not None:
+                return hostile
         if self.kind == "openai":
             data: Any = {
                 "object": "list",
@@ -231,6 +247,10 @@ class FakeProvider:
                 return web.Response(
                     body=b'{"id": "x", "choices": [', content_type="application/json"
                 )
+            else:
+                hostile = await self._hostile(request, fault, bool(body.get("stream")))
+                if hostile is not None:
+                    return hostile
         stream = bool(body.get("stream"))
         if self.reply is not None:
             body = {
@@ -267,11 +287,108 @@ class FakeProvider:
                 if fault.kind == "malformed":
                     await resp.write(b"data: {not json\n\n")
                     continue
+                if fault.kind == "endless_line":
+                    await _forever(resp, b"data: ", b"x" * 65536)
+                if fault.kind == "trickle":
+                    await _forever(resp, b"", b": still here\n", fault.seconds)
             await resp.write(frame)
         if self.tail_delay:
             await asyncio.sleep(self.tail_delay)
         await resp.write_eof()
         return resp
+
+    async def _hostile(
+        self, request: web.Request, fault: Fault, stream: bool
+    ) -> web.StreamResponse | None:
+        """The answer of a hostile or broken provider, or None where ``fault`` strikes later (in
+        the middle of a stream)."""
+        kind = fault.kind
+        if kind == "redirect":
+            return web.Response(status=302, headers={"Location": fault.location})
+        if kind == "content_type":
+            return web.Response(
+                body=b"<html><body>Service moved</body></html>", content_type="text/html"
+            )
+        if kind == "gzip_bomb":
+            return web.Response(
+                body=gzip_bomb(fault.size, _BOMB_HEADS[stream]),
+                headers={
+                    "Content-Encoding": "gzip",
+                    "Content-Type": "text/event-stream" if stream else "application/json",
+                },
+            )
+        if kind == "oversized" and not stream:
+            answer = openai_answer({"messages": [{"role": "user", "content": "x" * fault.size}]})
+            raw = orjson.dumps(answer)
+            if not fault.chunked:
+                return web.Response(body=raw, content_type="application/json")
+            resp = web.StreamResponse(headers={"content-type": "application/json"})
+            resp.enable_chunked_encoding()
+            await resp.prepare(request)
+            for i in range(0, len(raw), 65536):
+                await resp.write(raw[i : i + 65536])
+            await resp.write_eof()
+            return resp
+        if kind == "reset_body" and not stream:
+            raw = orjson.dumps(
+                openai_answer({"messages": [{"role": "user", "content": "x" * 9999}]})
+            )
+            resp = web.StreamResponse(
+                headers={"content-type": "application/json", "content-length": str(len(raw))}
+            )
+            await resp.prepare(request)
+            await resp.write(raw[: len(raw) // 2])
+            await asyncio.sleep(0.05)
+            assert request.transport is not None
+            request.transport.abort()
+            return resp
+        if kind == "trickle" and not stream:
+            resp = web.StreamResponse(headers={"content-type": "application/json"})
+            resp.enable_chunked_encoding()
+            await resp.prepare(request)
+            await _forever(resp, b"", b" ", fault.seconds)
+        if kind in ("endless_line", "trickle") and stream and fault.at == 0:
+            resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+            await resp.prepare(request)
+            if kind == "trickle":
+                await _forever(resp, b"", b": still here\n", fault.seconds)
+            await _forever(resp, b"data: ", b"x" * 65536)
+        return None
+
+
+async def _forever(resp: web.StreamResponse, head: bytes, piece: bytes, pause: float = 0.0) -> None:
+    """Writes ``head``, then ``piece`` again and again until the client goes away."""
+    await resp.write(head)
+    while True:
+        await resp.write(piece)
+        await asyncio.sleep(pause)
+
+
+_BOMBS: dict[tuple[int, bytes], bytes] = {}
+# What a bomb inflates to: the start of a JSON answer or of an SSE line, then zeros.
+_BOMB_HEADS = {False: b'{"choices": "', True: b"data: "}
+
+
+def prepare_bombs(size: int) -> None:
+    """Builds the bombs of ``size`` ahead (a second or so each), so that answering one does not
+    hold the fake's event loop for longer than a client's first-byte timeout."""
+    for head in _BOMB_HEADS.values():
+        gzip_bomb(size, head)
+
+
+def gzip_bomb(size: int, head: bytes = b"") -> bytes:
+    """A gzip body of ``head`` and zeros that inflates to ``size`` bytes (about 1000:1); built
+    once per size."""
+    key = (size, head)
+    if key not in _BOMBS:
+        z = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+        parts = [z.compress(head)]
+        block = b"0" * (1 << 20)
+        for _ in range(size >> 20):
+            parts.append(z.compress(block))
+        parts.append(z.flush())
+        _BOMBS[key] = b"".join(parts)
+    return _BOMBS[key]
 
 
 # --- the answers ---------------------------------------------------------------------------------

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -17,8 +19,10 @@ from iir.backends.providers.anthropic import StreamTranslator
 from iir.backends.providers.client import (
     CLOSED,
     HALF_OPEN,
+    MAX_SSE_LINE,
     OPEN,
     CircuitBreaker,
+    TooLarge,
     _retry_after,
     _sse_events,
     upstream_message,
@@ -127,11 +131,64 @@ class _Reader:
             yield c
 
 
-def parse(chunks: list[bytes]) -> list[tuple[str, bytes]]:
+def parse(chunks: list[bytes], max_line: int = MAX_SSE_LINE) -> list[tuple[str, bytes]]:
     async def run() -> list[tuple[str, bytes]]:
-        return [e async for e in _sse_events(_Reader(chunks))]  # type: ignore[arg-type]
+        return [e async for e in _sse_events(_Reader(chunks), max_line)]  # type: ignore[arg-type]
 
     return asyncio.run(run())
+
+
+def test_sse_line_over_the_cap_ends_the_stream() -> None:
+    line = b"data: " + b"x" * 994  # 1000 bytes
+    ok = [line[i : i + 64] for i in range(0, len(line), 64)] + [b"\r\n\r\n"]
+    assert parse(ok, max_line=1001) == [("message", b"x" * 994)]
+    endless = [b'data: {"a":1}\n\n'] + [b"x" * 64] * 100
+    with pytest.raises(TooLarge):
+        parse(endless, max_line=1000)
+    # a cap that is not reached leaves the tail as the last event
+    assert parse(endless[:3], max_line=1000) == [("message", b'{"a":1}')]
+
+
+def _per_byte(chunks: list[bytes]) -> float:
+    """Seconds per byte of parsing ``chunks``: the best of three runs, garbage collector off."""
+    size = sum(map(len, chunks))
+    best = float("inf")
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(3):
+            t0 = time.perf_counter()
+            parse(chunks, max_line=1 << 30)
+            best = min(best, time.perf_counter() - t0)
+    finally:
+        gc.enable()
+    return best / size
+
+
+@pytest.mark.parametrize(
+    "family",
+    [
+        "one line growing in small chunks",
+        "many short lines in one chunk",
+    ],
+)
+def test_sse_parsing_is_linear(family: str) -> None:
+    """The cost per byte at 256 KB and 1 MB stays within a constant factor of the cost at 64 KB
+    (re-slicing a growing line, or the rest of a chunk after each line, was quadratic)."""
+
+    def wire(n: int) -> list[bytes]:
+        if family.startswith("one line"):
+            body = b"data: " + b"x" * n + b"\n\n"
+            return [body[i : i + 256] for i in range(0, len(body), 256)]
+        return [b"data: 1\n\n" * (n // 9)]
+
+    first = _per_byte(wire(64 * 1024))
+    for n in (256 * 1024, 1024 * 1024):
+        cost = _per_byte(wire(n))
+        if cost > 6 * first:  # measured again before it counts: the box is shared
+            first = min(first, _per_byte(wire(64 * 1024)))
+            cost = min(cost, _per_byte(wire(n)))
+        assert cost <= 6 * first, (family, n, cost, first)
 
 
 def test_sse_framing_details() -> None:

@@ -8,13 +8,13 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from iir.core.errors import bad_request
-from iir.core.protocol import Message, StrictModel, validation_error
+from iir.core.protocol import MAX_OUTPUT_TOKENS, Message, StrictModel, validation_error
 
 SAMPLING = ("max_tokens", "temperature", "top_p", "stop", "seed")
 
 
 class _Sampling(StrictModel):
-    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_tokens: Annotated[int, Field(ge=1, le=MAX_OUTPUT_TOKENS)] | None = None
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     top_p: Annotated[float, Field(ge=0, le=1)] | None = None
     stop: str | Annotated[list[str], Field(max_length=4)] | None = None

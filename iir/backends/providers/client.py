@@ -9,7 +9,11 @@ One :class:`Upstream` per provider owns a pooled aiohttp session (aiohttp won th
   ``IIR_UPSTREAM_RETRIES`` times; timeouts are not retried (a provider that did not answer in
   time rarely answers the same request faster, and the client is already waiting);
 - error mapping: other 4xx relayed with their status and message, 5xx or connection failure after
-  the retries → 502, timeout → 504, open circuit → 503.
+  the retries → 502, timeout → 504, open circuit → 503;
+- bounds: no answer is read past ``IIR_UPSTREAM_MAX_BYTES`` (counted after decompression, which
+  aiohttp does a bounded piece at a time, so a gzip bomb never inflates), no SSE line past
+  :data:`MAX_SSE_LINE` (or the body cap if lower), and no redirect is ever followed (it would
+  carry the provider's key to another host).
 
 Provider keys travel only in request headers, which are never logged nor put into errors.
 """
@@ -35,6 +39,15 @@ from iir.ops import metrics, overhead
 log = logging.getLogger("iir.backends.providers.client")
 
 CLOSED, OPEN, HALF_OPEN = 0, 1, 2
+
+#: The longest SSE line read from a provider (a whole event's ``data`` is usually one line).
+MAX_SSE_LINE = 1024 * 1024
+#: How much of an error answer is read for its message; the rest is dropped, not an error.
+_ERROR_BODY_BYTES = 64 * 1024
+
+
+class TooLarge(Exception):
+    """An upstream answer (or one of its SSE lines) over its cap."""
 
 
 class CircuitBreaker:
@@ -207,11 +220,15 @@ class Upstream:
         self._latency = metrics.UPSTREAM_LATENCY.labels(provider)
         self._ttft = metrics.UPSTREAM_TTFT.labels(provider)
         self._counters: dict[str, Any] = {}
+        # A non-streamed answer must arrive whole within the first-byte timeout: a per-read
+        # timer alone would let a provider trickle a byte at a time for ever.
         self._json_timeout = aiohttp.ClientTimeout(
-            total=None,
+            total=settings.connect_timeout + settings.first_byte_timeout,
             sock_connect=settings.connect_timeout,
             sock_read=settings.first_byte_timeout,
         )
+        self.max_bytes = settings.max_bytes
+        self.max_line = min(MAX_SSE_LINE, settings.max_bytes)
 
     def _note_latency(self, seconds: float) -> None:
         prev = self.recent_latency
@@ -254,6 +271,14 @@ class Upstream:
     def _failed(self, why: str) -> ApiError:
         return ApiError(502, self._scrub(f"Upstream provider error: {self.provider}: {why}"))
 
+    def _too_large(self) -> ApiError:
+        return self._failed(
+            f"the answer is larger than {self.max_bytes} bytes (IIR_UPSTREAM_MAX_BYTES)"
+        )
+
+    def _line_too_long(self) -> ApiError:
+        return self._failed(f"a line of the event stream is longer than {self.max_line} bytes")
+
     def _timeout(self, what: str) -> ApiError:
         return ApiError(
             504, f"Upstream provider timeout: {self.provider} {what}", code="upstream_timeout"
@@ -263,7 +288,7 @@ class Upstream:
         """Turns a non-2xx answer into the error to raise; retryable ones come wrapped."""
         msg = self._scrub(upstream_message(raw))
         if status < 400:  # redirects are not followed: a provider API does not move per request
-            raise self._failed(f"unexpected HTTP {status}")
+            raise self._failed(f"unexpected HTTP {status} (redirects are not followed)")
         if status == 429:
             wait = _retry_after(headers.get("retry-after"))
             extra = [("retry-after", headers["retry-after"])] if headers.get("retry-after") else []
@@ -335,10 +360,16 @@ class Upstream:
                 allow_redirects=False,
             ) as resp:
                 status = str(resp.status)
-                raw = await resp.read()
+                if resp.status >= 300:
+                    raw = await read_capped(resp, _ERROR_BODY_BYTES, truncate=True)
+                else:
+                    raw = await read_capped(resp, self.max_bytes)
         except TimeoutError:
             status = "timeout"
             raise self._timeout("did not answer in time") from None
+        except TooLarge:
+            status = "too_large"
+            raise self._too_large() from None
         except aiohttp.ClientError as exc:
             raise _Retry(self._failed(f"connection failed ({type(exc).__name__})")) from None
         finally:
@@ -377,9 +408,15 @@ class Upstream:
                         )
                         status = str(resp.status)
                         if resp.status >= 300:
-                            raw = await resp.read()
+                            raw = await read_capped(resp, _ERROR_BODY_BYTES, truncate=True)
                             raise self._status_error(resp.status, raw, resp.headers)
-                        events = _sse_events(resp.content)
+                        if resp.content_type != "text/event-stream":
+                            status = "bad_response"
+                            raw = await read_capped(resp, _ERROR_BODY_BYTES, truncate=True)
+                            kind = resp.content_type or "no content type"
+                            msg = self._scrub(upstream_message(raw))
+                            raise self._failed(f"the answer is not an event stream ({kind}): {msg}")
+                        events = _sse_events(resp.content, self.max_line)
                         first = await anext(events, None)
                     self._ttft.observe(time.perf_counter() - t0)
                     self._note_latency(time.perf_counter() - t0)
@@ -401,6 +438,10 @@ class Upstream:
                         if yielded
                         else "did not start streaming in time"
                     ) from None
+                except TooLarge:
+                    status = "too_large"
+                    ok = False
+                    raise self._line_too_long() from None
                 except aiohttp.ClientError as exc:
                     ok = False
                     if yielded:
@@ -427,12 +468,21 @@ class Upstream:
                 await self._wait_before_retry(attempt, retry)
 
     async def get_json(self, path: str, timeout: float) -> Any:
-        """A plain GET (model lists): no retries, no breaker, bounded by ``timeout``."""
-        async with asyncio.timeout(timeout):
-            async with self.session().get(self.base_url + path) as resp:
-                raw = await resp.read()
-                if resp.status != 200:
-                    raise self._failed(f"HTTP {resp.status}: {self._scrub(upstream_message(raw))}")
+        """A plain GET (model lists): no retries, no breaker, bounded by ``timeout`` and
+        ``IIR_UPSTREAM_MAX_BYTES``; a redirect is an error (following it would send the key on)."""
+        try:
+            async with asyncio.timeout(timeout):
+                async with self.session().get(self.base_url + path, allow_redirects=False) as resp:
+                    if 300 <= resp.status < 400:
+                        raise self._failed(f"HTTP {resp.status} (redirects are not followed)")
+                    if resp.status != 200:
+                        raw = await read_capped(resp, _ERROR_BODY_BYTES, truncate=True)
+                        raise self._failed(
+                            f"HTTP {resp.status}: {self._scrub(upstream_message(raw))}"
+                        )
+                    raw = await read_capped(resp, self.max_bytes)
+        except TooLarge:
+            raise self._too_large() from None
         return orjson.loads(raw)
 
     async def _wait_before_retry(self, attempt: int, retry: _Retry) -> None:
@@ -458,23 +508,46 @@ class Upstream:
         )
 
 
-async def _sse_events(content: aiohttp.StreamReader) -> AsyncIterator[tuple[str, bytes]]:
+async def read_capped(resp: aiohttp.ClientResponse, limit: int, truncate: bool = False) -> bytes:
+    """The (decompressed) body, at most ``limit`` bytes: :class:`TooLarge` past it, or with
+    ``truncate`` the first ``limit`` bytes (the connection is then closed, not reused)."""
+    declared = resp.content_length
+    if declared is not None and declared > limit and not truncate:
+        raise TooLarge
+    buf = bytearray()
+    async for chunk in resp.content.iter_any():
+        buf += chunk
+        if len(buf) > limit:
+            resp.close()
+            if truncate:
+                return bytes(buf[:limit])
+            raise TooLarge
+    return bytes(buf)
+
+
+async def _sse_events(
+    content: aiohttp.StreamReader, max_line: int = MAX_SSE_LINE
+) -> AsyncIterator[tuple[str, bytes]]:
     """Server-sent events from a byte stream: ``(event name or "message", data)``.
 
     Lines are split here rather than with ``StreamReader.readline``, which refuses lines over
-    64 KiB (a large tool-call chunk can be longer).
+    64 KiB (a large tool-call chunk can be longer). Linear in the stream: each byte is searched
+    for a newline once, and consumed lines are dropped once per chunk. A line longer than
+    ``max_line`` raises :class:`TooLarge`.
     """
     event = "message"
     data: list[bytes] = []
-    buf = b""
+    buf = bytearray()
     async for chunk in content.iter_any():
+        scan = len(buf)  # the bytes before were searched already: no newline there
         buf += chunk
+        start = 0
         while True:
-            nl = buf.find(b"\n")
+            nl = buf.find(b"\n", scan)
             if nl < 0:
                 break
-            line = buf[:nl].rstrip(b"\r")
-            buf = buf[nl + 1 :]
+            line = bytes(buf[start:nl]).rstrip(b"\r")
+            start = scan = nl + 1
             if not line:
                 if data:
                     yield event, b"\n".join(data)
@@ -485,7 +558,11 @@ async def _sse_events(content: aiohttp.StreamReader) -> AsyncIterator[tuple[str,
             elif line.startswith(b"event:"):
                 event = line[6:].strip().decode("utf-8", "replace")
             # comments (":") and other fields (id, retry) carry nothing IIR uses
-    tail = buf.rstrip(b"\r")
+        if start:
+            del buf[:start]
+        if len(buf) > max_line:
+            raise TooLarge
+    tail = bytes(buf).rstrip(b"\r")
     if tail.startswith(b"data:"):  # a last line without its newline
         data.append(tail[6:] if tail.startswith(b"data: ") else tail[5:])
     if data:

@@ -145,15 +145,19 @@ class Router:
         registry: ModelSource,
         strategy: str = LOCAL_FIRST,
         local_max_queue: int = 8,
+        last_resort: str | None = None,
     ) -> None:
+        """``last_resort`` names a model tried after every routed candidate, whatever the policy
+        says about it, and alone when no policy model can serve (``IIR_ROUTING_LAST_RESORT``)."""
         if strategy not in STRATEGIES:
             raise ValueError(f"unknown routing strategy {strategy!r}")
         self.policy = policy
         self.registry = registry
         self.strategy = strategy
         self.local_max_queue = local_max_queue
+        self.last_resort = last_resort or None
         self._label_cache: dict[tuple[str, str, str], Any] = {}
-        self._avail: tuple[float, list[_Available]] | None
+        self._avail: tuple[float, list[_Available], Callable[[], Load] | None] | None
         self._avail = None
         # The token counter checks its tables on first use (~0.2 s): pay that at start-up, not
         # in the first routed request.
@@ -166,14 +170,22 @@ class Router:
         """What :meth:`_scan` found, re-scanned at most every :data:`AVAILABILITY_TTL` seconds:
         models come and go on refreshes, not per request, and resolving every policy model on
         every request would cost more than the rest of the decision."""
+        return self._fresh()[1]
+
+    def _last_resort_probe(self) -> Callable[[], Load] | None:
+        """The last resort's load probe, or None when it is not set or nothing serves it now."""
+        return self._fresh()[2]
+
+    def _fresh(self) -> tuple[float, list[_Available], Callable[[], Load] | None]:
         now = time.monotonic()
         if self._avail is None or now - self._avail[0] > AVAILABILITY_TTL:
             # The first of each name only: decided here, once, instead of in every request.
             found: dict[str, _Available] = {}
             for a in self._scan():
                 found.setdefault(a[1], a)
-            self._avail = (now, list(found.values()))
-        return self._avail[1]
+            last = self.registry.load_probe(self.last_resort) if self.last_resort else None
+            self._avail = (now, list(found.values()), last)
+        return self._avail
 
     def _scan(self) -> Iterator[_Available]:
         """(policy entry, model name, its load probe, known context, on a peer) for each model
@@ -307,6 +319,12 @@ class Router:
         options, excluded, available = self._options(f, category.name)
         ordered, reason = self._order(strategy, category.name, options)
         names = [o.name for o in ordered]
+        last = self._last_resort(names)
+        if last is not None:
+            if not names:
+                why = self._why_none(strategy, available, options, excluded)
+                reason = f"last resort: {why.removeprefix('no model can serve this request: ')}"
+            names.append(last)
         if explicit is not None:
             fallbacks = (
                 [n for n in names if n != explicit] if self.policy.explicit_fallbacks else []
@@ -329,6 +347,15 @@ class Router:
         d.seconds = time.perf_counter() - started
         self._count(strategy, category.name, names[0], d.seconds)
         return d
+
+    def _last_resort(self, names: list[str]) -> str | None:
+        """The last resort to append to ``names``: set, served now, circuit not open, not there."""
+        if self.last_resort is None or self.last_resort in names:
+            return None
+        probe = self._last_resort_probe()
+        if probe is None or probe().circuit == "open":
+            return None
+        return self.last_resort
 
     def _why_none(
         self,
