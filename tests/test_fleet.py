@@ -1,11 +1,16 @@
 """A fleet of three real ``iir serve`` boxes (A, B, C) sharing a real ``redis-server`` for limits
-and serving each other's models as peers. Box C alone has a local model (the stand-in engine,
-tests/fake_vllm.py); A and B have none. The servers are shared by the whole module."""
+and a real PostgreSQL for jobs, and serving each other's models as peers. Box C alone has a local
+model (the stand-in engine, tests/fake_vllm.py); A and B have none. The servers are shared by the
+whole module; the test that kills a box for good starts its own two."""
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
+import contextlib
 import functools
+import os
+import signal
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -14,21 +19,25 @@ import httpx
 import orjson
 import pytest
 
-from .fleet_servers import RedisServer, redis_server
+from iir.store.pgjobs import PgJobStore
+
+from .fleet_servers import PostgresServer, RedisServer, postgres_server, redis_server
 from .harness import Server
 from .schemas import validate
 
 PEER_KEY = "peer-key-0123456789abcdef"
-RPM = 40
+RPM = 120
 # One key per test that counts requests, so that no test eats another's budget.
 KEYS = [f"fleet-key-{i}-0123456789abcdef" for i in range(8)]
 C_MODEL = "tiny-c"
 
 
-def fleet_env(redis: RedisServer, **more: str) -> dict[str, str]:
+def fleet_env(redis: RedisServer, jobs_url: str, **more: str) -> dict[str, str]:
     return {
         "IIR_ALLOWED_KEYS": ",".join(KEYS),
         "IIR_STATE_URL": redis.url,
+        "IIR_JOB_STORE_URL": jobs_url,
+        "IIR_JOB_LEASE_SECONDS": "3",
         "IIR_RATE_LIMIT_RPM_PER_KEY": str(RPM),
         "IIR_PEER_KEY": PEER_KEY,
         "IIR_PEER_POLL_SECONDS": "0.5",
@@ -50,12 +59,20 @@ def redis() -> Iterator[RedisServer]:
 
 
 @pytest.fixture(scope="module")
-def fleet(redis: RedisServer) -> Iterator[list[Server]]:
-    a = Server(env=fleet_env(redis))
-    b = Server(env=fleet_env(redis))
+def postgres() -> Iterator[PostgresServer]:
+    with postgres_server() as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def fleet(redis: RedisServer, postgres: PostgresServer) -> Iterator[list[Server]]:
+    jobs_url = postgres.create_database("fleet_jobs")
+    a = Server(env=fleet_env(redis, jobs_url))
+    b = Server(env=fleet_env(redis, jobs_url))
     c = Server(
         env=fleet_env(
             redis,
+            jobs_url,
             IIR_VLLM_ENGINE_FACTORY="tests.fake_vllm:factory",
             IIR_LOCAL_MODELS=f"{C_MODEL}=/m/{C_MODEL}",
         )
@@ -253,6 +270,107 @@ def test_state_server_killed_mid_load_falls_back_without_a_500(
         assert box.wait_for_log(lambda ln: ln.get("event") == "state_up", timeout=15)
 
 
+# --- shared jobs ---------------------------------------------------------------------------------
+
+JOB_BODY = {"model": "iir/echo", "messages": [{"role": "user", "content": "a job for the fleet"}]}
+JOBS = "/v1/async/chat/completions"
+
+
+def submit(box: Server, key: str, body: dict[str, Any] | None = None) -> httpx.Response:
+    return http().post(box.url + JOBS, json=body or JOB_BODY, headers=auth(key))
+
+
+def poll(box: Server, key: str, job_id: str, wait: float = 10) -> httpx.Response:
+    return http().get(f"{box.url}{JOBS}/{job_id}?wait={wait}", headers=auth(key))
+
+
+def finished(box: Server, key: str, job_id: str, timeout: float = 60) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        r = poll(box, key, job_id)
+        assert r.status_code == 200, r.text
+        if r.headers["x-iir-job-status"] not in ("pending", "running"):
+            return {"status": r.headers["x-iir-job-status"], **r.json()}
+        assert time.monotonic() < deadline, f"{job_id} still {r.headers['x-iir-job-status']}"
+
+
+def test_a_job_submitted_to_box_a_is_polled_on_box_b(fleet: list[Server]) -> None:
+    a, b, c = fleet
+    key = KEYS[5]
+    r = submit(a, key)
+    assert r.status_code == 202, r.text
+    job_id = r.json()["job_id"]
+    done = finished(b, key, job_id)  # long-polled on B, wherever it ran
+    assert done["status"] == "succeeded" and done["object"] == "chat.completion"
+    assert done["choices"][0]["message"]["content"].strip() == "a job for the fleet"
+    assert poll(c, key, job_id).headers["x-iir-job-status"] == "succeeded"
+    assert poll(c, KEYS[6], job_id).status_code == 404  # still only its owner's
+    # A job for a model only C serves, submitted to B: runs wherever, answered by C's engine.
+    r = submit(b, key, {**JOB_BODY, "model": C_MODEL})
+    assert r.status_code == 202, r.text
+    done = finished(a, key, r.json()["job_id"])
+    assert done["status"] == "succeeded" and done["model"] == C_MODEL
+
+
+def test_a_job_cancelled_on_one_box_stops_on_the_box_running_it(fleet: list[Server]) -> None:
+    a, b, _ = fleet
+    key = KEYS[5]
+    slow = {**JOB_BODY, "messages": [{"role": "user", "content": "__slow__ " + "word " * 50}]}
+    r = submit(a, key, {**slow, "model": C_MODEL})
+    assert r.status_code == 202
+    job_id = r.json()["job_id"]
+    deadline = time.monotonic() + 30
+    while poll(b, key, job_id, wait=0).headers["x-iir-job-status"] != "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    r = http().delete(f"{b.url}{JOBS}/{job_id}", headers=auth(key))
+    assert r.status_code == 200 and r.json()["status"] == "cancelled"
+    # Whichever box runs it learns at its next lease renewal (a third of 3 s) and stops.
+    found = []
+    for box in fleet:
+        found += box.wait_for_log(
+            lambda ln: ln.get("event") == "job_lost" and ln.get("job_id") == job_id, timeout=0.1
+        )
+    deadline = time.monotonic() + 10
+    while not found:
+        assert time.monotonic() < deadline, "no box stopped the cancelled job"
+        time.sleep(0.1)
+        for box in fleet:
+            found += box.wait_for_log(
+                lambda ln: ln.get("event") == "job_lost" and ln.get("job_id") == job_id,
+                timeout=0,
+            )
+    assert poll(a, key, job_id).headers["x-iir-job-status"] == "cancelled"
+
+
+def test_postgres_restarted_mid_load_loses_no_accepted_job(
+    fleet: list[Server], postgres: PostgresServer
+) -> None:
+    key = KEYS[7]
+    accepted: list[tuple[Server, str]] = []
+    statuses: list[int] = []
+
+    def one(i: int) -> None:
+        box = fleet[i % 3]
+        r = submit(box, key)
+        statuses.append(r.status_code)
+        if r.status_code == 202:
+            accepted.append((box, r.json()["job_id"]))
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(one, i) for i in range(20)]
+        time.sleep(0.2)
+        postgres.restart()  # immediate shutdown (as in a crash), recovery, back
+        futures += [pool.submit(one, i) for i in range(20, 40)]
+        for f in futures:
+            f.result()
+    assert set(statuses) <= {202, 503}, sorted(set(statuses))  # refused cleanly, never a 500
+    assert len(accepted) >= 20
+    for box, job_id in accepted:  # every accepted job is there, and ends
+        other = fleet[(fleet.index(box) + 1) % 3]
+        assert finished(other, key, job_id)["status"] == "succeeded"
+
+
 # --- a dead peer (last: box C stops and comes back) ---------------------------------------------
 
 
@@ -269,3 +387,67 @@ def test_a_dead_peer_is_skipped_and_its_models_leave_the_list(fleet: list[Server
     c.start()  # back on the same port: polled, listed and served again
     wait_for_model(a, C_MODEL)
     assert chat(a, KEYS[4]).status_code == 200
+
+
+# --- a box killed under its jobs ----------------------------------------------------------------
+
+
+def descendants(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as fh:
+            children = [int(c) for c in fh.read().split()]
+    except OSError:
+        return []
+    return [d for c in children for d in (c, *descendants(c))]
+
+
+def kill_box(box: Server) -> None:
+    """``kill -9`` on the box's every process at once (Granian's worker is a child of
+    ``iir serve``), as a power cut would stop them."""
+    assert box.proc is not None
+    for pid in [box.proc.pid, *descendants(box.proc.pid)]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    box.stop()
+
+
+def test_box_a_killed_while_running_jobs_box_b_finishes_every_one(
+    redis: RedisServer, postgres: PostgresServer
+) -> None:
+    url = postgres.create_database("killed_box")
+    env = {
+        **fleet_env(redis, url),
+        "IIR_JOB_LEASE_SECONDS": "2",
+        "IIR_JOB_CONCURRENCY": "2",
+        "IIR_ECHO_TOKEN_DELAY_MS": "100",  # each job takes a few seconds
+    }
+    key = KEYS[0]
+    long = {**JOB_BODY, "messages": [{"role": "user", "content": "word " * 30}]}
+    with Server(env=env) as a:
+        ids = []
+        for _ in range(4):
+            r = submit(a, key, long)
+            assert r.status_code == 202, r.text
+            ids.append(r.json()["job_id"])
+        deadline = time.monotonic() + 30
+        while (
+            sum(poll(a, key, i, wait=0).headers["x-iir-job-status"] == "running" for i in ids) < 2
+        ):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        kill_box(a)  # no release, no goodbye: its leases just stop being renewed
+    with Server(env=env) as b:
+        for job_id in ids:
+            done = finished(b, key, job_id, timeout=90)
+            assert done["status"] == "succeeded", done
+            assert done["choices"][0]["message"]["content"].split() == ["word"] * 30
+
+    async def attempts() -> list[int]:
+        store = PgJobStore(url, ttl=60)
+        await store.open()
+        jobs = [await store.get(i, None) for i in ids]
+        await store.close()
+        return sorted(j.attempts for j in jobs if j is not None)
+
+    # The two that were running on A ran again on B, counted; the two waiting ran once.
+    assert asyncio.run(attempts()) == [1, 1, 2, 2]

@@ -31,8 +31,7 @@ from iir.policy.routing.rules import load_policy
 from iir.policy.scrub import Scrubber
 from iir.service.jobs import JobPool
 from iir.service.pipeline import Pipeline
-from iir.store.jobs import JobStore
-from iir.store.sqlite import db_path
+from iir.store.factory import job_store
 
 #: Every route IIR serves, surface by surface.
 ROUTES: list[Route] = [
@@ -110,9 +109,7 @@ def build(settings: Settings) -> Services:
     )
     job_runner = Jobs(pipeline)
     pool = JobPool(
-        JobStore(
-            db_path(settings.data_dir), settings.job_ttl_seconds, timeout=settings.job_db_timeout
-        ),
+        job_store(settings),
         job_runner.run,
         settings.job_concurrency,
         settings.job_queue_max,
@@ -123,6 +120,7 @@ def build(settings: Settings) -> Services:
         max_bytes_per_key=settings.job_max_bytes_per_key,
         max_result_bytes=settings.job_max_result_bytes,
         write_retries=settings.job_write_retries,
+        lease=settings.job_lease_seconds,
     )
     job_runner.bind(pool)
     return Services(

@@ -62,9 +62,7 @@ class _MappingSource(EnvSettingsSource):
         # blank value means "the default", as an unset one does.
         env = _ENV.get() or {}
         return {
-            k: v
-            for k, v in env.items()
-            if (k.startswith("IIR_") or k in _OTHER_VARS) and v.strip()
+            k: v for k, v in env.items() if (k.startswith("IIR_") or k in _OTHER_VARS) and v.strip()
         }
 
 

@@ -36,8 +36,11 @@ class JobTable(Protocol):
     ttl: float
     #: Other boxes use the same table: jobs may be claimed, cancelled and finished elsewhere.
     shared: bool
-    #: How messages name the store (a file path, or a URL without its password).
-    where: str
+
+    @property
+    def where(self) -> str:
+        """How messages name the store (a file path, or a URL without its password)."""
+        ...
 
     async def open(self) -> None:
         """Checks (and migrates) the database; :class:`StoreError` stops the start."""

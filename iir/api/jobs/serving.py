@@ -3,7 +3,8 @@ pipeline like any other, and the answer is shaped as the route it was submitted 
 
 The per-key token reservation made when the job was submitted is held until the job ends, and
 settled then with what the job really used (nothing when it failed or was cancelled before it
-produced anything).
+produced anything). With a job store shared by a fleet, another box may run the job: the
+reservation is then charged in full when the job is accepted.
 """
 
 from __future__ import annotations
@@ -53,9 +54,14 @@ class Jobs:
             if prepared.reservation is not None:
                 prepared.reservation.settle(0)
             raise
-        # No await since the job was queued: no worker can have started it yet.
         if prepared.reservation is not None:
-            self._reservations[job_id] = prepared.reservation
+            if self.pool.store.shared:
+                # Any box may run it, and only this one holds the reservation: the job is
+                # charged what was reserved (prompt + max output), here and now.
+                prepared.reservation.settle(prepared.reservation.reserved)
+            else:
+                # No await since the job was queued: no worker can have started it yet.
+                self._reservations[job_id] = prepared.reservation
         return accepted(job_id)
 
     async def run(self, job_id: str, kind: str, request: dict[str, Any]) -> dict[str, Any]:
