@@ -270,6 +270,37 @@ def test_state_server_killed_mid_load_falls_back_without_a_500(
         assert box.wait_for_log(lambda ln: ln.get("event") == "state_up", timeout=15)
 
 
+def test_state_server_killed_mid_load_fails_closed_when_configured() -> None:
+    with (
+        redis_server() as state,
+        Server(
+            env={
+                "IIR_STATE_URL": state.url,
+                "IIR_STATE_FAILURE": "closed",
+                "IIR_RATE_LIMIT_RPM_PER_KEY": "100000",
+            }
+        ) as box,
+    ):
+
+        def one(_: int) -> int:
+            return http().get(box.url + "/v1/models", headers=box.auth).status_code
+
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            before = list(pool.map(one, range(20)))
+            state.kill()
+            during = list(pool.map(one, range(20)))
+            assert http().get(box.url + "/health").status_code == 200  # probes never need it
+            state.start()
+            deadline = time.monotonic() + 15
+            while one(0) != 200:
+                assert time.monotonic() < deadline, "never reconnected"
+                time.sleep(0.1)
+        assert set(before) == {200}
+        assert set(during) == {503}  # refused as configured, never a 500
+        r = http().get(box.url + "/v1/models", headers=box.auth)
+        assert r.status_code == 200 and r.headers["x-ratelimit-limit-requests"] == "100000"
+
+
 # --- shared jobs ---------------------------------------------------------------------------------
 
 JOB_BODY = {"model": "iir/echo", "messages": [{"role": "user", "content": "a job for the fleet"}]}
