@@ -200,7 +200,7 @@ class Settings(_FromEnv):
         "IIR_STATE_URL", None, pattern=r"^(redis|rediss|unix)://\S+$", repr=False
     )
     state_failure: Literal["local", "closed"] = _var("IIR_STATE_FAILURE", "local")
-    state_timeout: Seconds = _var("IIR_STATE_TIMEOUT", 0.25, gt=0.0, le=60.0)
+    state_timeout: Seconds = _var("IIR_STATE_TIMEOUT", 0.5, gt=0.0, le=60.0)
     job_store_url: str | None = _var(
         "IIR_JOB_STORE_URL", None, pattern=r"^postgres(ql)?://\S+$", repr=False
     )

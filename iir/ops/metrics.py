@@ -79,7 +79,7 @@ RATE_LIMITED = Counter(
 # decided alone while it did not (IIR_STATE_FAILURE=local).
 STATE_UP = Gauge(
     "iir_state_up",
-    "1 while the shared rate-limit state server answers, 0 during an outage",
+    "1 while the shared rate-limit state server answers; 0 during an outage, or without one",
     registry=REGISTRY,
 )
 STATE_FALLBACKS = Counter(
