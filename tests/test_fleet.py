@@ -30,6 +30,8 @@ RPM = 120
 # One key per test that counts requests, so that no test eats another's budget.
 KEYS = [f"fleet-key-{i}-0123456789abcdef" for i in range(8)]
 C_MODEL = "tiny-c"
+#: Seconds a box may take to start: three start at once, on a small shared machine.
+START_TIMEOUT = 120
 
 
 def fleet_env(redis: RedisServer, jobs_url: str, **more: str) -> dict[str, str]:
@@ -45,11 +47,20 @@ def fleet_env(redis: RedisServer, jobs_url: str, **more: str) -> dict[str, str]:
     }
 
 
+@contextlib.contextmanager
+def booted(env: dict[str, str]) -> Iterator[Server]:
+    box = Server(env=env)
+    try:
+        yield box.start(timeout=START_TIMEOUT)
+    finally:
+        box.close()
+
+
 def start_fleet(boxes: list[Server]) -> None:
     for box in boxes:
         box.env["IIR_PEERS"] = ",".join(b.url for b in boxes if b is not box)
     with concurrent.futures.ThreadPoolExecutor(len(boxes)) as pool:
-        list(pool.map(Server.start, boxes))
+        list(pool.map(lambda box: box.start(timeout=START_TIMEOUT), boxes))
 
 
 @pytest.fixture(scope="module")
@@ -273,8 +284,8 @@ def test_state_server_killed_mid_load_falls_back_without_a_500(
 def test_state_server_killed_mid_load_fails_closed_when_configured() -> None:
     with (
         redis_server() as state,
-        Server(
-            env={
+        booted(
+            {
                 "IIR_STATE_URL": state.url,
                 "IIR_STATE_FAILURE": "closed",
                 "IIR_RATE_LIMIT_RPM_PER_KEY": "100000",
@@ -415,7 +426,7 @@ def test_a_dead_peer_is_skipped_and_its_models_leave_the_list(fleet: list[Server
     gone = {p["box"]: p for p in status["peers"]}[f"127.0.0.1:{c.port}"]
     assert gone["state"] == "down" and gone["models"] == [] and gone["reason"]
     assert a.wait_for_log(lambda ln: ln.get("event") == "peer_down")
-    c.start()  # back on the same port: polled, listed and served again
+    c.start(timeout=START_TIMEOUT)  # back on the same port: polled, listed and served again
     wait_for_model(a, C_MODEL)
     assert chat(a, KEYS[4]).status_code == 200
 
@@ -454,7 +465,7 @@ def test_box_a_killed_while_running_jobs_box_b_finishes_every_one(
     }
     key = KEYS[0]
     long = {**JOB_BODY, "messages": [{"role": "user", "content": "word " * 30}]}
-    with Server(env=env) as a:
+    with booted(env) as a:
         ids = []
         for _ in range(4):
             r = submit(a, key, long)
@@ -467,7 +478,7 @@ def test_box_a_killed_while_running_jobs_box_b_finishes_every_one(
             assert time.monotonic() < deadline
             time.sleep(0.05)
         kill_box(a)  # no release, no goodbye: its leases just stop being renewed
-    with Server(env=env) as b:
+    with booted(env) as b:
         for job_id in ids:
             done = finished(b, key, job_id, timeout=90)
             assert done["status"] == "succeeded", done
