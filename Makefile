@@ -58,7 +58,7 @@ test: install test-deps lint  ## lint, Rust unit tests, then the Python suite ag
 test-deps:  ## system tools the tests use (systemd-analyze, dpkg-deb, ...), installed only when missing
 	@sh packaging/ci-deps.sh
 
-bench: install  ## benchmarks (pytest-benchmark); see README for the numbers
+bench: install test-deps  ## benchmarks (pytest-benchmark); see README for the numbers
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq wrk >/dev/null; } || echo "wrk missing: throughput benchmarks will be skipped"
 	$(BIN)/pytest bench -q --benchmark-only --benchmark-columns=min,median,mean,ops,rounds $(PYTEST_ARGS)
 

@@ -28,12 +28,15 @@ from iir.ops import logs, metrics
 from iir.ops.hardware import register_gpu_metrics
 from iir.ops.logs import request_id_var
 from iir.policy import tokens
+from iir.policy.auth import PEER, PEER_HEADER
 from iir.store.sqlite import StoreError
 
 applog = logging.getLogger("iir")
 
 # Monitoring probes are not rate-limited per IP: a scraper must never be locked out.
 _PROBES = frozenset({"/health", "/metrics"})
+# What one box asks of another: its models and load, and to run a chat request it forwards.
+_PEER_ROUTES = frozenset({"/v1/registry/status", "/v1/models", "/v1/chat/completions"})
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 
 
@@ -57,6 +60,7 @@ class App:
     async def startup(self) -> None:
         # Load and integrity-check the token rank tables now, not on the first request (~0.4 s).
         await asyncio.to_thread(tokens.warm_up)
+        await self.svc.limits.start()
         for backend in self.svc.backends:
             await backend.start()
         await self.svc.job_pool.start()
@@ -72,6 +76,8 @@ class App:
         for backend in self.svc.backends:
             with suppress(Exception):
                 await backend.close()
+        with suppress(Exception):
+            await self.svc.limits.close()
         logs.flush()
 
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -133,18 +139,23 @@ class App:
     async def _dispatch(self, req: Request) -> Response | StreamResponse:
         route = None
         try:
-            if req.path not in _PROBES:
-                self.svc.limits.check_ip(
+            hop = self.svc.peer_keys is not None and req.header(PEER_HEADER) is not None
+            if not hop and req.path not in _PROBES:
+                await self.svc.limits.check_ip(
                     self.svc.limits.client(req.client, req.header("x-forwarded-for"))
                 )
             route, params = self.router.match(req.method, req.path)
             req.route = route.template
-            if route.auth:
+            if hop and route.auth:
+                await self._peer_hop(req, route.template)
+            elif route.auth:
                 req.key_id = self.svc.keys.authenticate(
                     req.header("authorization"),
                     req.header(route.key_header) if route.key_header else None,
                 )
-                req.reply_headers += self.svc.limits.check_key(req.key_id)
+                req.reply_headers += await self.svc.limits.check_key(req.key_id)
+            elif hop and req.path not in _PROBES:
+                await self._check_ip(req)
             resp: Response | StreamResponse = await route.handler(self.svc, req, **params)
             resp.headers += req.reply_headers
             return resp
@@ -158,6 +169,31 @@ class App:
             internal = ApiError(500, f"Internal error (request id {req.request_id})")
             body = route.error_body(internal) if route and route.error_body else internal.body()
             return Response(500, body, JSON)
+
+    async def _check_ip(self, req: Request) -> None:
+        await self.svc.limits.check_ip(
+            self.svc.limits.client(req.client, req.header("x-forwarded-for"))
+        )
+
+    async def _peer_hop(self, req: Request, route: str) -> None:
+        """A request another box of the fleet forwarded: authenticated by the fleet's peer key
+        alone, and neither limited nor admitted again (the first box did both). Anything else
+        carrying the marker is refused, and still pays the per-IP limit it tried to skip."""
+        assert self.svc.peer_keys is not None
+        try:
+            if route not in _PEER_ROUTES:
+                raise ApiError(403, f"{req.path} is not served to peers", code="not_for_peers")
+            self.svc.peer_keys.authenticate(req.header("authorization"))
+        except ApiError as err:
+            await self._check_ip(req)
+            if err.code == "not_for_peers":
+                raise
+            raise ApiError(
+                403,
+                f"{PEER_HEADER} is accepted only with the fleet's peer key",
+                code="invalid_peer_key",
+            ) from None
+        req.key_id = PEER
 
     async def _stream(
         self, proto: Any, req: Request, resp: StreamResponse, base: list[tuple[str, str]]

@@ -41,7 +41,7 @@ class RouteDecision(BaseModel):
 
 
 async def route(svc: Services, req: Request) -> Response:
-    prepared = svc.pipeline.prepare(await req.json(), req.caller(), admit=False)
+    prepared = await svc.pipeline.prepare(await req.json(), req.caller(), admit=False)
     decision = prepared.decision
     if decision is None:
         raise ApiError(503, "Classifier error: routing is not enabled", code="classifier_error")

@@ -4,7 +4,7 @@ the list of models."""
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 from pydantic import BaseModel, Field
@@ -37,6 +37,9 @@ class Model(BaseModel):
     capabilities: list[str] = Field(
         description="The routes the model serves: chat, responses, messages, completions, "
         "embeddings (an extra field OpenAI's clients ignore)"
+    )
+    boxes: list[str] | None = Field(
+        None, description="The fleet's other boxes that serve it (only for a peer's model)"
     )
 
 
@@ -83,17 +86,18 @@ async def docs_asset(svc: Services, req: Request, name: str) -> Response:
 
 
 async def models(svc: Services, req: Request) -> Response:
-    registry = svc.registry
-    data = [
-        {
+    data: list[dict[str, Any]] = []
+    for c in svc.registry.cards():
+        entry: dict[str, Any] = {
             "id": c.id,
             "object": "model",
             "created": c.created,
             "owned_by": c.owned_by,
-            "capabilities": sorted(registry.capabilities(c.id)),
+            "capabilities": sorted(svc.registry.capabilities(c.id)),
         }
-        for c in registry.cards()
-    ]
+        if c.boxes:
+            entry["boxes"] = list(c.boxes)
+        data.append(entry)
     return json_response({"object": "list", "data": data})
 
 

@@ -4,6 +4,7 @@ those layers parse (the routing policy file, the remote log sink)."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Mapping
 
@@ -28,4 +29,23 @@ def load_config(
             parse_sink(settings.remote_log_sink)
         except ValueError as exc:
             raise ConfigError(f"REMOTE_LOG_SINK: {exc}") from None
+    _check_fleet_clients(settings)
     return settings
+
+
+def _check_fleet_clients(settings: Settings) -> None:
+    """A fleet setting needs its client library (the ``fleet`` extra): say so before start-up
+    rather than fail in the worker."""
+    needs = (
+        ("IIR_STATE_URL", settings.state_url, ("redis",)),
+        ("IIR_JOB_STORE_URL", settings.job_store_url, ("psycopg", "psycopg_pool")),
+    )
+    for var, value, modules in needs:
+        if not value:
+            continue
+        missing = [m for m in modules if importlib.util.find_spec(m) is None]
+        if missing:
+            raise ConfigError(
+                f"{var} is set but {', '.join(missing)} is not installed: "
+                "install IIR with its fleet extra (pip install 'iir[fleet]')"
+            )

@@ -23,11 +23,29 @@ def prepare_data_dir(path: Path) -> None:
         raise ConfigError(f"IIR_DATA_DIR={str(path)!r} is not writable")
 
 
+def check_job_store(settings: Settings) -> None:
+    """The job store must be usable before the server starts: the SQLite file (checked and
+    migrated), or the fleet's PostgreSQL database (reached and migrated)."""
+    if settings.job_store_url:
+        import asyncio
+
+        from iir.store.pgjobs import PgJobStore
+
+        async def check() -> None:
+            store = PgJobStore(settings.job_store_url or "", settings.job_ttl_seconds, max_size=1)
+            await store.open()
+            await store.close()
+
+        asyncio.run(check())
+        return
+    check_database(db_path(settings.data_dir), settings.job_db_timeout)
+
+
 def serve(settings: Settings, env_file: str | None) -> None:
     """Blocks until SIGINT/SIGTERM; in-flight requests get ``shutdown_timeout`` to finish."""
     prepare_data_dir(settings.data_dir)
     try:
-        check_database(db_path(settings.data_dir), settings.job_db_timeout)
+        check_job_store(settings)
     except StoreError as exc:
         raise ConfigError(str(exc)) from None
     # The worker process rebuilds Settings from the same sources; the command line already won.
@@ -53,7 +71,7 @@ def serve(settings: Settings, env_file: str | None) -> None:
         # reason (it went bad after the check above), say so and exit 2 like the check would.
         if exc.code not in (0, None):
             try:
-                check_database(db_path(settings.data_dir), settings.job_db_timeout)
+                check_job_store(settings)
             except StoreError as bad:
                 raise ConfigError(str(bad)) from None
         raise

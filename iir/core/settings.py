@@ -195,11 +195,35 @@ class Settings(_FromEnv):
     # The most text one answer may carry over all its choices (n x the output).
     max_answer_bytes: int = _var("IIR_MAX_ANSWER_BYTES", 64 * 1024 * 1024, ge=1024)
     remote_log_sink: str = _var("REMOTE_LOG_SINK", "")
+    # A fleet of boxes (docs/fleet.md): limits on a shared Redis/Valkey, jobs on a shared
+    # PostgreSQL, and peers that serve each other's models. Unset: a single box, as before.
+    state_url: str | None = _var(
+        "IIR_STATE_URL", None, pattern=r"^(redis|rediss|unix)://\S+$", repr=False
+    )
+    state_failure: Literal["local", "closed"] = _var("IIR_STATE_FAILURE", "local")
+    state_timeout: Seconds = _var("IIR_STATE_TIMEOUT", 0.5, gt=0.0, le=60.0)
+    job_store_url: str | None = _var(
+        "IIR_JOB_STORE_URL", None, pattern=r"^postgres(ql)?://\S+$", repr=False
+    )
+    job_lease_seconds: Seconds = _var("IIR_JOB_LEASE_SECONDS", 30.0, ge=1.0, le=3600.0)
+    peers: Annotated[tuple[str, ...], NoDecode] = _var("IIR_PEERS", ())
+    peer_key: str | None = _var("IIR_PEER_KEY", None, min_length=16, repr=False)
+    peer_poll_seconds: Seconds = _var("IIR_PEER_POLL_SECONDS", 2.0, ge=0.1, le=300.0)
     upstream: UpstreamSettings = Field(default_factory=UpstreamSettings)
     vllm: VllmSettings = Field(default_factory=VllmSettings)
     #: The merged environment (file values overlaid by the process environment): providers and
     #: the secret scrubber read their own variables from here.
     env: Mapping[str, str] = Field(default_factory=dict, repr=False)
+
+    @field_validator("peers", mode="before")
+    @classmethod
+    def _peers(cls, raw: Any) -> Any:
+        return parse_peers(raw) if isinstance(raw, str) else raw
+
+    @field_validator("state_failure", mode="before")
+    @classmethod
+    def _lower_failure(cls, raw: Any) -> Any:
+        return raw.lower() if isinstance(raw, str) else raw
 
     @field_validator("log_level", "routing_strategy", mode="before")
     @classmethod
@@ -267,6 +291,22 @@ def _parse_fallbacks(raw: str) -> dict[str, tuple[str, ...]]:
             raise ValueError(f"{model!r} lists itself as its fallback")
         out[model] = tuple(dict.fromkeys(chain))
     return out
+
+
+def parse_peers(value: str) -> tuple[str, ...]:
+    """``IIR_PEERS``: comma-separated base URLs of the other boxes (``https://box2:8000``)."""
+    out: list[str] = []
+    for raw in value.split(","):
+        url = raw.strip().rstrip("/")
+        if not url:
+            continue
+        scheme, sep, rest = url.partition("://")
+        if scheme not in ("http", "https") or not sep or not rest or "/" in rest:
+            raise ValueError(
+                f"invalid peer {url!r}: expected a base URL such as https://box2:8000 (no path)"
+            )
+        out.append(url)
+    return tuple(dict.fromkeys(out))
 
 
 def parse_trusted_proxies(value: str) -> tuple[IPNetwork, ...]:
@@ -339,13 +379,17 @@ def merged_env(
     return merged
 
 
+# Variables whose value is (or may hold) a secret: an error names them without their value.
+_SECRET_VALUES = frozenset({"IIR_PEER_KEY", "IIR_STATE_URL", "IIR_JOB_STORE_URL"})
+
+
 def _one_line(exc: ValidationError, env: Mapping[str, str]) -> str:
     """The first error as ``VARIABLE='value': what is wrong``."""
     err = exc.errors(include_url=False)[0]
     msg = str(err["msg"]).removeprefix("Value error, ")
     if err["loc"]:
         name = str(err["loc"][0])
-        if name in env:
+        if name in env and name not in _SECRET_VALUES:
             return f"{name}={env[name].strip()!r}: {msg}"
         return f"{name}: {msg}"
     return msg
@@ -360,7 +404,7 @@ def load_settings(
     _check_provider_urls(env)
     token = _ENV.set(env)
     try:
-        return Settings(
+        settings = Settings(
             api_keys=_api_keys(env),
             upstream=UpstreamSettings(),
             vllm=VllmSettings(),
@@ -370,3 +414,6 @@ def load_settings(
         raise ConfigError(_one_line(exc, env)) from None
     finally:
         _ENV.reset(token)
+    if settings.peers and not settings.peer_key:
+        raise ConfigError("IIR_PEERS is set but IIR_PEER_KEY is not: peers authenticate with it")
+    return settings

@@ -36,6 +36,7 @@ _FIELDS = (
     "reason",
     "error",
     "count",
+    "peer",
 )
 
 

@@ -75,6 +75,19 @@ RATE_LIMITED = Counter(
     registry=REGISTRY,
 )
 
+# A fleet (IIR_STATE_URL): whether the shared state server answers, and the limit checks this box
+# decided alone while it did not (IIR_STATE_FAILURE=local).
+STATE_UP = Gauge(
+    "iir_state_up",
+    "1 while the shared rate-limit state server answers; 0 during an outage, or without one",
+    registry=REGISTRY,
+)
+STATE_FALLBACKS = Counter(
+    "iir_state_fallbacks",
+    "Limit checks decided by this box's own limiter because the state server was unreachable",
+    registry=REGISTRY,
+)
+
 
 def count_redactions(direction: str, counts: dict[str, int]) -> None:
     for rule, n in counts.items():

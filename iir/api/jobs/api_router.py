@@ -21,7 +21,7 @@ JOB = "/v1/async/chat/completions/{job_id}"
 
 
 async def submit(svc: Services, req: Request) -> Response:
-    prepared = svc.pipeline.prepare(await req.json(), req.caller())
+    prepared = await svc.pipeline.prepare(await req.json(), req.caller())
     req.state["model"] = prepared.request.model
     req.reply_headers += prepared.headers
     return await svc.jobs.submit(req, "chat", prepared)
