@@ -20,6 +20,7 @@ from iir.backends.local.vllm import VllmBackend
 from iir.backends.providers.catalog import remote_backends
 from iir.backends.registry import ModelRegistry
 from iir.core.settings import Settings
+from iir.ops.metrics import CachedRender
 from iir.policy.auth import KeyRing
 from iir.policy.limits import Limits
 from iir.policy.routing.router import Router
@@ -55,6 +56,10 @@ class Services:
     routes: list[Route] = field(default_factory=lambda: list(ROUTES))
     #: ``/openapi.json``, rendered on first request.
     openapi: bytes | None = None
+    #: ``/metrics``' body, rendered off the event loop and reused for a second.
+    metrics: CachedRender = field(default_factory=CachedRender)
+    #: The key ``/metrics`` requires (``IIR_METRICS_KEY``); None when it is open.
+    metrics_key: KeyRing | None = None
 
 
 def build(settings: Settings) -> Services:
@@ -97,6 +102,7 @@ def build(settings: Settings) -> Services:
     return Services(
         settings=settings,
         keys=KeyRing(settings.api_keys),
+        metrics_key=KeyRing([settings.metrics_key]) if settings.metrics_key else None,
         limits=limits,
         scrubber=scrubber,
         backends=backends,

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from iir.core.errors import ApiError, bad_request
+from iir.core.errors import ApiError, bad_request, shown
 
 Role = Literal["system", "developer", "user", "assistant", "tool"]
 
@@ -146,8 +146,9 @@ def _param(loc: tuple[int | str, ...]) -> str:
         ) or (isinstance(part, str) and (part.startswith("function-") or "[" in part)):
             continue
         else:
-            out += ("." if out else "") + part
-    return out or "body"
+            # A part may be a key of a client's object (``metadata``, ``logit_bias``): cut it.
+            out += ("." if out else "") + shown(part, 64)
+    return shown(out, 256) or "body"
 
 
 def validation_error(exc: ValidationError) -> ApiError:
