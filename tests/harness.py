@@ -63,6 +63,7 @@ class Server:
                 # requests a minute (pollers, hypothesis): the shipped 600/min per-IP limit would
                 # turn a fast run into random 429s. Tests of that limit set it explicitly.
                 "IIR_RATE_LIMIT_PER_IP": "0",
+                "IIR_PROBE_RATE_LIMIT_PER_IP": "0",  # the same for /health and /metrics pollers
             }
         )
         base.update(env or {})
