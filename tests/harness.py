@@ -64,6 +64,8 @@ class Server:
                 # turn a fast run into random 429s. Tests of that limit set it explicitly.
                 "IIR_RATE_LIMIT_PER_IP": "0",
                 "IIR_PROBE_RATE_LIMIT_PER_IP": "0",  # the same for /health and /metrics pollers
+                # Tests read a counter right after the request that moved it.
+                "IIR_METRICS_CACHE_SECONDS": "0",
             }
         )
         base.update(env or {})

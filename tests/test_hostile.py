@@ -153,6 +153,19 @@ def test_client_object_keys_are_cut_in_error_messages(srv: Server, field: str) -
     assert len(body["detail"]) < 400
 
 
+def test_huge_header_values_are_cut_in_error_messages(srv: Server) -> None:
+    r = httpx.post(
+        srv.url + "/v1/chat/completions",
+        json={"model": "iir/echo", "messages": [{"role": "user", "content": "hi"}]},
+        headers={**srv.auth, "x-iir-strategy": "token=..." * 10_000},
+        timeout=CEILING,
+    )
+    assert r.status_code == 400, r.text
+    validate_error(r.json())
+    assert r.json()["error"]["param"] == "x-iir-strategy"
+    assert len(r.json()["detail"]) < 200
+
+
 # --- bodies and heads that trickle ------------------------------------------------------------
 
 
@@ -326,6 +339,18 @@ def test_metrics_key_guards_metrics_only() -> None:
         assert ok.status_code == 200 and "iir_requests_total" in ok.text
         assert METRICS_KEY not in ok.text
         assert c.get("/health").status_code == 200  # health stays open
+
+
+def test_metrics_scrapes_share_one_rendering() -> None:
+    with Server(env={"IIR_METRICS_CACHE_SECONDS": "60"}) as s, s.client() as c:
+        first = c.get("/metrics").text
+        assert c.get("/v1/models", headers=s.auth).status_code == 200
+        # The request above moved a counter, but within the minute the same rendering is served.
+        assert c.get("/metrics").text == first
+    with Server() as s, s.client() as c:  # the harness renders every time (0 s)
+        first = c.get("/metrics").text
+        assert c.get("/v1/models", headers=s.auth).status_code == 200
+        assert c.get("/metrics").text != first
 
 
 # --- the client's address ---------------------------------------------------------------------

@@ -103,6 +103,7 @@ def build(settings: Settings) -> Services:
         settings=settings,
         keys=KeyRing(settings.api_keys),
         metrics_key=KeyRing([settings.metrics_key]) if settings.metrics_key else None,
+        metrics=CachedRender(settings.metrics_cache_seconds),
         limits=limits,
         scrubber=scrubber,
         backends=backends,

@@ -183,6 +183,8 @@ class Settings(_FromEnv):
     max_prompt_tokens: int = _var("IIR_MAX_PROMPT_TOKENS", 0, ge=0)
     #: A bearer key /metrics requires (none: /metrics is open, like /health).
     metrics_key: str | None = _var("IIR_METRICS_KEY", None, repr=False)
+    #: How long one rendering of /metrics is served again (however many scrapers come).
+    metrics_cache_seconds: Seconds = _var("IIR_METRICS_CACHE_SECONDS", 1.0, ge=0.0, le=60.0)
     #: Accept keys shorter than MIN_KEY_LENGTH (development only).
     allow_weak_keys: bool = _var("IIR_ALLOW_WEAK_KEYS", False)
     # TLS on the listener (Granian's own); both or neither.
