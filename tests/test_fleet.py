@@ -25,10 +25,10 @@ from .fleet_servers import PostgresServer, RedisServer, postgres_server, redis_s
 from .harness import Server
 from .schemas import validate
 
-PEER_KEY = "peer-key-0123456789abcdef"
+PEER_KEY = "peer-key-0123456789abcdef0123456789abcdef"
 RPM = 120
 # One key per test that counts requests, so that no test eats another's budget.
-KEYS = [f"fleet-key-{i}-0123456789abcdef" for i in range(8)]
+KEYS = [f"fleet-key-{i}-0123456789abcdef0123456789" for i in range(8)]
 C_MODEL = "tiny-c"
 #: Seconds a box may take to start: three start at once, on a small shared machine.
 START_TIMEOUT = 120

@@ -40,7 +40,7 @@ def redis() -> Iterator[RedisServer]:
 
 
 def settings(url: str, **env: str) -> Any:
-    return load_settings({"IIR_API_KEY": "k" * 16, "IIR_STATE_URL": url, **env})
+    return load_settings({"IIR_API_KEY": "k" * 32, "IIR_STATE_URL": url, **env})
 
 
 def run(coro: Any) -> Any:
@@ -191,7 +191,7 @@ def test_outage_fails_closed_when_configured() -> None:
 def test_a_single_box_imports_no_fleet_client(tmp_path: Any) -> None:
     code = (
         "import sys; from iir.api.services import build; from iir.core.settings import "
-        "load_settings; svc = build(load_settings({'IIR_API_KEY': 'k' * 16, "
+        "load_settings; svc = build(load_settings({'IIR_API_KEY': 'k' * 32, "
         "'IIR_DATA_DIR': sys.argv[1]})); "
         "print(type(svc.limits).__name__, sorted(m for m in sys.modules "
         "if m.split('.')[0] in ('redis', 'psycopg', 'psycopg_pool')))"
@@ -210,7 +210,7 @@ def test_settings_name_a_bad_url_without_printing_it() -> None:
     from iir.core.settings import ConfigError
 
     with pytest.raises(ConfigError) as caught:
-        load_settings({"IIR_API_KEY": "k" * 16, "IIR_STATE_URL": "http://u:hunter2hunter2@x"})
+        load_settings({"IIR_API_KEY": "k" * 32, "IIR_STATE_URL": "http://u:hunter2hunter2@x"})
     assert "IIR_STATE_URL" in str(caught.value) and "hunter2" not in str(caught.value)
     assert redacted("redis://u:hunter2@h:1/0") == "redis://u:***@h:1/0"
 
@@ -220,7 +220,7 @@ def test_settings_name_a_bad_url_without_printing_it() -> None:
 
 def peer_backend(*urls: str, own: set[str] | None = None) -> PeerBackend:
     s = load_settings(
-        {"IIR_API_KEY": "k" * 16, "IIR_PEERS": ",".join(urls), "IIR_PEER_KEY": "p" * 16}
+        {"IIR_API_KEY": "k" * 32, "IIR_PEERS": ",".join(urls), "IIR_PEER_KEY": "p" * 32}
     )
     return PeerBackend(s, lambda: set(own or ()))
 

@@ -29,6 +29,7 @@ from iir.backends.peers import PeerBackend
 from iir.backends.providers.catalog import remote_backends
 from iir.backends.registry import ModelRegistry
 from iir.core.settings import Settings
+from iir.ops.metrics import CachedRender
 from iir.policy.auth import KeyRing
 from iir.policy.limits import Limits, build_limits
 from iir.policy.routing.router import Router
@@ -75,6 +76,10 @@ class Services:
     routes: list[Route] = field(default_factory=lambda: list(ROUTES))
     #: ``/openapi.json``, rendered on first request.
     openapi: bytes | None = None
+    #: ``/metrics``' body, rendered off the event loop and reused for a second.
+    metrics: CachedRender = field(default_factory=CachedRender)
+    #: The key ``/metrics`` requires (``IIR_METRICS_KEY``); None when it is open.
+    metrics_key: KeyRing | None = None
 
 
 def url_passwords(settings: Settings) -> list[str]:
@@ -151,6 +156,8 @@ def build(settings: Settings) -> Services:
         settings=settings,
         keys=KeyRing(settings.api_keys),
         peer_keys=KeyRing([settings.peer_key]) if settings.peer_key else None,
+        metrics_key=KeyRing([settings.metrics_key]) if settings.metrics_key else None,
+        metrics=CachedRender(settings.metrics_cache_seconds),
         limits=limits,
         scrubber=scrubber,
         backends=backends,

@@ -14,7 +14,6 @@ from iir.api import openapi
 from iir.api.http import Request, Response, json_response
 from iir.api.router import Route
 from iir.core.errors import ApiError
-from iir.ops import metrics
 
 if TYPE_CHECKING:
     from iir.api.services import Services
@@ -48,12 +47,22 @@ class ModelList(BaseModel):
     data: list[Model]
 
 
+#: What /health says of a degraded box to a caller without a key: engine errors carry paths,
+#: model names and driver messages that are nobody else's business.
+GENERIC_REASON = "backend unavailable"
+
+
 async def health(svc: Services, req: Request) -> Response:
     # 503 while a local engine is dead or failed, so that a load balancer or systemd watchdog
     # notices; everything else (echo, remote providers) is still served meanwhile.
     problems = svc.registry.degraded()
     if problems:
-        return json_response({"status": "degraded", "reasons": problems}, status=503)
+        authorization = req.header("authorization")
+        trusted = svc.keys.accepts(authorization) or (
+            svc.metrics_key is not None and svc.metrics_key.accepts(authorization)
+        )
+        reasons = problems if trusted else [GENERIC_REASON]
+        return json_response({"status": "degraded", "reasons": reasons}, status=503)
     return json_response({"status": "ok"})
 
 
@@ -62,7 +71,9 @@ async def version(svc: Services, req: Request) -> Response:
 
 
 async def metrics_text(svc: Services, req: Request) -> Response:
-    body, content_type = metrics.render()
+    if svc.metrics_key is not None:
+        svc.metrics_key.authenticate(req.header("authorization"))  # 401/403 otherwise
+    body, content_type = await svc.metrics.get()
     return Response(200, body, content_type)
 
 
@@ -102,13 +113,20 @@ async def models(svc: Services, req: Request) -> Response:
 
 
 ROUTES = [
-    Route("GET", "/health", health, "Health check", auth=False, response=Health),
+    Route(
+        "GET",
+        "/health",
+        health,
+        "Health check (the reasons of a degraded state only with an API key)",
+        auth=False,
+        response=Health,
+    ),
     Route("GET", "/version", version, "Version of IIR", auth=False, response=Version),
     Route(
         "GET",
         "/metrics",
         metrics_text,
-        "Prometheus metrics",
+        "Prometheus metrics (a bearer key when IIR_METRICS_KEY is set)",
         auth=False,
         content_type="text/plain",
     ),

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from granian import Granian
 from granian.constants import Interfaces
+from granian.http import HTTP1Settings
 
 from iir.core.settings import ConfigError, Settings
 from iir.ops.logs import granian_log_config
@@ -63,6 +64,13 @@ def serve(settings: Settings, env_file: str | None) -> None:
         log_dictconfig=granian_log_config(settings.log_level),
         log_access=False,
         workers_kill_timeout=max(1, math.ceil(settings.shutdown_timeout)),
+        # A request head that trickles in is cut by the same deadline as a body (the app
+        # enforces the body's own, see iir.api.http.Request.body).
+        http1_settings=HTTP1Settings(
+            header_read_timeout=max(1, math.ceil(settings.body_timeout * 1000))
+        ),
+        ssl_cert=settings.tls_cert,
+        ssl_key=settings.tls_key,
     )
     try:
         server.serve()

@@ -63,3 +63,11 @@ class KeyRing:
         if found is None:
             raise ApiError(403, "Invalid API key", code="invalid_api_key")
         return found
+
+    def accepts(self, authorization: str | None) -> bool:
+        """Whether the header carries one of the keys (for answers that only add detail)."""
+        try:
+            self.authenticate(authorization)
+        except ApiError:
+            return False
+        return True

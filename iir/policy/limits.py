@@ -1,10 +1,13 @@
-"""The request limits: per client IP, and per API key in requests and tokens per minute.
+"""The request limits: per client IP, and per API key in requests and tokens per minute, and
+the requests each key and each address may have in flight at once.
 
-Each limit is a GCRA limiter: in Rust, in this process (:mod:`iir.policy.ratelimit`), or, for a
-fleet of boxes, on a shared Redis/Valkey server (:class:`SharedLimits`, ``IIR_STATE_URL``). This
-module decides the keys, turns refusals into 429 answers with ``Retry-After``, and builds OpenAI's
-``x-ratelimit-*`` headers. The checks are coroutines because the shared limiter waits for its
-server; the in-process ones never suspend.
+Each rate limit is a GCRA limiter: in Rust, in this process (:mod:`iir.policy.ratelimit`), or,
+for a fleet of boxes, on a shared Redis/Valkey server (:class:`SharedLimits`, ``IIR_STATE_URL``).
+This module decides the keys, turns refusals into 429 answers with ``Retry-After``, and builds
+OpenAI's ``x-ratelimit-*`` headers. The rate checks are coroutines because the shared limiter
+waits for its server; the in-process ones never suspend. Rates bound how often a client may
+ask; the in-flight caps (always this box's own) bound how much it may hold at once (slow
+streams, long polls, bodies that trickle), which a rate alone does not.
 """
 
 from __future__ import annotations
@@ -57,6 +60,54 @@ def _refusal(scope: str, decision: Decision, message: str = "Rate limit exceeded
     return ApiError(429, message, code="rate_limit_exceeded", headers=headers)
 
 
+class InFlight:
+    """Requests in flight per key, at most ``cap`` each (0: no cap). Memory is bounded by the
+    requests in flight: a key's entry goes when its last request ends."""
+
+    __slots__ = ("cap", "counts", "scope")
+
+    def __init__(self, scope: str, cap: int) -> None:
+        self.scope = scope
+        self.cap = cap
+        self.counts: dict[str, int] = {}
+
+    def acquire(self, key: str) -> Slot:
+        """Takes a slot for ``key`` or raises 429; the caller releases the slot once."""
+        held = self.counts.get(key, 0)
+        if self.cap and held >= self.cap:
+            metrics.RATE_LIMITED.labels(self.scope).inc()
+            raise ApiError(
+                429,
+                f"Too many requests in flight (at most {self.cap} at once); retry when one ends",
+                code="rate_limit_exceeded",
+                headers=[("retry-after", "1")],
+            )
+        self.counts[key] = held + 1
+        return Slot(self, key)
+
+    def release(self, key: str) -> None:
+        held = self.counts.get(key, 0) - 1
+        if held > 0:
+            self.counts[key] = held
+        else:
+            self.counts.pop(key, None)
+
+
+class Slot:
+    """One request's place in an :class:`InFlight` count; :meth:`release` is idempotent."""
+
+    __slots__ = ("key", "owner")
+
+    def __init__(self, owner: InFlight, key: str) -> None:
+        self.owner: InFlight | None = owner
+        self.key = key
+
+    def release(self) -> None:
+        if self.owner is not None:
+            self.owner.release(self.key)
+            self.owner = None
+
+
 class Limits:
     """This box's own limits, in process."""
 
@@ -65,6 +116,9 @@ class Limits:
 
     def __init__(self, settings: Settings) -> None:
         self.per_ip = RateLimiter(settings.rate_limit_per_ip)
+        self.probes = RateLimiter(settings.probe_rate_limit_per_ip)
+        self.ip_inflight = InFlight("ip_inflight", settings.max_inflight_per_ip)
+        self.key_inflight = InFlight("key_inflight", settings.max_inflight_per_key)
         self.key_requests = RateLimiter(settings.rate_limit_rpm_per_key)
         self.key_tokens = RateLimiter(settings.rate_limit_tpm_per_key)
         self.trusted = settings.trusted_proxies
@@ -94,6 +148,23 @@ class Limits:
         decision = self.per_ip.check(self._ip_key(client))
         if not decision.allowed:
             raise _refusal("ip", decision)
+
+    def check_probe(self, client: str) -> None:
+        """``/health`` and ``/metrics``: their own budget per address, apart from the API's, so
+        that a client using up its requests cannot lock out the monitoring on the same host."""
+        if not self.probes.enabled:
+            return
+        decision = self.probes.check(self._ip_key(client))
+        if not decision.allowed:
+            raise _refusal("probe", decision)
+
+    def enter_ip(self, client: str) -> Slot:
+        """A place among the address's requests in flight (IPv6 grouped by /64), or 429."""
+        return self.ip_inflight.acquire(self._ip_key(client))
+
+    def enter_key(self, key_id: str) -> Slot:
+        """A place among the key's requests in flight, or 429."""
+        return self.key_inflight.acquire(key_id)
 
     async def check_key(self, key_id: str) -> Headers:
         """Admits one request for the key; returns the ``x-ratelimit-*-requests`` headers."""

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from iir.core.errors import ApiError
+from iir.core.errors import ApiError, shown
 from iir.core.protocol import ChatRequest
 from iir.core.settings import STRATEGIES
 from iir.core.types import Load, ModelSource
@@ -132,7 +132,7 @@ def check_strategy(value: str | None, default: str) -> str:
     if value not in STRATEGIES:
         raise ApiError(
             400,
-            f"Invalid x-iir-strategy {value!r}: must be one of {', '.join(STRATEGIES)}",
+            f"Invalid x-iir-strategy {shown(value, 32)!r}: must be one of {', '.join(STRATEGIES)}",
             param="x-iir-strategy",
         )
     return value
