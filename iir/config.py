@@ -105,6 +105,8 @@ class VllmSettings:
     quantization: str | None = None
     enforce_eager: bool | None = None
     restart_backoff_s: float = 1.0
+    # Which of vLLM's platforms local models need: "auto" (whatever vLLM detects), "cuda" or "cpu".
+    device: str = "auto"
     # Tests only: "module:attr" naming a stand-in engine factory (see tests/fake_vllm.py).
     engine_factory: str | None = None
 
@@ -229,6 +231,7 @@ def _vllm(env: Mapping[str, str]) -> VllmSettings:
         quantization=_word(env, "IIR_VLLM_QUANTIZATION"),
         enforce_eager=_bool(env, "IIR_VLLM_ENFORCE_EAGER", None),
         restart_backoff_s=_float(env, "IIR_VLLM_RESTART_BACKOFF_S", 1.0, 0.01),
+        device=_choice(env, "IIR_VLLM_DEVICE", ("auto", "cuda", "cpu")) or "auto",
         engine_factory=factory,
     )
 

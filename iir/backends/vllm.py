@@ -21,6 +21,7 @@ import importlib
 import importlib.util
 import inspect
 import logging
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -101,20 +102,36 @@ class EngineFactory(Protocol):
 
 
 class VllmEngineFactory:
-    """The real factory: vLLM 0.33's ``AsyncLLM.from_engine_args(AsyncEngineArgs(...))``."""
+    """The real factory: vLLM's ``AsyncLLM.from_engine_args(AsyncEngineArgs(...))``.
+
+    ``device`` is ``IIR_VLLM_DEVICE``: "auto" takes the platform vLLM detects (an NVIDIA or AMD
+    GPU for vLLM's GPU builds, the CPU for its CPU build), "cuda" requires a GPU, and "cpu" makes
+    vLLM use the CPU (``VLLM_TARGET_DEVICE=cpu``, a build that has CPU kernels)."""
+
+    def __init__(self, device: str = "auto") -> None:
+        self.device = device
 
     def unavailable_reason(self) -> str | None:
         if importlib.util.find_spec("vllm") is None:
             return (
                 "vLLM is not installed (install IIR with the 'vllm' extra: pip install 'iir[vllm]')"
             )
-        from ..hardware import NVML
+        if self.device == "cpu":
+            # Read by vLLM when it resolves its platform, here and in its engine processes.
+            os.environ["VLLM_TARGET_DEVICE"] = "cpu"
+        try:
+            from vllm.platforms import current_platform
 
-        gpus, _, reason = NVML.read(full=False)
-        if reason is not None:
-            return f"no usable NVIDIA GPU: {reason}"
-        if not gpus:
-            return "no NVIDIA GPU found (NVML reports 0 devices)"
+            found = str(current_platform.device_type or "")
+        except Exception as exc:
+            return f"vLLM cannot tell which device it runs on: {_error_text(exc)}"
+        if not found:
+            return (
+                "vLLM found no device to run on: no usable GPU (NVML sees none) "
+                "and this is not vLLM's CPU build"
+            )
+        if self.device != "auto" and found != self.device:
+            return f"IIR_VLLM_DEVICE={self.device}, but vLLM's platform here is {found!r}"
         return None
 
     def create(self, spec: EngineSpec) -> Any:
@@ -130,10 +147,10 @@ class VllmEngineFactory:
         return SamplingParams(**fields, output_kind=RequestOutputKind.DELTA)
 
 
-def load_factory(ref: str | None) -> EngineFactory:
+def load_factory(ref: str | None, device: str = "auto") -> EngineFactory:
     """The real factory, or the stand-in named by ``module:attribute`` (tests only)."""
     if not ref:
-        return VllmEngineFactory()
+        return VllmEngineFactory(device)
     module_name, _, attr = ref.partition(":")
     try:
         target = getattr(importlib.import_module(module_name), attr)
@@ -211,7 +228,7 @@ class VllmBackend(Backend):
     async def start(self) -> None:
         if self.factory is None:
             try:
-                self.factory = load_factory(self._factory_ref)
+                self.factory = load_factory(self._factory_ref, self.vllm.device)
             except RuntimeError as exc:
                 self.unavailable = str(exc)
         if self.factory is not None:
@@ -321,7 +338,12 @@ class VllmBackend(Backend):
             "model_dir_reason": self.model_dir_reason,
             "autoload": self.settings.autoload_models,
             "engines": [
-                {"model": lm.name, "origin": lm.origin, "restarts": lm.restarts}
+                {
+                    "model": lm.name,
+                    "origin": lm.origin,
+                    "restarts": lm.restarts,
+                    "unfinished": _unfinished(lm.engine),
+                }
                 for lm in self._models.values()
                 if lm.want_loaded
             ],
@@ -648,6 +670,16 @@ class VllmBackend(Backend):
                         logprobs=self._logprobs(lm, c, top) if request.logprobs else None,
                     )
         yield Usage(prompt_tokens, completion_tokens)
+
+
+def _unfinished(engine: Any) -> int | None:
+    """Requests the engine itself still holds (waiting or running); None without an engine."""
+    if engine is None:
+        return None
+    try:
+        return int(engine.get_num_unfinished_requests())
+    except Exception:
+        return None
 
 
 def _errored(engine: Any) -> bool:
