@@ -22,16 +22,18 @@ TORCH_PIN="torch==2.13.0"
 VLLM_STAMP="$VENV/.vllm-$VLLM_DIST-$VLLM_VERSION"
 
 PIP=("$VENV/bin/pip" --quiet --disable-pip-version-check)
+# pip's build and unpack folders go here and nowhere else (it leaves some behind in TMPDIR).
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+export TMPDIR="$work"
 
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 
 if [ ! -e "$VLLM_STAMP" ]; then
     start=$(date +%s)
     "${PIP[@]}" install --upgrade pip
-    work=$(mktemp -d)
-    trap 'rm -rf "$work"' EXIT
-    "${PIP[@]}" download --no-deps --dest "$work" "$VLLM_DIST==$VLLM_VERSION"
-    wheel=$(ls "$work"/*.whl)
+    "${PIP[@]}" download --no-deps --dest "$work/wheel" "$VLLM_DIST==$VLLM_VERSION"
+    wheel=$(ls "$work"/wheel/*.whl)
     # The wheel's Requires-Dist lines, minus optional extras, with the unreachable torch pin relaxed.
     "$VENV/bin/python" - "$wheel" "$TORCH_PIN" >"$work/requirements.txt" <<'EOF'
 import sys
