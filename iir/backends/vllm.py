@@ -136,9 +136,14 @@ class VllmEngineFactory:
 
     def create(self, spec: EngineSpec) -> Any:
         from vllm import AsyncEngineArgs
+        from vllm.usage.usage_lib import UsageContext
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        return AsyncLLM.from_engine_args(AsyncEngineArgs(**spec.engine_args))
+        # As a server: vLLM then takes its server defaults, as `vllm serve` does (on large GPUs
+        # up to 1024 sequences per batch instead of the 128 of an embedded engine).
+        return AsyncLLM.from_engine_args(
+            AsyncEngineArgs(**spec.engine_args), usage_context=UsageContext.OPENAI_API_SERVER
+        )
 
     def sampling_params(self, **fields: Any) -> Any:
         from vllm import SamplingParams
