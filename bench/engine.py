@@ -6,6 +6,8 @@ the engine's work is cheap and the numbers measure the serving layers: HTTP, val
 template and tokenization, detokenized streaming, and in IIR's case also authentication, secret
 scrubbing, rate limits, token counting, metrics and an access line per request (all on, as
 shipped; the per-IP limit is raised so that the load generator is never refused, not turned off).
+Both get the same engine settings and environment (float32, eager mode, a 1 GiB KV cache, one
+OpenMP thread: on two shared cores a second spinning thread made every engine step 2-4x slower).
 
 One engine server runs at a time (each takes ~4 GB). Each round starts ``vllm serve``, loads it,
 stops it, then does the same with ``iir serve`` (the order alternates between rounds), so slow
@@ -60,6 +62,7 @@ ENGINE_ENV = {
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
     "TOKENIZERS_PARALLELISM": "false",
+    "OMP_NUM_THREADS": "1",
 }
 
 

@@ -127,8 +127,8 @@ class VllmEngineFactory:
             return f"vLLM cannot tell which device it runs on: {_error_text(exc)}"
         if not found:
             return (
-                "vLLM found no device to run on: no usable GPU (NVML sees none) "
-                "and this is not vLLM's CPU build"
+                "vLLM found no device to run on (no GPU it can use, "
+                "and this is not vLLM's CPU build)"
             )
         if self.device != "auto" and found != self.device:
             return f"IIR_VLLM_DEVICE={self.device}, but vLLM's platform here is {found!r}"

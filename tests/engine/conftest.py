@@ -24,7 +24,8 @@ if not ENGINE:
     collect_ignore_glob = ["*"]
 
 # What vLLM's CPU build needs on these machines (float32: bfloat16 takes an AMX path that the
-# kernel has not been asked to allow; a 1 GiB KV cache; no thread pinning on a shared box).
+# kernel has not been asked to allow; a 1 GiB KV cache; no thread pinning on a shared box; one
+# OpenMP thread: two spinning threads on two shared cores made every step 2-4x slower).
 ENGINE_ENV = {
     "VLLM_CPU_KVCACHE_SPACE": "1",
     "VLLM_CPU_OMP_THREADS_BIND": "nobind",
@@ -33,6 +34,7 @@ ENGINE_ENV = {
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
     "TOKENIZERS_PARALLELISM": "false",
+    "OMP_NUM_THREADS": "1",
 }
 IIR_ENGINE_ENV = {
     "IIR_VLLM_DTYPE": "float32",
