@@ -4,7 +4,8 @@ Random weights from a fixed seed (filled here parameter by parameter, so they do
 a ``transformers`` release initializes a model) and a byte-level BPE tokenizer trained on IIR's
 own source files, with ChatML special tokens and a Jinja chat template. The result loads in vLLM
 and in ``transformers`` like any hub model folder (``config.json``, ``model.safetensors``,
-``tokenizer.json``, ``tokenizer_config.json``), and greedy output is the same on every build.
+``tokenizer.json``, ``tokenizer_config.json``), greedy output is the same on every build of the
+same sources, and greedy answers never end early (no special token wins an argmax).
 
 The training text is reduced to ASCII and the tokenizer's alphabet is only the bytes it saw, so
 every token decodes to whole characters: text detokenized piece by piece (vLLM's stream) equals
@@ -100,6 +101,10 @@ def build_model(out: Path, context_length: int, seed: int) -> None:
                 param.fill_(1.0)
             else:
                 param.copy_(torch.randn(param.shape, generator=gen) * 0.05)
+        # The special tokens' logits are always 0 while about half of the others are above 0,
+        # so greedy decoding never picks one: every greedy answer runs to max_tokens, whatever
+        # the tokenizer learnt from today's sources (sampling still may end on </s>).
+        model.lm_head.weight[: len(SPECIAL_TOKENS)] = 0.0
     model.save_pretrained(out, safe_serialization=True)
 
 
