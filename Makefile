@@ -56,8 +56,8 @@ bench: install  ## benchmarks (pytest-benchmark); see README for the numbers
 	$(BIN)/pytest bench -q --benchmark-only --benchmark-columns=min,median,mean,ops,rounds $(PYTEST_ARGS)
 	@if [ -x $(ENGINE_VENV)/bin/python ]; then $(MAKE) --no-print-directory bench-engine; fi
 
-# The local engine for real: vLLM's CPU build beside IIR in .venv-engine (~6 GB, ~4 min to build
-# with a warm download cache; quick when built). See README "Local engine and registry".
+# The local engine for real: vLLM's CPU build beside IIR in .venv-engine (~6.4 GB, ~5 min to build
+# here, where downloads are fast; quick when built). See README "Local engine and registry".
 ENGINE_VENV := .venv-engine
 ENGINE_STAMP := $(ENGINE_VENV)/.installed
 
