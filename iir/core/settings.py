@@ -141,6 +141,8 @@ class VllmSettings(_FromEnv):
     quantization: str | None = _var("IIR_VLLM_QUANTIZATION", None, pattern=r"^[A-Za-z0-9_.\-]+$")
     enforce_eager: bool | None = _var("IIR_VLLM_ENFORCE_EAGER")
     restart_backoff_s: Seconds = _var("IIR_VLLM_RESTART_BACKOFF_S", 1.0, ge=0.01)
+    #: Which of vLLM's platforms local models need: auto (whatever vLLM detects), cuda or cpu.
+    device: Literal["auto", "cuda", "cpu"] = _var("IIR_VLLM_DEVICE", "auto")
     #: Tests only: "module:attr" naming a stand-in engine factory (see tests/fake_vllm.py).
     engine_factory: str | None = _var("IIR_VLLM_ENGINE_FACTORY", None, pattern=r"^[\w.]+:[\w.]+$")
 
