@@ -474,6 +474,22 @@ def test_stored_responses_are_shared_by_every_box(postgres: PostgresServer) -> N
             await a.get("alice", old)
         assert await a.table.purge() == 1
         assert await a.table.purge() == 0
+        # The database down: a 503 to retry (its address not in it), and back when it is.
+        kept = new_response_id()
+        await a.save("alice", kept, "m", "completed", request, {"id": kept})
+        postgres.stop()
+        try:
+            for attempt in (
+                a.get("alice", kept),
+                b.save("alice", new_response_id(), "m", "x", {}, {}),
+            ):
+                with pytest.raises(ApiError) as err:
+                    await attempt
+                assert err.value.status == 503 and err.value.code == "store_unavailable"
+                assert str(postgres.port) not in err.value.message
+        finally:
+            postgres.start()
+        assert (await b.get("alice", kept)).id == kept
         for store in (a, b):
             await store.stop()
         for jobs in (a_jobs, b_jobs):
