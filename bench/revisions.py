@@ -20,22 +20,12 @@ import time
 from pathlib import Path
 
 import httpx
-import orjson
 
+from .bench_http import CHAT, STREAM
 from .loadgen import Conn, build_request, percentile
 
 REPO = Path(__file__).resolve().parent.parent
 KEY = "bench-key-0123456789abcdef0123456789abcdef"
-CHAT = orjson.dumps(
-    {
-        "model": "iir/echo",
-        "messages": [
-            {"role": "system", "content": "You are a helpful assistant."},
-            {"role": "user", "content": "Write one sentence about the sea and the sky at dawn."},
-        ],
-    }
-)
-STREAM = orjson.dumps({**orjson.loads(CHAT), "stream": True})
 
 
 def build(rev: str, into: Path) -> Path:
