@@ -80,3 +80,69 @@ def count_text(text: str, encoding: str = "o200k_base") -> int: ...
 def count_texts(texts: list[str], encoding: str = "o200k_base") -> int: ...
 def encode(text: str, encoding: str = "o200k_base") -> list[int]: ...
 def encoding_ranks(encoding: str) -> list[bytes]: ...
+
+# --- the upstream client (native/src/py_http.rs) --------------------------------------------------
+
+class UpstreamError(Exception): ...
+class UpstreamConnectError(UpstreamError): ...
+class UpstreamTimeout(UpstreamError): ...
+class UpstreamTooLarge(UpstreamError): ...
+
+Headers = list[tuple[str, str]]
+Event = tuple[str, bytes]
+
+@final
+class CompletionPort:
+    """Where finished exchanges wait for the event loop (which watches ``fileno()``)."""
+
+    def __init__(self) -> None: ...
+    def fileno(self) -> int: ...
+    def drain(self) -> list[tuple[int, object]]: ...
+
+@final
+class UpstreamTask:
+    def abort(self) -> None: ...
+
+@final
+class UpstreamStream:
+    def next(self, port: CompletionPort, id: int, timeout: float) -> UpstreamTask: ...
+    def close(self) -> None: ...
+
+@final
+class UpstreamClient:
+    def __init__(
+        self,
+        headers: Headers,
+        connect_timeout: float,
+        pool_idle_timeout: float = 30.0,
+        pool_max_idle: int = 256,
+    ) -> None: ...
+    def exchange(
+        self,
+        port: CompletionPort,
+        id: int,
+        method_name: str,
+        url: str,
+        body: bytes | None,
+        headers: Headers,
+        timeout: float,
+        limit: int,
+        error_limit: int,
+    ) -> UpstreamTask: ...
+    def open_stream(
+        self,
+        port: CompletionPort,
+        id: int,
+        url: str,
+        body: bytes,
+        headers: Headers,
+        timeout: float,
+        error_limit: int,
+        max_line: int,
+    ) -> UpstreamTask: ...
+
+@final
+class SseParser:
+    def __init__(self, max_line: int) -> None: ...
+    def feed(self, chunk: bytes) -> list[Event]: ...
+    def finish(self) -> list[Event]: ...

@@ -10,6 +10,8 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 
 pub mod cues;
+pub mod http;
+mod py_http;
 pub mod ratelimit;
 pub mod rules;
 pub mod scrub;
@@ -663,6 +665,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyRateLimiter>()?;
     m.add_class::<PyDecision>()?;
     m.add_class::<PyCueScanner>()?;
+    py_http::register(m)?;
     m.add_function(wrap_pyfunction!(rule_patterns, m)?)?;
     m.add_function(wrap_pyfunction!(count_text, m)?)?;
     m.add_function(wrap_pyfunction!(count_texts, m)?)?;
