@@ -15,12 +15,14 @@ from limits import RateLimitItemPerMinute
 from limits.storage import MemoryStorage
 from limits.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter
 
+from bench.conftest import record
 from bench.corpus import chat_text
 from bench.py_scrubber import PyScrubber
 from iir.policy.ratelimit import RateLimiter
 from iir.policy.scrub import Scrubber
 from iir.policy.tokens import count_text
 from tests.harness import REPO
+from tests.test_scrub_linear import HOSTILE
 from tests.tiktoken_offline import reference
 
 SIZES = {"1KB": 1024, "10KB": 10 * 1024, "1MB": 1024 * 1024}
@@ -50,6 +52,31 @@ def test_scrub(benchmark, impl: str, size: str, secrets: bool) -> None:
     else:
         result = benchmark(fn, text)
     assert (result[1] != {}) == secrets
+
+
+#: 1 MB of each hostile family (tests/test_scrub_linear.py), and of clean text as the baseline.
+HOSTILE_1MB = {
+    "clean text": TEXTS[("1MB", False)],
+    **{
+        name: (unit * (SIZES["1MB"] // len(unit) + 1))[: SIZES["1MB"]]
+        for name, unit in HOSTILE.items()
+    },
+}
+
+
+@pytest.mark.parametrize("family", list(HOSTILE_1MB))
+def test_scrub_hostile_1mb(benchmark, family: str) -> None:
+    """Every hostile family costs a bounded multiple of clean text per byte (the summary gives
+    each as a ratio to clean text)."""
+    benchmark.group = "scrub 1MB, hostile families next to clean text"
+    benchmark.extra_info["impl"] = "native"
+    text = HOSTILE_1MB[family]
+    benchmark.pedantic(RUST.scrub_text, args=(text,), rounds=5, iterations=1, warmup_rounds=1)
+    if benchmark.stats:
+        base = None if family == "clean text" else "scrub 1 MB clean text"
+        stats = benchmark.stats.stats
+        # The min as well: on a busy machine the median of five rounds is mostly waiting.
+        record(f"scrub 1 MB {family}", base, min_ms=stats.min * 1e3, median_ms=stats.median * 1e3)
 
 
 @pytest.mark.parametrize("size", list(SIZES))

@@ -1,7 +1,7 @@
 """Pure-Python baseline: the same rules and checks as the Rust scrubber, on the ``re`` module.
 
-The patterns are the Rust rule table translated to ``re`` syntax (ASCII word boundaries become
-``(?a:\\b)``); each rule is searched on its own and the matches are merged leftmost-first (faster
+The patterns are the Rust rule table translated to ``re`` syntax (Rust's ASCII-only groups become
+``(?a:...)``); each rule is searched on its own and the matches are merged leftmost-first (faster
 than one combined alternation on ``re``), and every match goes through the same placeholder
 checks.
 """
@@ -36,7 +36,9 @@ _TOKEN_LIKE = {
 
 
 def _translate(pattern: str) -> str:
-    return pattern.replace(r"(?-u:\b)", r"(?a:\b)")
+    # Rust's ASCII-only groups are Python's ASCII groups: `(?-u:\b)`, `(?-u:(?i:word))`,
+    # `(?i-u:word)`.
+    return pattern.replace("(?-u:", "(?a:").replace("(?i-u:", "(?ai:")
 
 
 def _forms(value: str) -> list[str]:

@@ -1,53 +1,145 @@
 """Typed stubs for the Rust extension ``iir._native``."""
 
-from typing import Any, final
+from typing import Any, Self, final
+
+__all__ = [
+    "ENCODINGS",
+    "MIN_ENV_SECRET_LEN",
+    "REDACTED",
+    "SECRET_NAME_WORDS",
+    "CueScanner",
+    "Decision",
+    "RateLimiter",
+    "ScrubError",
+    "Scrubber",
+    "StreamScrubber",
+    "__version__",
+    "count_text",
+    "count_texts",
+    "cue_char_classes",
+    "encode",
+    "encoding_ranks",
+    "is_secret_env_name",
+    "rule_patterns",
+]
 
 __version__: str
+
+# --- scrubbing -----------------------------------------------------------------------------------
+
+#: The replacement for every secret.
 REDACTED: str
-ENCODINGS: list[str]
+#: Shortest literal secret (an environment variable's value, a key) that is matched: shorter
+#: ones would redact ordinary words.
+MIN_ENV_SECRET_LEN: int
+#: Words that make an environment variable's value a secret, wherever they occur in its name.
+SECRET_NAME_WORDS: tuple[str, ...]
+
+def is_secret_env_name(name: str) -> bool:
+    """Whether an environment variable of this name holds a secret: one of
+    :data:`SECRET_NAME_WORDS` in it, letters compared as ``re.IGNORECASE`` compares them."""
+
+class ScrubError(ValueError):
+    """A payload :meth:`Scrubber.scrub` cannot walk (nested deeper than 256 levels).
+
+    ``str(error)`` is ``"<path>: <reason>"`` (or the reason alone at the top level).
+    """
+
+    #: The field, in OpenAI's ``param`` style (``messages[0].content``); ``""`` for the top
+    #: level. Keys are written scrubbed and shortened; a very deep path is elided in the middle.
+    path: str
+    #: What is wrong with it, for a human.
+    reason: str
 
 @final
 class Scrubber:
-    """Built-in secret rules plus literal secrets (matched raw, JSON-escaped, URL-encoded, base64)."""
+    """Built-in secret rules plus literal secrets (matched raw, JSON-escaped, URL-encoded, base64).
 
-    def __init__(self, secrets: list[str] = ...) -> None: ...
+    Every call takes time linear in the text (see ``native/src/scrub/engine.rs``).
+    """
+
+    def __new__(cls, secrets: list[str] = ...) -> Self: ...
     @property
-    def rule_names(self) -> list[str]: ...
-    def scrub_text(self, text: str) -> tuple[str, dict[str, int]]: ...
-    def scrub(self, obj: Any) -> tuple[Any, dict[str, int]]: ...
-    def stream(self) -> StreamScrubber: ...
+    def rule_names(self) -> list[str]:
+        """Every rule name that can appear in the counts."""
+    def scrub_text(self, text: str) -> tuple[str, dict[str, int]]:
+        """``(clean text, {rule: count})``; the same object when nothing matched. Text with lone
+        surrogates is scanned in its lossy form (never an error)."""
+    def scrub(self, obj: Any) -> tuple[Any, dict[str, int]]:
+        """Scrub dicts, lists, tuples and strings, nested, in one call: never mutates ``obj``,
+        returns the same object when nothing matched, redacts the values of secret-looking keys.
+        Raises :class:`ScrubError` for a payload nested too deep."""
+    def stream(self) -> StreamScrubber:
+        """A scrubber for one stream of chunks."""
 
 @final
 class StreamScrubber:
-    def push(self, text: str) -> str: ...
-    def finish(self) -> str: ...
+    """One stream: the concatenated output equals ``Scrubber.scrub_text`` of the concatenated
+    input for every chunking; what is held back is bounded."""
+
+    def push(self, text: str) -> str:
+        """Add a chunk; returns the text that is final now."""
+    def finish(self) -> str:
+        """The rest, at the end of the stream (the stream can then start a new text)."""
     @property
-    def counts(self) -> dict[str, int]: ...
+    def counts(self) -> dict[str, int]:
+        """Redactions so far, by rule name."""
+
+def rule_patterns() -> list[tuple[str, str]]:
+    """The built-in rules as ``(name, pattern)`` (Rust regex syntax; a rule may have several)."""
+
+# --- token counting ------------------------------------------------------------------------------
+
+#: The encodings :func:`count_text` knows.
+ENCODINGS: list[str]
+
+def count_text(text: str, encoding: str = "o200k_base") -> int:
+    """Number of tokens in ``text``, as tiktoken's ``encode_ordinary``. ``ValueError`` for an
+    unknown encoding."""
+
+def count_texts(texts: list[str], encoding: str = "o200k_base") -> int:
+    """Total number of tokens over several texts."""
+
+def encode(text: str, encoding: str = "o200k_base") -> list[int]:
+    """Token ids of ``text``, as tiktoken's ``encode_ordinary``."""
+
+def encoding_ranks(encoding: str) -> list[bytes]:
+    """The rank table of an encoding (token bytes, index = rank), for reference encoders."""
+
+# --- rate limiting -------------------------------------------------------------------------------
 
 @final
 class Decision:
+    """The outcome of a rate-limit check (immutable; compares by value)."""
+
     allowed: bool
     limit: int
     remaining: int
     reset_seconds: float
     retry_after_seconds: float
-    def __init__(
-        self,
+    def __new__(
+        cls,
         allowed: bool,
         limit: int,
         remaining: int,
         reset_seconds: float,
         retry_after_seconds: float,
-    ) -> None: ...
+    ) -> Self: ...
+    def __hash__(self) -> int: ...
 
 @final
 class RateLimiter:
-    def __init__(
-        self, per_minute: int, burst: int | None = None, max_keys: int = 100_000
-    ) -> None: ...
-    def check(self, key: str, cost: int = 1, now: float | None = None) -> Decision: ...
-    def adjust(self, key: str, delta: int, now: float | None = None) -> None: ...
-    def sweep(self, now: float | None = None) -> None: ...
+    """Keyed GCRA limiter with bounded memory."""
+
+    def __new__(
+        cls, per_minute: int, burst: int | None = None, max_keys: int = 100_000
+    ) -> Self: ...
+    def check(self, key: str, cost: int = 1, now: float | None = None) -> Decision:
+        """Admit ``cost`` units for ``key`` at ``now`` (seconds; default: a monotonic clock)."""
+    def adjust(self, key: str, delta: int, now: float | None = None) -> None:
+        """Charge (positive) or refund (negative) units for ``key``."""
+    def sweep(self, now: float | None = None) -> None:
+        """Drop idle keys now."""
     @property
     def enabled(self) -> bool: ...
     @property
@@ -56,30 +148,35 @@ class RateLimiter:
     def burst(self) -> int: ...
     def __len__(self) -> int: ...
 
+# --- routing cues --------------------------------------------------------------------------------
+
 @final
 class CueScanner:
-    """The routing classifier's cue tables, compiled once (see ``iir.policy.routing.classifier``)."""
+    """The routing classifier's cue tables, compiled once (built by
+    ``iir.policy.routing.classifier.native_scan`` from ``iir/policy/routing/cues.toml``)."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         categories: int,
         words: list[tuple[str, list[tuple[int, float]]]],
         stems: list[tuple[str, list[tuple[int, float]]]],
         cjk: list[tuple[str, list[tuple[int, float]]]],
         markers: list[tuple[str, int, float, str]],
         patterns: list[tuple[str, list[tuple[list[str], bool]], int, float, str]],
-        chars: tuple[list[tuple[int, int]], list[tuple[int, int]], list[tuple[int, int]], str],
+        clause_chars: str,
+        wide_ranges: list[tuple[int, int]],
         weights: tuple[float, float, float, float, float],
-    ) -> None: ...
+    ) -> Self:
+        """``ValueError`` for a table it cannot use (a category out of range, a stem under four
+        letters, a pattern that does not compile)."""
     def scan_prompt(
         self, head: str, tail: str, system: str, top: int = 3
-    ) -> tuple[list[float], list[list[tuple[float, str]]]]: ...
+    ) -> tuple[list[float], list[list[tuple[float, str]]]]:
+        """Per category, the points scored and the ``top`` strongest cues as (points, label)."""
 
-def rule_patterns() -> list[tuple[str, str]]: ...
-def count_text(text: str, encoding: str = "o200k_base") -> int: ...
-def count_texts(texts: list[str], encoding: str = "o200k_base") -> int: ...
-def encode(text: str, encoding: str = "o200k_base") -> list[int]: ...
-def encoding_ranks(encoding: str) -> list[bytes]: ...
+def cue_char_classes() -> dict[str, list[tuple[int, int]]]:
+    """The cue scan's character classes as inclusive code-point ranges: ``word`` (Python's
+    ``\\w``), ``space`` (its ``\\s``) and ``digit`` (``\\d``)."""
 
 # --- the upstream client (native/src/py_http.rs) --------------------------------------------------
 

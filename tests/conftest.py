@@ -5,14 +5,22 @@ from typing import Any
 
 import openai
 import pytest
+from hypothesis import HealthCheck, settings
 
 from .harness import Server
+
+# Property tests check behaviour, never speed: the machines that run them are shared, so a slow
+# example must not fail a run (speed lives in bench/).
+settings.register_profile(
+    "iir", deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]
+)
+settings.load_profile("iir")
 
 
 @pytest.fixture(scope="session")
 def server() -> Iterator[Server]:
     """A shared IIR server with default settings (tests must not change its state)."""
-    with Server(env={"IIR_ALLOWED_KEYS": "second-key-0123456789abcdef"}) as srv:
+    with Server(env={"IIR_ALLOWED_KEYS": "second-key-0123456789abcdef0123456789abcdef"}) as srv:
         yield srv
 
 

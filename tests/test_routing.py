@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
+import sys
+import unicodedata
 from itertools import pairwise
 from pathlib import Path
 
@@ -10,25 +13,24 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from iir import _native
 from iir.cli.checks import load_config
 from iir.core.errors import ApiError
 from iir.core.protocol import parse_chat_request
 from iir.core.settings import ConfigError, load_settings
 from iir.policy.routing.classifier import (
-    _PHRASE_KEYS,
-    _TOKEN,
     CATEGORIES,
-    _phrases,
-    _tokens,
+    ClassifierError,
     classify,
-    classify_reference,
     native_scan,
+    tables,
 )
 from iir.policy.routing.features import extract
 from iir.policy.routing.language import detect
 from iir.policy.routing.router import Router, check_strategy
 from iir.policy.routing.rules import DEFAULT_FILE, PolicyError, load_policy, parse_policy
 
+from . import routing_oracle as oracle
 from .harness import IIR
 from .routing_eval import (
     HOLDOUT,
@@ -94,25 +96,27 @@ def test_classifier_takes_any_text(text: str) -> None:
     | st.text(max_size=200)
 )
 @settings(max_examples=500, deadline=None)
-def test_fast_word_split_matches_the_token_pattern(text: str) -> None:
-    # The classifier splits ASCII text without the regular expression; it must find the same words.
-    tokens = _TOKEN.findall(text)
-    assert _tokens(text) == tokens
+def test_the_oracle_splits_words_as_the_token_pattern(text: str) -> None:
+    # The Python reference splits ASCII text without the regular expression; it must find the
+    # same words.
+    found = oracle.TOKEN.findall(text)
+    assert oracle.tokens(text) == found
     # Phrase cues are found without joining every pair of neighbouring words.
-    pairs = {f"{a} {b}" for a, b in pairwise(tokens)}
-    assert _phrases(tokens, set(tokens)) == pairs & _PHRASE_KEYS
+    pairs = {f"{a} {b}" for a, b in pairwise(found)}
+    assert oracle.phrases(found, set(found)) == pairs & oracle.PHRASE_KEYS
 
 
 @given(st.lists(st.sampled_from(["how", "are", "you", "step", "by", "to", "english", "x"])))
-def test_phrase_cues_are_neighbouring_words(tokens: list[str]) -> None:
-    pairs = {f"{a} {b}" for a, b in pairwise(tokens)}
-    assert _phrases(tokens, set(tokens)) == pairs & _PHRASE_KEYS
+def test_phrase_cues_are_neighbouring_words(words: list[str]) -> None:
+    pairs = {f"{a} {b}" for a, b in pairwise(words)}
+    assert oracle.phrases(words, set(words)) == pairs & oracle.PHRASE_KEYS
 
 
 def test_phrase_after_an_elision_is_no_error() -> None:
     # "how" is a word of the text only as the end of "l'how", not a token of its own.
-    assert _phrases(["l'how", "are"], {"l'how", "how", "are"}) == set()
+    assert oracle.phrases(["l'how", "are"], {"l'how", "how", "are"}) == set()
     assert classify(extract(chat("l'how are you doing"))).name in CATEGORIES  # type: ignore[arg-type]
+    _same("l'how are you doing")
 
 
 def _same(text: str, system: str | None = None) -> None:
@@ -120,17 +124,80 @@ def _same(text: str, system: str | None = None) -> None:
     if system is not None:
         messages.insert(0, {"role": "system", "content": system})
     f = extract(parse_chat_request({"model": "auto", "messages": messages}))
-    assert classify(f) == classify_reference(f), (text, system)
+    assert classify(f) == oracle.classify(f), (text, system)
 
 
-def test_the_rust_cue_scan_is_built() -> None:
-    assert native_scan() is not None
+def test_the_rust_cue_scan_is_built_from_the_package_tables() -> None:
+    t = tables()
+    assert len(t.words) > 500 and len(t.stems) > 5 and len(t.cjk) > 50
+    assert len(t.patterns) == len(oracle.PYTHON_PATTERNS)
+    head, tail = "translate this: python", ""
+    assert native_scan()(head, tail, "") == oracle.scan(head, tail, "")
 
 
-def test_text_that_is_not_utf8_goes_through_the_python_scan() -> None:
-    f = extract(chat("summarize this \ud800 text: python code"))  # type: ignore[arg-type]
-    assert classify(f) == classify_reference(f)
-    assert classify(f).name == "summarization"
+def test_text_that_is_not_utf8_is_scanned_like_any_other() -> None:
+    # Lone surrogates (valid JSON escapes, not UTF-8) are no letters, digits or spaces to either.
+    for text in ["summarize this \ud800 text: python code", "\udfffpython\ud800 3\udc00*4"]:
+        f = extract(chat(text))  # type: ignore[arg-type]
+        assert classify(f) == oracle.classify(f)
+    assert classify(extract(chat("summarize this \ud800 text: python code"))).name == (  # type: ignore[arg-type]
+        "summarization"
+    )
+
+
+def _members(ranges: list[tuple[int, int]]) -> bytearray:
+    out = bytearray(sys.maxunicode + 1)
+    for lo, hi in ranges:
+        out[lo : hi + 1] = b"\x01" * (hi - lo + 1)
+    return out
+
+
+@pytest.mark.parametrize(("name", "pattern"), [("word", r"\w"), ("space", r"\s"), ("digit", r"\d")])
+def test_the_scan_classes_characters_as_python_does(name: str, pattern: str) -> None:
+    # Every code point Python knows is a word character, a space or a digit to the Rust scan
+    # exactly when it is one to Python's ``re`` (code points Python's Unicode tables do not
+    # assign yet may differ: the Rust tables can be newer).
+    rust = _members(_native.cue_char_classes()[name])
+    python = re.compile(pattern)
+    differ = [
+        hex(c)
+        for c in range(sys.maxunicode + 1)
+        if not 0xD800 <= c <= 0xDFFF
+        and bool(rust[c]) != (python.match(chr(c)) is not None)
+        and unicodedata.category(chr(c)) != "Cn"
+    ]
+    assert differ == []
+
+
+def test_broken_tables_are_refused_when_read() -> None:
+    from iir.policy.routing.classifier import _parse
+
+    good = {
+        "categories": list(CATEGORIES),
+        "latin": {"chat": "3: hi"},
+        "cjk": {},
+        "markers": [],
+        "patterns": [],
+        "scoring": {
+            "text_weight": 1,
+            "system_weight": 0.5,
+            "section_cap": 9,
+            "lead_bonus": 1.5,
+            "end_bonus": 1,
+            "clause_chars": ":",
+            "wide_ranges": [],
+        },
+    }
+    assert _parse(good).words == {"hi": (("chat", 3.0),)}
+    with pytest.raises(ValueError, match="differ"):
+        _parse(good | {"categories": ["chat"]})
+    with pytest.raises(ValueError, match="bad cue"):
+        _parse(good | {"latin": {"chat": "3: a_b_c"}})
+    with pytest.raises(ValueError, match="unknown category"):
+        _parse(good | {"latin": {"poetry": "3: verse"}})
+    with pytest.raises(KeyError):
+        _parse({k: v for k, v in good.items() if k != "scoring"})
+    assert issubclass(ClassifierError, Exception)
 
 
 @pytest.mark.parametrize(
@@ -142,8 +209,6 @@ def test_text_that_is_not_utf8_goes_through_the_python_scan() -> None:
     ],
 )
 def test_bad_cue_tables_are_refused(change: dict[str, object], message: str) -> None:
-    from iir import _native
-
     args: dict[str, object] = {
         "categories": 9,
         "words": [],
@@ -151,12 +216,17 @@ def test_bad_cue_tables_are_refused(change: dict[str, object], message: str) -> 
         "cjk": [],
         "markers": [],
         "patterns": [],
-        "chars": ([], [], [], ""),
+        "clause_chars": "",
+        "wide_ranges": [],
         "weights": (1.0, 0.5, 9.0, 1.5, 1.0),
     }
     with pytest.raises(ValueError, match=message):
         _native.CueScanner(**(args | change))  # type: ignore[arg-type]
 
+
+# Characters Python's Unicode tables assign: the Rust scan's tables may be newer, and a code point
+# Python does not know yet is no letter to it (see test_the_scan_classes_characters_as_python_does).
+_KNOWN = st.characters(exclude_categories=("Cs", "Cn"))
 
 # Texts made of cue words, markers and the characters the patterns look at, so that random texts
 # reach every kind of cue, position bonus and cap.
@@ -206,9 +276,9 @@ _CUE_BITS = [
 
 @given(
     st.lists(st.sampled_from(_CUE_BITS), max_size=80).map("".join)
-    | st.text(max_size=800)
+    | st.text(_KNOWN, max_size=800)
     | st.text(alphabet=st.sampled_from(list("ab 1+*=%(\"{}:.\n'é٣²诗\x1c")), max_size=300),
-    st.none() | st.lists(st.sampled_from(_CUE_BITS), max_size=20).map("".join) | st.text(),
+    st.none() | st.lists(st.sampled_from(_CUE_BITS), max_size=20).map("".join) | st.text(_KNOWN),
 )
 @settings(max_examples=600, deadline=None)
 def test_rust_and_python_cue_scans_agree(text: str, system: str | None) -> None:
@@ -221,7 +291,7 @@ def test_rust_and_python_cue_scans_agree_on_the_evaluation_sets() -> None:
     assert len(cases) >= 350
     for case in cases:
         f = extract(parse_chat_request(chat_body(case)))
-        assert classify(f) == classify_reference(f), case["prompt"][:80]
+        assert classify(f) == oracle.classify(f), case["prompt"][:80]
 
 
 def test_classifier_explains_itself() -> None:
@@ -434,7 +504,7 @@ def test_bad_policy_is_refused_naming_the_place(text: str, message: str) -> None
 
 
 def test_settings_refuse_bad_routing_values(tmp_path: Path) -> None:
-    base = {"IIR_API_KEY": "k" * 24}
+    base = {"IIR_API_KEY": "k" * 32}
     bad = tmp_path / "routing.toml"
     bad.write_text("[routing]\nsend_out = ['nope']\n")
     cases = [
@@ -457,7 +527,7 @@ def test_serve_exits_2_on_a_bad_routing_file(tmp_path: Path) -> None:
     bad.write_text("[[models]]\nname = 'x/y'\n")
     proc = subprocess.run(
         [IIR, "serve", "--port", "0"],
-        env={"IIR_API_KEY": "k" * 24, "IIR_ROUTING_FILE": str(bad), "PATH": "/usr/bin:/bin"},
+        env={"IIR_API_KEY": "k" * 32, "IIR_ROUTING_FILE": str(bad), "PATH": "/usr/bin:/bin"},
         capture_output=True,
         text=True,
         timeout=60,

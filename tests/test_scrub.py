@@ -5,13 +5,23 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import re
+import sys
 import urllib.parse
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from iir.policy.scrub import REDACTED, Scrubber, is_secret_name, secret_values
+from iir import _native
+from iir.policy.scrub import (
+    MIN_ENV_SECRET_LEN,
+    REDACTED,
+    Scrubber,
+    ScrubError,
+    is_secret_name,
+    secret_values,
+)
 from tests.secret_samples import MAKERS, SURVIVORS, make
 
 ENV = {
@@ -200,6 +210,55 @@ def test_context_rules_redact_the_value_only(text: str, expected: str, rule: str
     assert counts == {rule: 1}
 
 
+_OLD_SECRET_NAME = re.compile("KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH", re.IGNORECASE)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.text(
+        alphabet=st.sampled_from(
+            [
+                *"KEYTOKENSECRETPASSWDCRLIAUHkeytokensecretpasswdcrliauh_-1 ",
+                *"\u212a\u017f\u0130\u0131\u00e9\u00df",
+            ]
+        ),
+        max_size=20,
+    )
+    | st.text(max_size=20)
+)
+def test_secret_env_names_are_those_of_the_case_insensitive_pattern(name: str) -> None:
+    # The test lives in Rust now; it must say what the Python pattern said, letter for letter.
+    assert is_secret_name(name) == (_OLD_SECRET_NAME.search(name) is not None)
+
+
+def test_secret_env_name_letters_fold_as_python_folds_them() -> None:
+    # Every character that the case-insensitive pattern takes for a letter of a word (the Kelvin
+    # sign for K, the long s for S, dotted and dotless I for I) makes the word for Rust too.
+    every = "".join(chr(c) for c in range(sys.maxunicode + 1) if not 0xD800 <= c <= 0xDFFF)
+    for word in _native.SECRET_NAME_WORDS:
+        for i, letter in enumerate(word):
+            for m in re.finditer(letter, every, re.IGNORECASE):
+                name = word[:i] + m.group() + word[i + 1 :]
+                assert is_secret_name(f"x{name}x"), name
+
+
+def test_the_secret_constants_come_from_rust() -> None:
+    assert REDACTED == _native.REDACTED == "REDACTED"
+    assert MIN_ENV_SECRET_LEN == _native.MIN_ENV_SECRET_LEN == 8
+    assert _native.SECRET_NAME_WORDS == (
+        "KEY",
+        "TOKEN",
+        "SECRET",
+        "PASSWORD",
+        "PASSWD",
+        "CREDENTIAL",
+        "AUTH",
+    )
+    # Values shorter than the minimum are not matched (they would redact ordinary words).
+    assert Scrubber(["x" * (MIN_ENV_SECRET_LEN - 1) + "!"]).scrub_text("a xxxxxxx! b")[1] != {}
+    assert Scrubber(["y" * (MIN_ENV_SECRET_LEN - 2) + "!"]).scrub_text("a yyyyyy! b")[1] == {}
+
+
 def test_secret_env_names() -> None:
     assert is_secret_name("openai_api_key")
     assert is_secret_name("GH_TOKEN") and is_secret_name("Db_PassWd") and is_secret_name("AUTH")
@@ -305,6 +364,71 @@ def test_deeply_nested_payload_is_a_clear_error() -> None:
         obj = [obj]
     with pytest.raises(ValueError, match="nested deeper"):
         SCRUBBER.scrub(obj)
+
+
+def _nested(depth: int) -> object:
+    obj: object = "deep"
+    for _ in range(depth):
+        obj = {"x": obj}
+    return obj
+
+
+def test_a_payload_nested_too_deep_names_the_field() -> None:
+    body = {"model": "m", "messages": [{"role": "user", "content": [{"text": _nested(600)}]}]}
+    with pytest.raises(ScrubError) as info:
+        SCRUBBER.scrub(body)
+    err = info.value
+    assert isinstance(err, ValueError)
+    assert err.reason == "nested deeper than 256 levels"
+    assert err.path.startswith("messages[0].content[0].text.x.x")
+    assert len(err.path) <= 201  # a path 256 levels deep is elided in the middle
+    assert str(err) == f"{err.path}: {err.reason}"
+    # 256 levels of containers are walked (and scrubbed); one more is refused.
+    assert SCRUBBER.scrub(_nested(256))[0] == _nested(256)
+    with pytest.raises(ScrubError):
+        SCRUBBER.scrub(_nested(257))
+
+
+def test_the_path_of_a_refused_field_never_shows_a_secret() -> None:
+    key = make("openai_key", 5)
+    with pytest.raises(ScrubError) as info:
+        SCRUBBER.scrub({key: [_nested(300)]})
+    assert key not in str(info.value)
+    assert info.value.path.startswith(f"{REDACTED}[0].x")
+
+
+def test_tuples_nested_too_deep_are_refused_too() -> None:
+    obj: object = "x"
+    for _ in range(300):
+        obj = (obj,)
+    with pytest.raises(ScrubError) as info:
+        SCRUBBER.scrub(obj)
+    assert info.value.path.startswith("[0][0]")
+
+
+def test_a_dict_changed_while_the_scrubber_runs_is_no_crash() -> None:
+    # The GIL is released for long strings; another thread may resize the dict meanwhile.
+    import threading
+
+    payload: dict[str, object] = {f"k{i}": "x " * 10_000 for i in range(50)}
+    stop = threading.Event()
+
+    def churn() -> None:
+        i = 0
+        while not stop.is_set():
+            payload[f"new{i % 100}"] = "y"
+            payload.pop(f"new{(i + 50) % 100}", None)
+            i += 1
+
+    t = threading.Thread(target=churn)
+    t.start()
+    try:
+        for _ in range(20):
+            _, counts = SCRUBBER.scrub(payload)
+            assert counts == {}
+    finally:
+        stop.set()
+        t.join()
 
 
 def test_bad_inputs_are_clear_errors() -> None:

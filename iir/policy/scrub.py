@@ -1,32 +1,31 @@
 """Secret scrubbing: every secret in a payload, log line or stream becomes ``REDACTED``.
 
-The matching runs in Rust (``iir._native``); this module picks the literal secrets (the
-process's own secret environment variables and IIR's keys) and gives the typed entry points.
+The matching runs in Rust (``iir._native``), which also owns the constants (``REDACTED``, the
+shortest literal secret, which environment variable names hold secrets); this module picks the
+literal secrets (the process's own secret environment variables and IIR's keys) and gives the
+typed entry points. ``Scrubber.scrub`` raises :class:`ScrubError` (a ``ValueError``) with the
+path of the field it cannot walk.
 """
 
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from iir import _native
+from iir._native import MIN_ENV_SECRET_LEN, REDACTED, ScrubError
+from iir._native import is_secret_env_name as is_secret_name
 
-REDACTED = "REDACTED"
-
-#: Environment variable names whose values are secrets (matched case-insensitively).
-SECRET_NAME_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL", "AUTH")
-
-#: Shortest environment value treated as a secret: shorter ones would redact ordinary words.
-MIN_SECRET_LEN = 8
-
-_SECRET_NAME = re.compile("|".join(SECRET_NAME_WORDS), re.IGNORECASE)
-
-
-def is_secret_name(name: str) -> bool:
-    """Whether an environment variable of this name holds a secret."""
-    return _SECRET_NAME.search(name) is not None
+__all__ = [
+    "MIN_ENV_SECRET_LEN",
+    "REDACTED",
+    "ScrubError",
+    "Scrubber",
+    "StreamScrubber",
+    "is_secret_name",
+    "secret_values",
+]
 
 
 def secret_values(environ: Mapping[str, str]) -> list[str]:
@@ -35,7 +34,7 @@ def secret_values(environ: Mapping[str, str]) -> list[str]:
         {
             value
             for name, value in environ.items()
-            if is_secret_name(name) and len(value) >= MIN_SECRET_LEN and value != REDACTED
+            if is_secret_name(name) and len(value) >= MIN_ENV_SECRET_LEN and value != REDACTED
         }
     )
 
@@ -43,9 +42,10 @@ def secret_values(environ: Mapping[str, str]) -> list[str]:
 class StreamScrubber:
     """Scrubs one stream of chunks (e.g. SSE deltas); a secret split across chunks is still found.
 
-    ``push`` returns what is safe to emit now and holds back only the shortest tail that could
-    still become a secret; ``finish`` flushes it. The concatenated output equals
-    ``Scrubber.scrub_text`` of the concatenated input, for every chunking.
+    ``push`` returns what is safe to emit now and holds back only the tail that could still
+    become a secret (never more than a rule's bound, 16 KB at most); ``finish`` flushes it. The
+    concatenated output equals ``Scrubber.scrub_text`` of the concatenated input, for every
+    chunking.
     """
 
     __slots__ = ("_inner", "finish", "push")
@@ -74,7 +74,8 @@ class Scrubber:
     #: ``scrub_text(text) -> (clean text, {rule: count})``; the same object when nothing matched.
     scrub_text: Callable[[str], tuple[str, dict[str, int]]]
     #: ``scrub(obj) -> (clean obj, {rule: count})``: walks dicts, lists and strings in one call,
-    #: never mutates the input and returns the same object when nothing matched.
+    #: never mutates the input and returns the same object when nothing matched; raises
+    #: :class:`ScrubError` (``.path``, ``.reason``) for a payload nested too deep.
     scrub: Callable[[Any], tuple[Any, dict[str, int]]]
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
@@ -89,7 +90,7 @@ class Scrubber:
     ) -> Scrubber:
         """Scrubber for this process: its secret environment values plus ``extra_secrets``."""
         env = os.environ if environ is None else environ
-        extra = [s for s in extra_secrets if s and len(s) >= MIN_SECRET_LEN]
+        extra = [s for s in extra_secrets if s and len(s) >= MIN_ENV_SECRET_LEN]
         return cls([*secret_values(env), *extra])
 
     @property

@@ -1,61 +1,64 @@
-//! Quick timing of the scrubber's search on plain prose: `cargo run --release --example scrub_perf`.
+//! Quick timing of the scrubber on clean prose and on hostile input, per byte:
+//! `cargo run --release --example scrub_perf`.
 use std::time::Instant;
 
-fn main() {
-    let s = _native::scrub::Scrubber::new(&["hunter2hunter2"]).expect("build");
-    let text: String = "Hello, can you help me debug this? ".repeat(30)[..1024].to_string();
+use _native::scrub::Scrubber;
+
+fn time(s: &Scrubber, text: &str) -> (f64, f64) {
     let mut scratch = s.scratch();
     let mut counts = vec![0u64; s.rule_names().len()];
-    for _ in 0..1000 {
-        s.scrub(&mut scratch, &text, &mut counts);
-    }
-    let n = 20000;
-    let t = Instant::now();
-    for _ in 0..n {
-        std::hint::black_box(s.scrub(&mut scratch, &text, &mut counts));
-    }
-    println!(
-        "scrub 1KB: {:.2} us",
-        t.elapsed().as_secs_f64() / n as f64 * 1e6
-    );
-    let ac = aho_corasick::AhoCorasick::builder()
-        .ascii_case_insensitive(true)
-        .match_kind(aho_corasick::MatchKind::LeftmostFirst)
-        .build(_native::rules::TRIGGERS)
-        .expect("ac");
-    let t = Instant::now();
-    for _ in 0..n {
-        std::hint::black_box(ac.find(&text));
-    }
-    println!(
-        "ac 1KB: {:.2} us",
-        t.elapsed().as_secs_f64() / n as f64 * 1e6
-    );
-    let ac2 = aho_corasick::AhoCorasick::builder()
-        .ascii_case_insensitive(true)
-        .kind(Some(aho_corasick::AhoCorasickKind::DFA))
-        .prefilter(false)
-        .match_kind(aho_corasick::MatchKind::LeftmostFirst)
-        .build(_native::rules::TRIGGERS)
-        .expect("ac");
-    let t = Instant::now();
-    for _ in 0..n {
-        std::hint::black_box(ac2.find(&text));
-    }
-    println!(
-        "ac dfa 1KB: {:.2} us",
-        t.elapsed().as_secs_f64() / n as f64 * 1e6
-    );
-    for (i, r) in _native::rules::builtin().iter().enumerate() {
-        let re = regex_automata::meta::Regex::new(&r.pattern).expect("pattern");
+    let mut best = f64::MAX;
+    for _ in 0..25 {
+        scratch.steps = 0;
         let t = Instant::now();
-        for _ in 0..2000 {
-            std::hint::black_box(re.is_match(&text));
+        std::hint::black_box(s.scrub(&mut scratch, text, &mut counts));
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    (
+        best / text.len() as f64 * 1e9,
+        scratch.steps as f64 / text.len() as f64,
+    )
+}
+
+fn main() {
+    let s = match Scrubber::new(&["hunter2hunter2"]) {
+        Ok(s) => s,
+        Err(e) => return eprintln!("{e}"),
+    };
+    let size = 1 << 20;
+    let families = [
+        (
+            "clean prose",
+            "Hello, can you help me debug this? It fails on line 3. ",
+        ),
+        ("token=...", "token=..."),
+        (
+            "PEM header, no end",
+            "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0B\n",
+        ),
+        ("unclosed quote", "password=\""),
+        ("trigger, no value", "token "),
+        ("glued triggers", "token"),
+        ("nested quotes", "password=\"'"),
+        ("one character", "a"),
+        ("sk-xxxxx", "sk-xxxxx"),
+        ("env prefix", "hunter2hunter "),
+        ("basic", "basic "),
+        ("bearer", "Authorization: Bearer "),
+        ("accepted", "password=Zq9xWv8u "),
+    ];
+    let only = std::env::args().nth(1);
+    if let Some(path) = only.as_deref().and_then(|o| o.strip_prefix("file:")) {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let (ns, steps) = time(&s, &text);
+        return println!("{path}: {ns:7.2} ns/byte {steps:6.2} steps/byte");
+    }
+    for (name, unit) in families {
+        if only.as_deref().is_some_and(|o| o != name) {
+            continue;
         }
-        println!(
-            "{i:2} {:20} {:.2} us",
-            r.name,
-            t.elapsed().as_secs_f64() / 2000.0 * 1e6
-        );
+        let text = unit.repeat(size / unit.len());
+        let (ns, steps) = time(&s, &text);
+        println!("{name:20} {ns:7.2} ns/byte {steps:6.2} steps/byte");
     }
 }

@@ -2,16 +2,43 @@
 //! CJK keywords, literal markers, patterns) a prompt contains, and the points each category
 //! scores from them.
 //!
-//! The tables and the character classes come from the Python classifier (`iir.routing.classifier`),
-//! which stays the reference: for any text this scan gives the same scores and cues, in the same
-//! order, as the Python one. Word characters are Python's `\w` (handed over as code-point ranges,
-//! so both sides agree whatever Unicode version each was built with).
+//! The tables come from the package's data file (`iir/policy/routing/cues.toml`, read by
+//! `iir.policy.routing.classifier`). Characters are classed as Python's `re` classes them, so that the
+//! scan agrees with the plain-Python scan kept in the tests as its reference: a word character is
+//! Python's `\w` (a letter, a number or `_`: [`PY_WORD`]), a space Python's `\s` ([`PY_SPACE`]),
+//! a digit `\d` (a decimal digit, the same in both). The classes come from the Unicode tables of
+//! the regex engine.
 use aho_corasick::AhoCorasick;
 use regex_automata::meta::Regex;
 use rustc_hash::{FxHashMap, FxHashSet};
 
 /// A cue's points: (category index, weight).
 pub type Entries = Vec<(usize, f64)>;
+
+/// Python's `\w` for `str` patterns: `str.isalnum()` or `_`, which is exactly the letters and
+/// numbers of Unicode.
+pub const PY_WORD: &str = r"[\p{L}\p{N}_]";
+
+/// Python's `\s` for `str` patterns: Unicode's white space plus the four information separators
+/// (`\x1C`-`\x1F`, which Python counts as spaces from their bidirectional class).
+pub const PY_SPACE: &str = r"[\s\x1C-\x1F]";
+
+/// Python's `\d` for `str` patterns: decimal digits.
+pub const PY_DIGIT: &str = r"\d";
+
+/// The code points of a character class, as sorted inclusive ranges.
+pub fn class_ranges(class: &str) -> Result<Vec<(u32, u32)>, String> {
+    use regex_syntax::hir::{Class, HirKind};
+    let hir = regex_syntax::parse(class).map_err(|e| format!("class {class}: {e}"))?;
+    match hir.kind() {
+        HirKind::Class(Class::Unicode(c)) => Ok(c
+            .ranges()
+            .iter()
+            .map(|r| (r.start() as u32, r.end() as u32))
+            .collect()),
+        _ => Err(format!("{class} is not a character class")),
+    }
+}
 
 /// A set of characters: a table for ASCII, sorted inclusive ranges for the rest.
 pub struct CharSet {
@@ -63,10 +90,8 @@ pub struct Tables {
     /// (Rust pattern, gates, category, weight, label): the pattern is only tried when each gate
     /// passes, see [`Gate`].
     pub patterns: Vec<(String, Vec<Gate>, usize, f64, String)>,
-    pub word_chars: Vec<(u32, u32)>,
+    /// Kana and CJK ideographs: only text with one of these is searched for CJK cues.
     pub wide_chars: Vec<(u32, u32)>,
-    /// Python's `\s`.
-    pub space_chars: Vec<(u32, u32)>,
     /// The characters that end the first clause (and ". ").
     pub clause_ends: String,
     pub categories: usize,
@@ -275,9 +300,9 @@ impl Scanner {
             literal_count: literal_list.len(),
             markers,
             patterns,
-            word: CharSet::new(t.word_chars),
+            word: CharSet::new(class_ranges(PY_WORD)?),
             wide: CharSet::new(t.wide_chars),
-            space: CharSet::new(t.space_chars),
+            space: CharSet::new(class_ranges(PY_SPACE)?),
             clause_ends: t.clause_ends.chars().collect(),
             categories: t.categories,
             text_weight: t.text_weight,
@@ -513,8 +538,8 @@ impl Scanner {
 mod tests {
     use super::*;
 
-    fn ascii_word() -> Vec<(u32, u32)> {
-        vec![(48, 57), (65, 90), (95, 95), (97, 122), (0xe0, 0xff)]
+    fn word() -> CharSet {
+        CharSet::new(class_ranges(PY_WORD).unwrap())
     }
 
     fn scanner() -> Scanner {
@@ -534,9 +559,7 @@ mod tests {
                 2.0,
                 "percentage".into(),
             )],
-            word_chars: ascii_word(),
             wide_chars: vec![(0x4e00, 0x9fff)],
-            space_chars: vec![(9, 13), (28, 32)],
             clause_ends: ":\n?!".into(),
             categories: 3,
             text_weight: 1.0,
@@ -550,8 +573,18 @@ mod tests {
 
     #[test]
     fn tokens_follow_the_python_pattern() {
-        let w = CharSet::new(ascii_word());
+        let w = word();
         assert_eq!(tokens("-a+b c# 'x' é-", &w), ["a+b", "c#", "x'", "é-"]);
+        // Python's classes: marks and connector punctuation other than `_` are not word
+        // characters, numbers of every kind are; \x1c is a space.
+        assert_eq!(
+            tokens("a\u{301}b x\u{203f}y ½", &w),
+            ["a", "b", "x", "y", "½"]
+        );
+        let space = CharSet::new(class_ranges(PY_SPACE).unwrap());
+        assert!(
+            space.contains('\x1c') && space.contains('\u{3000}') && !space.contains('\u{200b}')
+        );
         assert!(tokens("  ,. ", &w).is_empty());
     }
 
@@ -612,9 +645,7 @@ mod tests {
             cjk: vec![],
             markers: vec![],
             patterns: vec![],
-            word_chars: ascii_word(),
             wide_chars: vec![],
-            space_chars: vec![],
             clause_ends: String::new(),
             categories: 3,
             text_weight: 1.0,

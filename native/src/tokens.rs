@@ -27,6 +27,8 @@ const CL100K_SHA256: &str = "223921b76ee99bde995b7ff738513eef100fb51d18c93597a11
 pub enum TokenError {
     UnknownEncoding(String),
     Integrity(String),
+    /// The pre-tokenizer could not be built (a bug, reported rather than a panic).
+    Build(String),
 }
 
 impl std::fmt::Display for TokenError {
@@ -37,7 +39,7 @@ impl std::fmt::Display for TokenError {
                 "unknown encoding {name:?}: expected one of {}",
                 ENCODINGS.join(", ")
             ),
-            Self::Integrity(msg) => f.write_str(msg),
+            Self::Integrity(msg) | Self::Build(msg) => f.write_str(msg),
         }
     }
 }
@@ -147,18 +149,18 @@ fn cover(b: &[u8]) -> (u64, u64) {
 }
 
 impl Splitter {
-    fn new(name: &str, slot: usize) -> Self {
+    fn new(name: &str, slot: usize) -> Result<Self, TokenError> {
         let (patterns, gives_back): (Vec<String>, Vec<bool>) =
             split_patterns(name).into_iter().unzip();
         let dfa = DFA::builder()
             .configure(DFA::config().cache_capacity(4 << 20))
             .build_many(&patterns)
-            .expect("valid split patterns");
-        Self {
+            .map_err(|e| TokenError::Build(format!("split patterns of {name}: {e}")))?;
+        Ok(Self {
             dfa,
             gives_back,
             slot,
-        }
+        })
     }
 
     /// The end and pattern of the piece at `pos`: an anchored leftmost-first search, the lazy
@@ -236,18 +238,18 @@ pub struct Encoding {
 }
 
 impl Encoding {
-    fn new(name: &str, tokenizer: &'static Tokenizer) -> Self {
+    fn new(name: &str, tokenizer: &'static Tokenizer) -> Result<Self, TokenError> {
         let n = tokenizer.bpe.num_tokens() as u32;
         let mut whole = FxHashMap::with_capacity_and_hasher(n as usize, Default::default());
         for id in 0..n {
             whole.insert(tokenizer.bpe.token_bytes(id), id);
         }
         let slot = ENCODINGS.iter().position(|e| *e == name).unwrap_or(0);
-        Self {
+        Ok(Self {
             tokenizer,
             whole,
-            splitter: Splitter::new(name, slot),
-        }
+            splitter: Splitter::new(name, slot)?,
+        })
     }
 
     /// `count_piece`, through the table of recent pieces.
@@ -328,7 +330,7 @@ fn verified(name: &str) -> Result<&'static Encoding, TokenError> {
     cell.get_or_init(|| {
         let got = table_sha256(tok);
         if got == expected {
-            Ok(Encoding::new(name, tok))
+            Encoding::new(name, tok)
         } else {
             Err(TokenError::Integrity(format!(
                 "rank table for {name} failed its integrity check (sha256 {got}, expected {expected})"
