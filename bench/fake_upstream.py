@@ -3,6 +3,11 @@
 It answers every POST with a fixed ``chat.completion`` (or an SSE stream when the body asks for
 ``"stream": true``) and every GET with a model list, so that the time measured is the client's and
 the router's, not the fake's. Run as ``python bench/fake_upstream.py PORT``.
+
+``python bench/fake_upstream.py PORT TOKEN_MS TOKENS`` streams like a slow model instead: the role
+frame at once, then one content frame every ``TOKEN_MS`` milliseconds (on a fixed schedule from
+the request's arrival, so that the gaps do not drift), ``TOKENS`` of them, then the finish frame
+and ``[DONE]``.
 """
 
 from __future__ import annotations
@@ -67,10 +72,43 @@ RESP_SSE = _response(STREAM, b"text/event-stream")
 RESP_MODELS = _response(MODELS, b"application/json")
 
 
+TOKEN_MS = 0.0
+TOKENS = 0
+
+
+def _slow_frames(tokens: int) -> list[bytes]:
+    return [
+        _chunk({"role": "assistant", "content": ""}, None),
+        *(_chunk({"content": f" t{i:04d}"}, None) for i in range(tokens)),
+        _chunk({}, "stop") + b"data: [DONE]\n\n",
+    ]
+
+
 class _Conn(asyncio.Protocol):
     def __init__(self) -> None:
         self.buf = b""
         self.transport: asyncio.Transport | None = None
+        self.timers: list[asyncio.TimerHandle] = []
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for t in self.timers:
+            t.cancel()
+
+    def _slow_stream(self) -> None:
+        assert self.transport is not None
+        frames = _slow_frames(TOKENS)
+        head = (
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: "
+            + str(sum(map(len, frames))).encode()
+            + b"\r\n\r\n"
+        )
+        self.transport.write(head + frames[0])
+        loop = asyncio.get_running_loop()
+        start, step = loop.time(), TOKEN_MS / 1000
+        write = self.transport.write
+        self.timers = [
+            loop.call_at(start + step * (i + 1), write, frame) for i, frame in enumerate(frames[1:])
+        ]
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -94,7 +132,10 @@ class _Conn(asyncio.Protocol):
             if head.startswith(b"get"):
                 self.transport.write(RESP_MODELS)
             elif b'"stream":true' in body.replace(b" ", b""):
-                self.transport.write(RESP_SSE)
+                if TOKEN_MS > 0:
+                    self._slow_stream()
+                else:
+                    self.transport.write(RESP_SSE)
             else:
                 self.transport.write(RESP_JSON)
 
@@ -108,4 +149,6 @@ async def main(port: int) -> None:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) > 3:
+        TOKEN_MS, TOKENS = float(sys.argv[2]), int(sys.argv[3])
     asyncio.run(main(int(sys.argv[1])))

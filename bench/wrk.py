@@ -32,7 +32,7 @@ def run(
     connections: int = 16,
     seconds: int = 3,
 ) -> dict[str, float]:
-    """Returns rps and p50/p99 latency in microseconds."""
+    """Returns rps, p50/p99 latency in microseconds and the number of requests."""
     if shutil.which("wrk") is None:
         pytest.skip("wrk is not installed (make bench installs it with apt-get when root)")
     hdrs = dict(headers or {})
@@ -62,4 +62,5 @@ def run(
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     p50 = _ms(re.search(r"\s50%\s+(\S+)", out).group(1))
     p99 = _ms(re.search(r"\s99%\s+(\S+)", out).group(1))
-    return {"rps": rps, "p50_us": p50 * 1000, "p99_us": p99 * 1000}
+    requests = float(re.search(r"(\d+) requests in", out).group(1))
+    return {"rps": rps, "p50_us": p50 * 1000, "p99_us": p99 * 1000, "requests": requests}

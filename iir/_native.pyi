@@ -7,12 +7,21 @@ __all__ = [
     "MIN_ENV_SECRET_LEN",
     "REDACTED",
     "SECRET_NAME_WORDS",
+    "CompletionPort",
     "CueScanner",
     "Decision",
     "RateLimiter",
     "ScrubError",
     "Scrubber",
+    "SseParser",
     "StreamScrubber",
+    "UpstreamClient",
+    "UpstreamConnectError",
+    "UpstreamError",
+    "UpstreamStream",
+    "UpstreamTask",
+    "UpstreamTimeout",
+    "UpstreamTooLarge",
     "__version__",
     "count_text",
     "count_texts",
@@ -177,3 +186,88 @@ class CueScanner:
 def cue_char_classes() -> dict[str, list[tuple[int, int]]]:
     """The cue scan's character classes as inclusive code-point ranges: ``word`` (Python's
     ``\\w``), ``space`` (its ``\\s``) and ``digit`` (``\\d``)."""
+
+# --- the upstream client (native/src/py_http.rs) --------------------------------------------------
+
+class UpstreamError(Exception):
+    """The exchange failed for a reason other than those below (a reset, a bad answer)."""
+
+class UpstreamConnectError(UpstreamError):
+    """No connection (refused, unreachable, TLS failed) within the connect timeout."""
+
+class UpstreamTimeout(UpstreamError):
+    """A deadline passed: the whole answer, the first event or the next event."""
+
+class UpstreamTooLarge(UpstreamError):
+    """The answer (counted after inflating) or one SSE line passed its cap."""
+
+_Headers = list[tuple[str, str]]
+_Event = tuple[str, bytes]
+
+@final
+class CompletionPort:
+    """Where finished exchanges wait for the event loop (which watches ``fileno()``)."""
+
+    def __new__(cls) -> Self: ...
+    def fileno(self) -> int: ...
+    def drain(self) -> list[tuple[int, object]]:
+        """Every outcome finished since the last call, as (id, value or exception)."""
+
+@final
+class UpstreamTask:
+    def abort(self) -> None:
+        """Drops the exchange's future: its connection closes and the provider sees it."""
+
+@final
+class UpstreamStream:
+    def next(self, port: CompletionPort, id: int, timeout: float) -> UpstreamTask:
+        """Posts ``(events, done)`` to ``port`` under ``id``: at least one event unless done."""
+    def close(self) -> None:
+        """Drops the connection."""
+
+@final
+class UpstreamClient:
+    """One provider's pooled client (HTTP/1.1 keep-alive, HTTP/2 by ALPN, rustls)."""
+
+    def __new__(
+        cls,
+        headers: _Headers,
+        connect_timeout: float,
+        pool_idle_timeout: float = 30.0,
+        pool_max_idle: int = 256,
+    ) -> Self: ...
+    def exchange(
+        self,
+        port: CompletionPort,
+        id: int,
+        method_name: str,
+        url: str,
+        body: bytes | None,
+        headers: _Headers,
+        timeout: float,
+        limit: int,
+        error_limit: int,
+    ) -> UpstreamTask:
+        """Starts one request; ``(status, headers, body)`` arrives at ``port`` under ``id``."""
+    def open_stream(
+        self,
+        port: CompletionPort,
+        id: int,
+        url: str,
+        body: bytes,
+        headers: _Headers,
+        timeout: float,
+        error_limit: int,
+        max_line: int,
+    ) -> UpstreamTask:
+        """Starts a streamed request; ``(status, headers, body, stream, events)`` arrives at
+        ``port``: a 2xx event stream gives no body, its first events and the stream to read on
+        (None when it ended); any other answer its first ``error_limit`` bytes as ``body``."""
+
+@final
+class SseParser:
+    """Splits SSE bytes into (event, data) pairs in linear time however they are chunked."""
+
+    def __new__(cls, max_line: int) -> Self: ...
+    def feed(self, chunk: bytes) -> list[_Event]: ...
+    def finish(self) -> list[_Event]: ...

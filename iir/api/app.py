@@ -79,8 +79,11 @@ class App:
     # --- lifecycle ----------------------------------------------------------------------------
 
     async def startup(self) -> None:
-        # Load and integrity-check the token rank tables now, not on the first request (~0.4 s).
-        await asyncio.to_thread(tokens.warm_up)
+        # The token rank tables (about 70 MB for o200k, 35 MB for cl100k) load on first use,
+        # unless every request counts tokens (a prompt cap or a per-key token limit): then
+        # they load and are checked now, not on the first request (~0.4 s).
+        if self.settings.max_prompt_tokens or self.settings.rate_limit_tpm_per_key:
+            await asyncio.to_thread(tokens.warm_up)
         await self.svc.limits.start()
         for backend in self.svc.backends:
             await backend.start()

@@ -11,6 +11,8 @@
 use pyo3::prelude::*;
 
 pub mod cues;
+pub mod http;
+mod py_http;
 pub mod ratelimit;
 pub mod rules;
 pub mod scrub;
@@ -31,5 +33,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     py_tokens::register(m)?;
     py_ratelimit::register(m)?;
     py_cues::register(m)?;
+    py_http::register(m)?;
     Ok(())
 }

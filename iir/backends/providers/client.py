@@ -1,7 +1,8 @@
 """Talking to a remote provider without letting it hurt IIR: the resilience policy in one place.
 
-One :class:`Upstream` per provider owns a pooled aiohttp session (aiohttp won the measurement in
-``bench/bench_upstream_client.py``; see README), a :class:`CircuitBreaker`, and the rules:
+One :class:`Upstream` per provider owns a pooled client (``iir._native.UpstreamClient``: reqwest
+on a Tokio runtime inside the extension, see docs/performance.md), a :class:`CircuitBreaker`,
+and the rules:
 
 - timeouts: connect, first byte (response headers), idle (between two reads of a body or stream);
 - retries with jittered exponential back-off for connection errors, 429 (``Retry-After`` honoured)
@@ -11,9 +12,12 @@ One :class:`Upstream` per provider owns a pooled aiohttp session (aiohttp won th
 - error mapping: other 4xx relayed with their status and message, 5xx or connection failure after
   the retries → 502, timeout → 504, open circuit → 503;
 - bounds: no answer is read past ``IIR_UPSTREAM_MAX_BYTES`` (counted after decompression, which
-  aiohttp does a bounded piece at a time, so a gzip bomb never inflates), no SSE line past
+  the client does a bounded piece at a time, so a gzip bomb never inflates), no SSE line past
   :data:`MAX_SSE_LINE` (or the body cap if lower), and no redirect is ever followed (it would
   carry the provider's key to another host).
+
+Cancelling a request (the client went away, a timeout here) aborts the native task, which drops
+the request's future and closes its connection: the provider sees the disconnect at once.
 
 Provider keys travel only in request headers, which are never logged nor put into errors.
 """
@@ -22,16 +26,18 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import itertools
 import logging
 import random
 import time
+import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
-import aiohttp
 import orjson
 
+from iir import _native
 from iir.core.errors import ApiError
 from iir.core.settings import UpstreamSettings
 from iir.ops import metrics, overhead
@@ -181,6 +187,64 @@ def upstream_message(raw: bytes) -> str:
     return raw.decode("utf-8", "replace")[:300]
 
 
+class _Port:
+    """Where the native client's outcomes arrive for one event loop: the loop watches the port's
+    socket and sets each waiting future from one ``drain()`` per wake-up."""
+
+    __slots__ = ("native", "waiting")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.native = _native.CompletionPort()
+        self.waiting: dict[int, asyncio.Future[Any]] = {}
+        loop.add_reader(self.native.fileno(), self._drain)
+
+    def _drain(self) -> None:
+        waiting = self.waiting
+        for key, value in self.native.drain():
+            fut = waiting.pop(key, None)
+            if fut is None or fut.done():
+                continue  # its waiter was cancelled: the outcome (and any stream) is dropped
+            if isinstance(value, BaseException):
+                fut.set_exception(value)
+            else:
+                fut.set_result(value)
+
+
+_ports: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Port] = weakref.WeakKeyDictionary()
+_ids = itertools.count(1)
+
+
+class _Task(Protocol):
+    def abort(self) -> None: ...
+
+
+async def _native_call(start: Callable[..., _Task], *args: Any) -> Any:
+    """Starts a native exchange (``start(port, key, *args)``) and waits for its outcome.
+    Cancelling the wait aborts the exchange: its future is dropped and its connection closed,
+    so the provider stops."""
+    loop = asyncio.get_running_loop()
+    port = _ports.get(loop)
+    if port is None:
+        port = _ports[loop] = _Port(loop)
+    key = next(_ids)
+    fut = loop.create_future()
+    port.waiting[key] = fut
+    task = start(port.native, key, *args)
+    try:
+        return await fut
+    except BaseException:
+        task.abort()
+        port.waiting.pop(key, None)
+        raise
+
+
+def _content_type(headers: list[tuple[str, str]]) -> str:
+    for name, value in headers:
+        if name == "content-type":
+            return value.split(";", 1)[0].strip().lower()
+    return ""
+
+
 class _Retry(Exception):
     """An attempt that failed in a way worth trying again; carries the error to raise if not."""
 
@@ -212,7 +276,7 @@ class Upstream:
             settings.breaker_failure_rate,
             settings.breaker_open_seconds,
         )
-        self._session: aiohttp.ClientSession | None = None
+        self._client: Any = None
         # Moving average of the time to the first byte (whole answer when not streamed), read by
         # routing to prefer the faster of two equal choices.
         self.recent_latency: float | None = None
@@ -220,13 +284,9 @@ class Upstream:
         self._latency = metrics.UPSTREAM_LATENCY.labels(provider)
         self._ttft = metrics.UPSTREAM_TTFT.labels(provider)
         self._counters: dict[str, Any] = {}
-        # A non-streamed answer must arrive whole within the first-byte timeout: a per-read
-        # timer alone would let a provider trickle a byte at a time for ever.
-        self._json_timeout = aiohttp.ClientTimeout(
-            total=settings.connect_timeout + settings.first_byte_timeout,
-            sock_connect=settings.connect_timeout,
-            sock_read=settings.first_byte_timeout,
-        )
+        # A non-streamed answer must arrive whole within the first-byte timeout (after the
+        # connection): a per-read timer alone would let a provider trickle a byte at a time.
+        self._json_timeout = settings.connect_timeout + settings.first_byte_timeout
         self.max_bytes = settings.max_bytes
         self.max_line = min(MAX_SSE_LINE, settings.max_bytes)
 
@@ -236,18 +296,13 @@ class Upstream:
 
     # --- the pooled client ------------------------------------------------------------------------
 
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=256, keepalive_timeout=30),
-                timeout=aiohttp.ClientTimeout(
-                    total=None, sock_connect=self.settings.connect_timeout
-                ),
-                headers=self.headers,
-                auto_decompress=True,
-                raise_for_status=False,
+    def client(self) -> Any:
+        """The native pooled client, made on first use (in the serving process, not before)."""
+        if self._client is None:
+            self._client = _native.UpstreamClient(
+                list(self.headers.items()), self.settings.connect_timeout, 30.0, 256
             )
-        return self._session
+        return self._client
 
     def _count(self, status: str) -> None:
         counter = self._counters.get(status)
@@ -258,8 +313,7 @@ class Upstream:
         counter.inc()
 
     async def close(self) -> None:
-        if self._session is not None and not self._session.closed:
-            await self._session.close()
+        self._client = None  # idle pooled connections close with it
 
     # --- error shaping ------------------------------------------------------------------------
 
@@ -349,34 +403,33 @@ class Upstream:
     ) -> Any:
         t0 = time.perf_counter()
         status = "connect_error"
+        client, url = self.client(), self.base_url + path
+        extra = list(headers.items()) if headers else []
         try:
-            # aiohttp's own read timer (cheaper than asyncio.timeout): the whole answer of a
-            # non-streamed request is its first byte, so the first-byte timeout bounds each read
-            async with self.session().post(
-                self.base_url + path,
-                data=body,
-                headers=headers,
-                timeout=self._json_timeout,
-                allow_redirects=False,
-            ) as resp:
-                status = str(resp.status)
-                if resp.status >= 300:
-                    raw = await read_capped(resp, _ERROR_BODY_BYTES, truncate=True)
-                else:
-                    raw = await read_capped(resp, self.max_bytes)
-        except TimeoutError:
+            code, head, raw = await _native_call(
+                client.exchange,
+                "POST",
+                url,
+                body,
+                extra,
+                self._json_timeout,
+                self.max_bytes,
+                _ERROR_BODY_BYTES,
+            )
+            status = str(code)
+        except _native.UpstreamTimeout:
             status = "timeout"
             raise self._timeout("did not answer in time") from None
-        except TooLarge:
+        except _native.UpstreamTooLarge:
             status = "too_large"
             raise self._too_large() from None
-        except aiohttp.ClientError as exc:
-            raise _Retry(self._failed(f"connection failed ({type(exc).__name__})")) from None
+        except _native.UpstreamConnectError as exc:
+            raise _Retry(self._failed(f"connection failed ({exc})")) from None
         finally:
             self._count(status)
             self._latency.observe(time.perf_counter() - t0)
-        if resp.status >= 300:
-            raise self._status_error(resp.status, raw, resp.headers)
+        if code >= 300:
+            raise self._status_error(code, raw, dict(head))
         self._note_latency(time.perf_counter() - t0)
         try:
             return orjson.loads(raw)
@@ -393,44 +446,50 @@ class Upstream:
         generator closes the upstream connection at once (the provider stops generating).
         """
         attempt = 0
+        client, url = self.client(), self.base_url + path
+        extra = list(headers.items()) if headers else []
+        first_byte, idle = self.settings.first_byte_timeout, self.settings.idle_timeout
         while True:
             self.breaker.check()
             ok: bool | None = None
             yielded = False
             t0 = time.perf_counter()
             status = "connect_error"
-            resp: aiohttp.ClientResponse | None = None
+            stream: Any = None
             try:
                 try:
-                    async with asyncio.timeout(self.settings.first_byte_timeout):
-                        resp = await self.session().post(
-                            self.base_url + path, data=body, headers=headers, allow_redirects=False
-                        )
-                        status = str(resp.status)
-                        if resp.status >= 300:
-                            raw = await read_capped(resp, _ERROR_BODY_BYTES, truncate=True)
-                            raise self._status_error(resp.status, raw, resp.headers)
-                        if resp.content_type != "text/event-stream":
-                            status = "bad_response"
-                            raw = await read_capped(resp, _ERROR_BODY_BYTES, truncate=True)
-                            kind = resp.content_type or "no content type"
-                            msg = self._scrub(upstream_message(raw))
-                            raise self._failed(f"the answer is not an event stream ({kind}): {msg}")
-                        events = _sse_events(resp.content, self.max_line)
-                        first = await anext(events, None)
+                    code, head, raw, stream, events = await _native_call(
+                        client.open_stream,
+                        url,
+                        body,
+                        extra,
+                        first_byte,
+                        _ERROR_BODY_BYTES,
+                        self.max_line,
+                    )
+                    status = str(code)
+                    if raw is not None:
+                        if code >= 300:
+                            raise self._status_error(code, raw, dict(head))
+                        status = "bad_response"
+                        kind = _content_type(head) or "no content type"
+                        msg = self._scrub(upstream_message(raw))
+                        raise self._failed(f"the answer is not an event stream ({kind}): {msg}")
                     self._ttft.observe(time.perf_counter() - t0)
                     self._note_latency(time.perf_counter() - t0)
                     overhead.add_wait(time.perf_counter() - t0)
-                    idle = self.settings.idle_timeout
-                    event = first
-                    while event is not None:
-                        yielded = True
-                        yield event
-                        async with asyncio.timeout(idle):
-                            event = await anext(events, None)
+                    while True:
+                        for event in events:
+                            yielded = True
+                            yield event
+                        if stream is None:
+                            break
+                        events, done = await _native_call(stream.next, idle)
+                        if done:
+                            stream = None
                     ok = True
                     return
-                except TimeoutError:
+                except _native.UpstreamTimeout:
                     status = "timeout"
                     ok = False
                     raise self._timeout(
@@ -438,19 +497,15 @@ class Upstream:
                         if yielded
                         else "did not start streaming in time"
                     ) from None
-                except TooLarge:
+                except _native.UpstreamTooLarge:
                     status = "too_large"
                     ok = False
                     raise self._line_too_long() from None
-                except aiohttp.ClientError as exc:
+                except _native.UpstreamConnectError as exc:
                     ok = False
                     if yielded:
-                        raise self._failed(
-                            f"connection lost during the stream ({type(exc).__name__})"
-                        ) from None
-                    raise _Retry(
-                        self._failed(f"connection failed ({type(exc).__name__})")
-                    ) from None
+                        raise self._failed(f"connection lost during the stream ({exc})") from None
+                    raise _Retry(self._failed(f"connection failed ({exc})")) from None
                 except _Retry as retry:
                     ok = None if retry.error.status == 429 else False
                     raise
@@ -458,8 +513,8 @@ class Upstream:
                     ok = err.status < 500
                     raise
                 finally:
-                    if resp is not None:
-                        resp.close() if ok is not True else resp.release()
+                    if stream is not None:
+                        stream.close()  # the connection is dropped, not reused
                     self._count(status)
                     self._latency.observe(time.perf_counter() - t0)
                     self.breaker.record(ok)
@@ -470,19 +525,21 @@ class Upstream:
     async def get_json(self, path: str, timeout: float) -> Any:
         """A plain GET (model lists): no retries, no breaker, bounded by ``timeout`` and
         ``IIR_UPSTREAM_MAX_BYTES``; a redirect is an error (following it would send the key on)."""
+        client, url = self.client(), self.base_url + path
         try:
-            async with asyncio.timeout(timeout):
-                async with self.session().get(self.base_url + path, allow_redirects=False) as resp:
-                    if 300 <= resp.status < 400:
-                        raise self._failed(f"HTTP {resp.status} (redirects are not followed)")
-                    if resp.status != 200:
-                        raw = await read_capped(resp, _ERROR_BODY_BYTES, truncate=True)
-                        raise self._failed(
-                            f"HTTP {resp.status}: {self._scrub(upstream_message(raw))}"
-                        )
-                    raw = await read_capped(resp, self.max_bytes)
-        except TooLarge:
+            code, _, raw = await _native_call(
+                client.exchange, "GET", url, None, [], timeout, self.max_bytes, _ERROR_BODY_BYTES
+            )
+        except _native.UpstreamTooLarge:
             raise self._too_large() from None
+        except _native.UpstreamTimeout:
+            raise TimeoutError from None
+        except _native.UpstreamConnectError as exc:
+            raise self._failed(f"connection failed ({exc})") from None
+        if 300 <= code < 400:
+            raise self._failed(f"HTTP {code} (redirects are not followed)")
+        if code != 200:
+            raise self._failed(f"HTTP {code}: {self._scrub(upstream_message(raw))}")
         return orjson.loads(raw)
 
     async def _wait_before_retry(self, attempt: int, retry: _Retry) -> None:
@@ -508,62 +565,23 @@ class Upstream:
         )
 
 
-async def read_capped(resp: aiohttp.ClientResponse, limit: int, truncate: bool = False) -> bytes:
-    """The (decompressed) body, at most ``limit`` bytes: :class:`TooLarge` past it, or with
-    ``truncate`` the first ``limit`` bytes (the connection is then closed, not reused)."""
-    declared = resp.content_length
-    if declared is not None and declared > limit and not truncate:
-        raise TooLarge
-    buf = bytearray()
-    async for chunk in resp.content.iter_any():
-        buf += chunk
-        if len(buf) > limit:
-            resp.close()
-            if truncate:
-                return bytes(buf[:limit])
-            raise TooLarge
-    return bytes(buf)
+class _Chunks(Protocol):
+    def iter_any(self) -> AsyncIterator[bytes]: ...
 
 
 async def _sse_events(
-    content: aiohttp.StreamReader, max_line: int = MAX_SSE_LINE
+    content: _Chunks, max_line: int = MAX_SSE_LINE
 ) -> AsyncIterator[tuple[str, bytes]]:
-    """Server-sent events from a byte stream: ``(event name or "message", data)``.
-
-    Lines are split here rather than with ``StreamReader.readline``, which refuses lines over
-    64 KiB (a large tool-call chunk can be longer). Linear in the stream: each byte is searched
-    for a newline once, and consumed lines are dropped once per chunk. A line longer than
-    ``max_line`` raises :class:`TooLarge`.
-    """
-    event = "message"
-    data: list[bytes] = []
-    buf = bytearray()
+    """Server-sent events from a byte stream: ``(event name or "message", data)``, framed by the
+    native parser the upstream client uses (linear however the bytes are chunked). A line
+    longer than ``max_line`` raises :class:`TooLarge`."""
+    parser = _native.SseParser(max_line)
     async for chunk in content.iter_any():
-        scan = len(buf)  # the bytes before were searched already: no newline there
-        buf += chunk
-        start = 0
-        while True:
-            nl = buf.find(b"\n", scan)
-            if nl < 0:
-                break
-            line = bytes(buf[start:nl]).rstrip(b"\r")
-            start = scan = nl + 1
-            if not line:
-                if data:
-                    yield event, b"\n".join(data)
-                event, data = "message", []
-            elif line.startswith(b"data:"):
-                value = line[5:]
-                data.append(value[1:] if value.startswith(b" ") else value)
-            elif line.startswith(b"event:"):
-                event = line[6:].strip().decode("utf-8", "replace")
-            # comments (":") and other fields (id, retry) carry nothing IIR uses
-        if start:
-            del buf[:start]
-        if len(buf) > max_line:
-            raise TooLarge
-    tail = bytes(buf).rstrip(b"\r")
-    if tail.startswith(b"data:"):  # a last line without its newline
-        data.append(tail[6:] if tail.startswith(b"data: ") else tail[5:])
-    if data:
-        yield event, b"\n".join(data)
+        try:
+            events = parser.feed(chunk)
+        except _native.UpstreamTooLarge:
+            raise TooLarge from None
+        for event in events:
+            yield event
+    for event in parser.finish():
+        yield event

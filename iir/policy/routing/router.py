@@ -20,7 +20,6 @@ from iir.ops import metrics
 from iir.policy.routing.classifier import Category, ClassifierError, classify, native_scan
 from iir.policy.routing.features import Features, extract
 from iir.policy.routing.rules import LOCAL_WILDCARD, ModelPolicy, Policy
-from iir.policy.tokens import count_text
 
 LOCAL_FIRST = STRATEGIES[0]
 AUTO_MODELS = frozenset({"auto", "iir/auto"})
@@ -159,9 +158,9 @@ class Router:
         self._label_cache: dict[tuple[str, str, str], Any] = {}
         self._avail: tuple[float, list[_Available], Callable[[], Load] | None] | None
         self._avail = None
-        # The token counter checks its tables on first use (~0.2 s): pay that at start-up, not
-        # in the first routed request.
-        count_text("warm-up")
+        # The token tables are not loaded here: about 70 MB that a gateway proxying named models
+        # never needs. The first request that counts tokens loads them (~0.3 s), or start-up does
+        # when every request counts (iir.api.app).
         native_scan()  # the classifier's Rust tables, built once per process (~0.2 s)
 
     # --- candidates ---------------------------------------------------------------------------
