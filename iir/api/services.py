@@ -74,7 +74,9 @@ class Services:
 def build(settings: Settings) -> Services:
     limits = Limits(settings)
     # Secrets: the process's secret environment values (provider keys too) and IIR's own keys.
-    scrubber = Scrubber.from_environ(settings.env, extra_secrets=settings.api_keys)
+    scrubber = Scrubber.from_environ(
+        settings.env, extra_secrets=settings.api_keys, rules_file=settings.scrub_rules_file
+    )
     backends: list[Backend] = [
         EchoBackend(settings.echo_token_delay_ms, settings.max_answer_bytes),
         EchoEmbedBackend(),
