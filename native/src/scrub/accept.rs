@@ -145,11 +145,14 @@ fn repeated(s: &str) -> bool {
 /// Words joined by separators (`sk-learn-compatible-models`, `glft-the-secret-auth0`): three or
 /// more lowercase words of three letters or more, together half the text or more.
 fn words(s: &str) -> bool {
-    let words: Vec<&str> = s
-        .split(['-', '_', '.'])
-        .filter(|p| p.len() >= 3 && p.bytes().all(|b| b.is_ascii_lowercase()))
-        .collect();
-    words.len() >= 3 && words.iter().map(|w| w.len()).sum::<usize>() * 2 >= s.len()
+    let (mut n, mut len) = (0, 0);
+    for p in s.split(['-', '_', '.']) {
+        if p.len() >= 3 && p.bytes().all(|b| b.is_ascii_lowercase()) {
+            n += 1;
+            len += p.len();
+        }
+    }
+    n >= 3 && len * 2 >= s.len()
 }
 
 fn distinct(s: &str) -> usize {
@@ -244,20 +247,47 @@ fn jwt_header(value: &str) -> bool {
         .is_some_and(|raw| raw.first() == Some(&b'{'))
 }
 
+/// One search for all the token placeholders (case-sensitive) and one for the value placeholders
+/// (ASCII case ignored): every accepted secret goes through them.
+fn placeholder_search(case_sensitive: bool) -> Option<&'static aho_corasick::AhoCorasick> {
+    static EXACT: std::sync::OnceLock<Option<aho_corasick::AhoCorasick>> =
+        std::sync::OnceLock::new();
+    static FOLDED: std::sync::OnceLock<Option<aho_corasick::AhoCorasick>> =
+        std::sync::OnceLock::new();
+    if case_sensitive {
+        EXACT
+            .get_or_init(|| aho_corasick::AhoCorasick::new(TOKEN_PLACEHOLDERS).ok())
+            .as_ref()
+    } else {
+        FOLDED
+            .get_or_init(|| {
+                aho_corasick::AhoCorasick::builder()
+                    .ascii_case_insensitive(true)
+                    .build(VALUE_PLACEHOLDERS)
+                    .ok()
+            })
+            .as_ref()
+    }
+}
+
+fn has_placeholder(value: &str, case_sensitive: bool) -> bool {
+    match placeholder_search(case_sensitive) {
+        Some(ac) => ac.is_match(value),
+        None if case_sensitive => TOKEN_PLACEHOLDERS.iter().any(|p| value.contains(p)),
+        None => {
+            let lower = value.to_ascii_lowercase();
+            VALUE_PLACEHOLDERS.iter().any(|p| lower.contains(p))
+        }
+    }
+}
+
 /// The checks every credential-looking value goes through (tokens, keyword and context values).
 fn looks_random(check: &Check, seen: &Seen<'_>, case_sensitive: bool) -> bool {
     let value = seen.value;
-    if case_sensitive {
-        // Case-sensitive on purpose: random key material contains "your" or "Example" often
-        // enough, the placeholders people write do not vary case.
-        if TOKEN_PLACEHOLDERS.iter().any(|p| value.contains(p)) {
-            return false;
-        }
-    } else {
-        let lower = value.to_ascii_lowercase();
-        if VALUE_PLACEHOLDERS.iter().any(|p| lower.contains(p)) {
-            return false;
-        }
+    // Tokens case-sensitively on purpose: random key material contains "your" or "Example"
+    // often enough, the placeholders people write in place of a token do not vary case.
+    if has_placeholder(value, case_sensitive) {
+        return false;
     }
     let f = &check.filters;
     if f.digit && !value.bytes().any(|b| b.is_ascii_digit()) {

@@ -86,15 +86,29 @@ pub struct Scratch {
     /// Per pattern: no match of it is tried at a trigger before this position (see the module
     /// documentation).
     masks: Vec<usize>,
+    /// The patterns whose mask is set (a reset clears those only: most texts touch few of the
+    /// table's hundreds of rules).
+    masked: Vec<usize>,
     /// Automaton steps taken (trigger confirmations and walks): the work a scan did, for tests
     /// that check it grows linearly with the text.
     pub steps: u64,
 }
 
 impl Scratch {
+    /// No match of pattern `pid` is tried at a trigger before `to`.
+    fn mask(&mut self, pid: usize, to: usize) {
+        if self.masks[pid] == 0 {
+            self.masked.push(pid);
+        }
+        self.masks[pid] = self.masks[pid].max(to);
+    }
+
     /// Forget the masks of the previous text.
     pub(crate) fn reset(&mut self) {
-        self.masks.fill(0);
+        for &pid in &self.masked {
+            self.masks[pid] = 0;
+        }
+        self.masked.clear();
     }
 }
 
@@ -301,6 +315,7 @@ impl Scrubber {
             dfa: self.dfa.create_cache(),
             per_pattern: (0..self.per_pattern.len()).map(|_| None).collect(),
             masks: vec![0; self.patterns.len()],
+            masked: Vec::new(),
             steps: 0,
         }
     }
@@ -503,7 +518,7 @@ impl Scrubber {
                     return Err(a);
                 }
                 Walked::Nothing(covered) => {
-                    scratch.masks[pid] = scratch.masks[pid].max(covered);
+                    scratch.mask(pid, covered);
                     a.next += 1;
                 }
                 Walked::Match { end, cut } => {
@@ -514,7 +529,7 @@ impl Scrubber {
                     }
                     // Rejected: the next rule of this position may still match (a specific
                     // format before the general one it overlaps).
-                    scratch.masks[pid] = scratch.masks[pid].max(end);
+                    scratch.mask(pid, end);
                     a.next += 1;
                 }
             }

@@ -249,13 +249,18 @@ pub fn wrap_forms(pattern: &str) -> Result<String, String> {
     Ok(transform(&hir).to_string())
 }
 
-/// The start literals of a trigger in every wrapper: its characters in their forms, up to the
-/// first special character after at least three bytes (the literal need not be longer to be
-/// found; stopping there keeps the number of spellings small).
+/// Most spellings of one start literal: past that, the literal is cut before its next special
+/// character (a shorter literal is found as surely, only more often).
+const MAX_SPELLINGS: usize = 16;
+
+/// The start literals of a trigger in every wrapper: its characters in their forms, the whole
+/// trigger unless its spellings would grow past [`MAX_SPELLINGS`] (then it is cut before that
+/// special character, once every spelling has three bytes).
 pub fn trigger_forms(trigger: &str) -> Vec<String> {
     let mut out = vec![String::new()];
     for c in trigger.chars() {
-        if is_special(c) && out.iter().all(|o| o.len() >= 3) {
+        let grow = 1 + spellings(c).len();
+        if is_special(c) && out.len() * grow > MAX_SPELLINGS && out.iter().all(|o| o.len() >= 3) {
             break;
         }
         let mut forms = vec![c.to_string()];
@@ -310,7 +315,8 @@ mod tests {
         let f = trigger_forms("://");
         assert!(f.contains(&"://".to_string()) && f.contains(&"%3a%2f%2f".to_string()));
         assert!(f.contains(&r":\/\/".to_string()));
-        assert_eq!(trigger_forms("https://hooks"), vec!["https".to_string()]);
+        assert_eq!(trigger_forms("https://hooks").len(), 6);
+        assert!(trigger_forms("sig=").contains(&"sig%3d".to_string()));
         assert_eq!(trigger_forms("ghp_"), vec!["ghp_".to_string()]);
     }
 }
