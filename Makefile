@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 
 SOURCES := pyproject.toml Cargo.toml native/Cargo.toml $(shell find native/src -type f 2>/dev/null)
 
-.PHONY: install run test test-deps lint fmt bench clean
+.PHONY: install run test test-deps lint fmt bench clean engine-env test-engine bench-engine
 
 install: $(STAMP)  ## create .venv with IIR and its dev tools (quick when nothing changed)
 
@@ -58,9 +58,27 @@ test: install test-deps lint  ## lint, Rust unit tests, then the Python suite ag
 test-deps:  ## system tools the tests use (systemd-analyze, dpkg-deb, ...), installed only when missing
 	@sh packaging/ci-deps.sh
 
-bench: install  ## benchmarks (pytest-benchmark); see README for the numbers
+bench: install test-deps  ## benchmarks (pytest-benchmark); see README for the numbers
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq wrk >/dev/null; } || echo "wrk missing: throughput benchmarks will be skipped"
 	$(BIN)/pytest bench -q --benchmark-only --benchmark-columns=min,median,mean,ops,rounds $(PYTEST_ARGS)
+	@if [ -x $(ENGINE_VENV)/bin/python ]; then $(MAKE) --no-print-directory bench-engine; fi
+
+# The local engine for real: vLLM's CPU build beside IIR in .venv-engine (~6.4 GB, ~5 min to build
+# here, where downloads are fast; quick when built). See README "Local engine and registry".
+ENGINE_VENV := .venv-engine
+ENGINE_STAMP := $(ENGINE_VENV)/.installed
+
+engine-env: $(ENGINE_STAMP)  ## create .venv-engine: IIR beside vLLM's CPU build
+
+$(ENGINE_STAMP): $(SOURCES) packaging/engine-env.sh
+	PYTHON=$(PYTHON) packaging/engine-env.sh $(ENGINE_VENV)
+	@touch $@
+
+test-engine: $(ENGINE_STAMP)  ## the local-engine suite: the real vLLM engine inside a real iir serve
+	$(ENGINE_VENV)/bin/pytest -q -p no:cacheprovider --timeout 900 tests/engine $(PYTEST_ARGS)
+
+bench-engine: $(ENGINE_STAMP)  ## iir serve beside vllm serve on the same tiny model (README "Performance")
+	$(ENGINE_VENV)/bin/python -m bench.engine $(BENCH_ENGINE_ARGS)
 
 clean:
 	rm -rf $(VENV) target .pytest_cache .ruff_cache .benchmarks

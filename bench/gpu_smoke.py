@@ -223,7 +223,7 @@ def check_chats(smoke: Smoke, url: str, auth: dict[str, str], name: str, max_tok
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     iir = args.iir or str(Path(sys.executable).with_name("iir"))
-    key = "smoke-" + secrets.token_urlsafe(16)
+    key = "smoke-" + secrets.token_urlsafe(32)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     name = args.served_name or args.model

@@ -6,6 +6,10 @@
 #   setpriv          (Debian package: util-linux) drops to an unprivileged user in deploy-test
 #   /usr/bin/python3 with venv (python3, python3-venv) builds /opt/iir/venv as the GPU box does
 #   chromium         (Debian package: chromium)  the headless browser the /console tests drive
+#   redis-server     (Debian package: redis-server) the fleet tests' shared limits (IIR_STATE_URL)
+#   postgres, initdb (Debian package: postgresql)   the fleet tests' shared jobs (IIR_JOB_STORE_URL)
+# The fleet tests start their own servers on loopback ports in temporary folders
+# (tests/fleet_servers.py); the packages' own services are not used.
 set -eu
 
 missing=""
@@ -15,6 +19,10 @@ command -v git >/dev/null 2>&1 || missing="$missing git"
 command -v setpriv >/dev/null 2>&1 || missing="$missing util-linux"
 command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 \
     || missing="$missing chromium"
+command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"
+if ! command -v postgres >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
+    missing="$missing postgresql"
+fi
 if [ ! -x /usr/bin/python3 ]; then
     missing="$missing python3 python3-venv"
 elif ! /usr/bin/python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then

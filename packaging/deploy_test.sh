@@ -1,7 +1,8 @@
 #!/bin/sh
 # make deploy-test: install the .deb's contents into a temporary root with the package's own
-# postinst, start IIR the way iir.service's ExecStart does (its Environment= lines, then the
-# env file, the same command line, an unprivileged user with no_new_privs when run as root),
+# postinst, start IIR the way iir.service's ExecStart does (its Environment= lines, the same
+# command line, which reads the env file itself, an unprivileged user with no_new_privs when run
+# as root),
 # smoke-test /health, an authenticated chat with iir/echo and /metrics, then stop it with
 # SIGTERM and check it exits 0 within the unit's TimeoutStopSec.
 #
@@ -108,17 +109,18 @@ STOP_TIMEOUT="$(sed -n 's/^TimeoutStopSec=\([0-9]*\)$/\1/p' "$UNIT")"
 [ -n "$EXEC_START" ] || fail "no ExecStart= in $UNIT"
 [ -n "$STOP_TIMEOUT" ] || fail "no TimeoutStopSec= (in seconds) in $UNIT"
 
-# Environment as systemd builds it: Environment= lines, then EnvironmentFile= (which wins).
+# Environment as systemd builds it: the Environment= lines only (the unit has no
+# EnvironmentFile=; `iir serve --env-file` reads the file, as root:<service group> 0640).
 ENV_ARGS="$(sed -n 's/^Environment=//p' "$UNIT" | relocate | tr '\n' ' ')"
-ENV_ARGS="$ENV_ARGS $(grep -E '^[A-Za-z_][A-Za-z0-9_]*=' "$ENV_FILE" | tr '\n' ' ')"
 API_KEY="$(sed -n 's/^IIR_API_KEY=//p' "$ENV_FILE")"
 [ -n "$API_KEY" ] || fail "no IIR_API_KEY in $ENV_FILE"
 
 mkdir -p "$(dirname "$LOG_FILE")"
 : >"$LOG_FILE"
 say "starting: $EXEC_START (port $PORT${DEPLOY_USER:+, user $DEPLOY_USER})"
+# In the state directory, as WorkingDirectory= has it.
 # shellcheck disable=SC2086 # ENV_ARGS and EXEC_START are word lists, split on purpose
-env -i PATH=/usr/local/bin:/usr/bin:/bin LANG=C.UTF-8 $ENV_ARGS $RUN_AS $EXEC_START >>"$LOG_FILE" 2>&1 &
+env -i -C "$ROOT/var/lib/iir" PATH=/usr/local/bin:/usr/bin:/bin LANG=C.UTF-8 $ENV_ARGS $RUN_AS $EXEC_START >>"$LOG_FILE" 2>&1 &
 PID=$!
 
 "$CLIENT_PY" - "$PORT" "$API_KEY" "$PID" <<'PY' || fail "smoke test"

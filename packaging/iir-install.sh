@@ -1,6 +1,7 @@
 #!/bin/sh
 # Install or upgrade IIR from the package's wheelhouse: the iir user, the venv under /opt/iir,
-# /etc/iir/iir.env (created once, never overwritten) and the state directories.
+# /etc/iir/iir.env (created once, never overwritten; root:iir 0640, so the service reads its
+# keys but cannot rewrite its own configuration) and the state directories.
 #
 # The package's postinst runs this with ROOT unset. With ROOT=/some/dir every path is placed
 # under that directory, no user is created and nothing touches systemd, so the same logic can
@@ -54,6 +55,14 @@ own() {
     fi
 }
 
+# The env file: owned by root, readable by the service's group, by no one else.
+own_env_file() {
+    if [ "$(id -u)" = 0 ] && getent passwd "$SERVICE_USER" >/dev/null 2>&1; then
+        chown "root:$(id -gn "$SERVICE_USER")" "$1"
+    fi
+    chmod 0640 "$1"
+}
+
 ensure_user
 
 # The venv is rebuilt on every install and upgrade (it holds nothing of the operator's) from
@@ -69,8 +78,8 @@ chmod 0755 "$ETC"
 if [ -e "$ENV_FILE" ]; then
     say "keeping existing $ENV_FILE"
     case "$(stat -c %a "$ENV_FILE")" in
-        600 | 400) ;;
-        *) say "warning: $ENV_FILE is mode $(stat -c %a "$ENV_FILE"); it holds keys, consider chmod 600" ;;
+        640 | 600 | 440 | 400) ;;
+        *) say "warning: $ENV_FILE is mode $(stat -c %a "$ENV_FILE"); it holds keys, consider chown root:$SERVICE_USER and chmod 640" ;;
     esac
 else
     say "creating $ENV_FILE with a new API key"
@@ -80,8 +89,7 @@ else
         umask 077
         sed "s|__IIR_GENERATED_KEY__|$key|" "$SHARE/iir.env.template" >"$tmp"
     )
-    chmod 0600 "$tmp"
-    own "$tmp"
+    own_env_file "$tmp"
     mv "$tmp" "$ENV_FILE"
 fi
 

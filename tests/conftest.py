@@ -20,7 +20,7 @@ settings.load_profile("iir")
 @pytest.fixture(scope="session")
 def server() -> Iterator[Server]:
     """A shared IIR server with default settings (tests must not change its state)."""
-    with Server(env={"IIR_ALLOWED_KEYS": "second-key-0123456789abcdef"}) as srv:
+    with Server(env={"IIR_ALLOWED_KEYS": "second-key-0123456789abcdef0123456789abcdef"}) as srv:
         yield srv
 
 

@@ -1,12 +1,13 @@
 """A stand-in for vLLM's ``AsyncLLM`` (a third-party engine), for machines without vLLM or a GPU.
 
-It has exactly ``AsyncLLM``'s ``generate()``/``encode()``/``abort()`` signatures (vLLM 0.33) and
-yields objects shaped like ``vllm.outputs.RequestOutput``/``CompletionOutput`` with
-``RequestOutputKind.DELTA`` semantics: each output carries only the new text and token ids of the
-choices that moved, and the last one has ``finished=True``. Its "model" answers with the last user
-message, one word per token (a raw prompt without chat markers: the whole prompt). An engine
-built with ``runner="pooling"`` embeds instead (``encode()`` yields one ``PoolingRequestOutput``
-whose vector is derived from the token ids) and refuses to generate, as vLLM does.
+It has exactly ``AsyncLLM``'s ``generate()``/``encode()``/``abort()`` signatures (the vLLM that
+``make test-engine`` installs; tests/engine/test_stand_in.py compares them) and yields objects
+shaped like ``vllm.outputs.RequestOutput``/``CompletionOutput`` with ``RequestOutputKind.DELTA``
+semantics: each output carries only the new text and token ids of the choices that moved, and the
+last one has ``finished=True``. Its "model" answers with the last user message, one word per token
+(a raw prompt without chat markers: the whole prompt). An engine built with ``runner="pooling"``
+embeds instead (``encode()`` yields one ``PoolingRequestOutput`` whose vector is derived from the
+token ids) and refuses to generate, as vLLM does.
 
 Loaded into a real ``iir serve`` with ``IIR_VLLM_ENGINE_FACTORY=tests.fake_vllm:factory``. Control
 words in the last user message drive failures: ``__fail__`` (a generate error), ``__fail_mid__``
@@ -122,6 +123,7 @@ class CompletionOutput:
     token_ids: list[int]
     cumulative_logprob: float | None
     logprobs: list[dict[int, Logprob]] | None
+    routed_experts: Any = None
     finish_reason: str | None = None
     stop_reason: int | str | None = None
     lora_request: Any = None
@@ -140,7 +142,7 @@ class RequestOutput:
     encoder_prompt: str | None = None
     encoder_prompt_token_ids: list[int] | None = None
     num_cached_tokens: int | None = None
-    kv_transfer_params: dict[str, Any] | None = None
+    num_cache_creation_tokens: int | None = None
 
 
 class EngineDeadError(Exception):
@@ -232,6 +234,9 @@ class FakeAsyncLLM:
     def shutdown(self, timeout: float | None = None) -> None:
         self._dead = True
 
+    def get_num_unfinished_requests(self) -> int:
+        return len(self._running)
+
     async def generate(
         self,
         prompt: Any,
@@ -245,6 +250,7 @@ class FakeAsyncLLM:
         priority: int = 0,
         data_parallel_rank: int | None = None,
         session_id: str | None = None,
+        kv_hints: Any = None,
         reasoning_ended: bool | None = None,
         reasoning_parser_kwargs: dict[str, Any] | None = None,
     ) -> AsyncGenerator[RequestOutput, None]:
@@ -315,7 +321,8 @@ class FakeAsyncLLM:
                 done = all(step >= len(t) - 1 for t, _, _ in plans)
                 if not plans or all(not t for t, _, _ in plans):
                     outs = [
-                        CompletionOutput(i, "", [], None, None, "stop", None) for i in range(sp.n)
+                        CompletionOutput(i, "", [], None, None, finish_reason="stop")
+                        for i in range(sp.n)
                     ]
                     done = True
                 yield RequestOutput(request_id, None, ids if step == 0 else [], None, outs, done)

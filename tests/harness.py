@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -31,13 +32,18 @@ class Server:
     def __init__(
         self,
         env: dict[str, str] | None = None,
-        key: str = "test-key-0123456789abcdef",
+        key: str = "test-key-0123456789abcdef0123456789abcdef",
         data_dir: Path | None = None,
         args: list[str] | None = None,
     ) -> None:
         self.key = key
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        # With IIR_TLS_CERT the server speaks https; clients trust that (self-signed) certificate.
+        cert = (env or {}).get("IIR_TLS_CERT")
+        self.verify: ssl.SSLContext | bool = (
+            ssl.create_default_context(cafile=cert) if cert else True
+        )
+        self.url = f"{'https' if cert else 'http'}://127.0.0.1:{self.port}"
         self._tmp = tempfile.TemporaryDirectory(prefix="iir-test-")
         self.data_dir = data_dir or Path(self._tmp.name) / "data"
         self.log_path = Path(self._tmp.name) / "server.log"
@@ -57,6 +63,9 @@ class Server:
                 # requests a minute (pollers, hypothesis): the shipped 600/min per-IP limit would
                 # turn a fast run into random 429s. Tests of that limit set it explicitly.
                 "IIR_RATE_LIMIT_PER_IP": "0",
+                "IIR_PROBE_RATE_LIMIT_PER_IP": "0",  # the same for /health and /metrics pollers
+                # Tests read a counter right after the request that moved it.
+                "IIR_METRICS_CACHE_SECONDS": "0",
             }
         )
         base.update(env or {})
@@ -78,7 +87,8 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.logs()}")
             try:
-                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                health = httpx.get(self.url + "/health", timeout=1, verify=self.verify)
+                if health.status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass
@@ -130,6 +140,7 @@ class Server:
         return {"Authorization": f"Bearer {self.key}"}
 
     def client(self, **kw: Any) -> httpx.Client:
+        kw.setdefault("verify", self.verify)
         return httpx.Client(base_url=self.url, timeout=30, **kw)
 
     def __enter__(self) -> Server:

@@ -190,6 +190,6 @@ def test_docs_page_is_served_offline(server: Server) -> None:
 
 @pytest.mark.parametrize("key_env", ["IIR_API_KEY", "IIR_ALLOWED_KEYS"])
 def test_both_configured_keys_work(server: Server, key_env: str) -> None:
-    key = server.key if key_env == "IIR_API_KEY" else "second-key-0123456789abcdef"
+    key = server.key if key_env == "IIR_API_KEY" else "second-key-0123456789abcdef0123456789abcdef"
     r = httpx.get(server.url + "/v1/models", headers={"Authorization": f"Bearer {key}"})
     assert r.status_code == 200

@@ -42,7 +42,7 @@ def test_keygen_prints_env_lines() -> None:
 
 def test_doctor_healthy_setup(tmp_path: Path) -> None:
     env_file = tmp_path / "iir.env"
-    env_file.write_text("IIR_API_KEY=doctor-key-0123456789\n")
+    env_file.write_text("IIR_API_KEY=doctor-key-0123456789abcdef0123456789\n")
     env_file.chmod(0o600)
     with FakeProvider("openai", key="sk-doctor-0123456789") as fake:
         res = _iir(
@@ -60,7 +60,9 @@ def test_doctor_healthy_setup(tmp_path: Path) -> None:
     assert rows["configuration"].startswith("ok")
     assert "answered 200" in res.stdout
     assert "not configured (set ANTHROPIC_API_KEY)" in res.stdout
-    assert "doctor-key-0123456789" not in res.stdout and "sk-doctor" not in res.stdout
+    assert (
+        "doctor-key-0123456789abcdef0123456789" not in res.stdout and "sk-doctor" not in res.stdout
+    )
     assert "GPU (NVML)" in res.stdout
 
 
@@ -69,7 +71,7 @@ def test_doctor_fails_on_corrupt_database_and_dead_provider(tmp_path: Path) -> N
     res = _iir(
         "doctor",
         env={
-            "IIR_API_KEY": "doctor-key-0123456789",
+            "IIR_API_KEY": "doctor-key-0123456789abcdef0123456789",
             "IIR_DATA_DIR": str(tmp_path),
             "OPENAI_API_KEY": "sk-doctor-0123456789",
             "IIR_OPENAI_BASE_URL": f"http://127.0.0.1:{free_port()}/v1",
@@ -88,7 +90,7 @@ def test_doctor_reports_bad_configuration(tmp_path: Path) -> None:
     assert res.returncode == 1 and "FAIL" in res.stdout and "IIR_API_KEY" in res.stdout
     ok_db = tmp_path / "iir.db"
     sqlite3.connect(ok_db).execute("create table t(x)").connection.commit()
-    res = _iir("doctor", env={"IIR_DATA_DIR": str(tmp_path), "IIR_API_KEY": "k" * 20})
+    res = _iir("doctor", env={"IIR_DATA_DIR": str(tmp_path), "IIR_API_KEY": "k" * 32})
     assert "ok    database" in res.stdout
 
 

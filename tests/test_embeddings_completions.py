@@ -262,11 +262,11 @@ def test_local_models_declare_their_runner() -> None:
     from iir.core.settings import ConfigError, load_settings
 
     s = load_settings(
-        {"IIR_API_KEY": "k" * 16, "IIR_LOCAL_MODELS": "a=/m/a#embed, BAAI/bge-m3#embed"}
+        {"IIR_API_KEY": "k" * 32, "IIR_LOCAL_MODELS": "a=/m/a#embed, BAAI/bge-m3#embed"}
     )
     assert s.local_models == (("a", "/m/a#embed"), ("BAAI/bge-m3", "BAAI/bge-m3#embed"))
     with pytest.raises(ConfigError, match="IIR_LOCAL_MODELS"):
-        load_settings({"IIR_API_KEY": "k" * 16, "IIR_LOCAL_MODELS": "a=/m/a#pool"})
+        load_settings({"IIR_API_KEY": "k" * 32, "IIR_LOCAL_MODELS": "a=/m/a#pool"})
 
 
 @pytest.mark.parametrize(

@@ -89,12 +89,29 @@ def test_sdk_exception_classes(server: Server) -> None:
             {"model": "iir/echo", "messages": [{"role": "wizard", "content": "x"}]},
             "messages[0].role",
         ),
-        ({"model": "iir/echo", "messages": [{"role": "user"}]}, "messages[0]"),
+        ({"model": "iir/echo", "messages": [{"role": "user"}]}, "messages[0].content"),
+        ({"model": "iir/echo", "messages": [{"content": "x"}]}, "messages[0].role"),
+        ({"model": "iir/echo", "messages": [{"role": "assistant"}]}, "messages[0]"),
+        (
+            {"model": "iir/echo", "messages": [{"role": "user", "content": [{"type": "text"}]}]},
+            "messages[0].content[0].text",
+        ),
+        (
+            {"model": "iir/echo", "messages": [{"role": "user", "content": [{"type": "gif"}]}]},
+            "messages[0].content[0].type",
+        ),
         (
             {"model": "iir/echo", "messages": [{"role": "user", "content": 5}]},
             "messages[0].content",
         ),
-        ({"model": "iir/echo", "messages": [{"role": "tool", "content": "x"}]}, "messages[0]"),
+        (
+            {"model": "iir/echo", "messages": [{"role": "tool", "content": "x"}]},
+            "messages[0].tool_call_id",
+        ),
+        (
+            {"model": "iir/echo", "messages": [{"role": "tool", "tool_call_id": "c"}]},
+            "messages[0].content",
+        ),
         ({"model": "iir/echo", "messages": "hi"}, "messages"),
         ({"model": "iir/echo", "messages": OK_MESSAGES, "max_tokens": 0}, "max_tokens"),
         (
@@ -111,6 +128,14 @@ def test_sdk_exception_classes(server: Server) -> None:
             "stream_options.include_usage",
         ),
         ({"model": "iir/echo", "messages": OK_MESSAGES, "tool_choice": "sometimes"}, "tool_choice"),
+        # Integers are bounded (the document says so): nothing a JSON parser cannot give back.
+        ({"model": "iir/echo", "messages": OK_MESSAGES, "max_tokens": 2**24 + 1}, "max_tokens"),
+        ({"model": "iir/echo", "messages": OK_MESSAGES, "max_tokens": 10**40}, "max_tokens"),
+        ({"model": "iir/echo", "messages": OK_MESSAGES, "seed": 2**63}, "seed"),
+        ({"model": "iir/echo", "messages": OK_MESSAGES, "seed": -(2**63) - 1}, "seed"),
+        ({"model": "iir/echo", "messages": OK_MESSAGES, "n": 2.5}, "n"),
+        ({"model": "iir/echo", "messages": OK_MESSAGES, "n": "2"}, "n"),
+        ({"model": "iir/echo", "messages": OK_MESSAGES, "n": True}, "n"),
     ],
 )
 def test_invalid_fields_name_the_param(server: Server, body: dict, param: str) -> None:
@@ -228,3 +253,72 @@ def test_get_on_a_post_route_is_405(server: Server, path: str) -> None:
 def test_unknown_model_is_404(server: Server) -> None:
     err = _error(_post(server, {"model": "openai/gpt-404", "messages": OK_MESSAGES}), 404)
     assert err["error"]["param"] == "model"
+
+
+@pytest.mark.parametrize(
+    "messages",
+    [
+        # Every role's shape the document allows is accepted.
+        [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}],
+        [{"role": "developer", "content": [{"type": "text", "text": "be brief"}]}, *OK_MESSAGES],
+        [
+            *OK_MESSAGES,
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": "call_1",
+                        "type": "function",
+                        "function": {"name": "f", "arguments": "{}"},
+                    }
+                ],
+            },
+            {"role": "tool", "tool_call_id": "call_1", "content": "42"},
+            {"role": "user", "content": "and?"},
+        ],
+        [
+            {
+                "role": "user",
+                "content": [{"type": "image_url", "image_url": {"url": "https://x/y.png"}}],
+            }
+        ],
+    ],
+)
+def test_every_documented_message_shape_is_accepted(server: Server, messages: list) -> None:
+    r = _post(server, {"model": "iir/echo", "messages": messages})
+    assert r.status_code == 200, r.text
+
+
+def test_integral_floats_count_as_integers(server: Server) -> None:
+    # JSON Schema's "integer" includes 2.0; so does the server.
+    r = _post(server, {"model": "iir/echo", "messages": OK_MESSAGES, "n": 2.0, "max_tokens": 3.0})
+    assert r.status_code == 200, r.text
+    assert len(r.json()["choices"]) == 2
+
+
+def test_route_explains_an_explicit_model_too(server: Server) -> None:
+    r = httpx.post(
+        server.url + "/v1/route",
+        json={"model": "iir/echo", "messages": OK_MESSAGES},
+        headers=server.auth,
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model"] == "iir/echo" and body["explicit"] is True
+    assert body["candidates"][0] == "iir/echo"
+
+
+def test_async_jobs_document_that_they_do_not_stream(server: Server) -> None:
+    doc = httpx.get(server.url + "/openapi.json").json()
+    op = doc["paths"]["/v1/async/chat/completions"]["post"]
+    ref = op["requestBody"]["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
+    assert doc["components"]["schemas"][ref]["properties"]["stream"]["const"] is False
+    r = httpx.post(
+        server.url + "/v1/async/chat/completions",
+        json={"model": "iir/echo", "messages": OK_MESSAGES, "stream": True},
+        headers=server.auth,
+        timeout=30,
+    )
+    assert _error(r, 400)["error"]["param"] == "stream"

@@ -152,7 +152,10 @@ def test_max_prompt_tokens() -> None:
 
 
 def test_per_key_request_limit_headers_and_429() -> None:
-    env = {"IIR_RATE_LIMIT_RPM_PER_KEY": "3", "IIR_ALLOWED_KEYS": "other-key-0123456789abc"}
+    env = {
+        "IIR_RATE_LIMIT_RPM_PER_KEY": "3",
+        "IIR_ALLOWED_KEYS": "other-key-0123456789abcdef0123456789abc",
+    }
     with Server(env=env) as s:
         seen = []
         for _ in range(3):
@@ -171,7 +174,8 @@ def test_per_key_request_limit_headers_and_429() -> None:
         assert body["error"]["code"] == "rate_limit_exceeded"
         assert int(r.headers["retry-after"]) >= 1
         other = httpx.get(
-            s.url + "/v1/models", headers={"Authorization": "Bearer other-key-0123456789abc"}
+            s.url + "/v1/models",
+            headers={"Authorization": "Bearer other-key-0123456789abcdef0123456789abc"},
         )
         assert other.status_code == 200  # limits are per key
         client = openai.OpenAI(base_url=s.url + "/v1", api_key=s.key, max_retries=0)

@@ -71,6 +71,11 @@ def test_sampling_fields_top_level_and_in_input(srv: Server) -> None:
         },
     )
     check_answer(r.json(), "one two three", "length")
+    # Given at both levels with different values, the one in ``input`` is used.
+    r = infer(
+        srv, {"model": "iir/echo", "input": {"prompt": text, "max_tokens": 2}, "max_tokens": 4}
+    )
+    check_answer(r.json(), "one two", "length")
 
 
 @pytest.mark.parametrize(
@@ -80,7 +85,9 @@ def test_sampling_fields_top_level_and_in_input(srv: Server) -> None:
         ({"model": "iir/echo"}, "input"),
         ({"model": "iir/echo", "input": "text"}, "input"),
         ({"model": "iir/echo", "input": {}}, "input"),
-        ({"model": "iir/echo", "input": {"prompt": "x", "messages": []}}, "input.messages"),
+        ({"model": "iir/echo", "input": {"prompt": "x", "messages": []}}, "input"),
+        ({"model": "iir/echo", "input": {"messages": None, "prompt": None}}, "input"),
+        ({"model": "iir/echo", "input": {"messages": []}}, "input.messages"),
         (
             {
                 "model": "iir/echo",
@@ -96,10 +103,6 @@ def test_sampling_fields_top_level_and_in_input(srv: Server) -> None:
         ),
         ({"model": "iir/echo", "input": {"prompt": "x"}, "temperature": 5}, "temperature"),
         ({"model": "iir/echo", "input": {"prompt": "x", "max_tokens": 0}}, "input.max_tokens"),
-        (
-            {"model": "iir/echo", "input": {"prompt": "x", "max_tokens": 2}, "max_tokens": 3},
-            "input.max_tokens",
-        ),
         ({"model": "iir/echo", "input": {"prompt": "x"}, "async_": "yes"}, "async_"),
         ([], "body"),
     ],

@@ -52,7 +52,7 @@ from .schemas import validate, validate_error
 from .test_fuzz import chat_body, json_values
 
 ASYNC = "/v1/async/chat/completions"
-SECOND = "second-key-0123456789abcdef"
+SECOND = "second-key-0123456789abcdef0123456789abcdef"
 JOB_ID = re.compile(r"job_[0-9a-f]{32}")
 
 
@@ -547,7 +547,7 @@ def test_everything_stored_passes_the_scrubber(tmp_path: Path) -> None:
 
 def _serve(data: Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("IIR_")}
-    env.update({"IIR_API_KEY": "k" * 20, "IIR_DATA_DIR": str(data)})
+    env.update({"IIR_API_KEY": "k" * 32, "IIR_DATA_DIR": str(data)})
     return subprocess.run(
         [IIR, "serve", "--port", str(free_port())],
         env=env,
@@ -579,7 +579,7 @@ def test_bad_job_settings_exit_2_naming_the_variable(
     tmp_path: Path, variable: str, value: str
 ) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("IIR_")}
-    env.update({"IIR_API_KEY": "k" * 20, "IIR_DATA_DIR": str(tmp_path), variable: value})
+    env.update({"IIR_API_KEY": "k" * 32, "IIR_DATA_DIR": str(tmp_path), variable: value})
     res = subprocess.run([IIR, "serve"], env=env, capture_output=True, text=True, timeout=60)
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()

@@ -84,13 +84,13 @@ def test_not_twice_and_not_when_nothing_serves_it() -> None:
 
 
 def test_the_setting() -> None:
-    assert load_settings({"IIR_API_KEY": "k"}).routing_last_resort is None
-    s = load_settings({"IIR_API_KEY": "k", "IIR_ROUTING_LAST_RESORT": " iir/echo "})
+    assert load_settings({"IIR_API_KEY": "k" * 32}).routing_last_resort is None
+    s = load_settings({"IIR_API_KEY": "k" * 32, "IIR_ROUTING_LAST_RESORT": " iir/echo "})
     assert s.routing_last_resort == "iir/echo"
-    blank = load_settings({"IIR_API_KEY": "k", "IIR_ROUTING_LAST_RESORT": " "})
+    blank = load_settings({"IIR_API_KEY": "k" * 32, "IIR_ROUTING_LAST_RESORT": " "})
     assert blank.routing_last_resort is None  # an emptied line in the env file turns it off
     with pytest.raises(ConfigError, match="IIR_ROUTING_LAST_RESORT"):
-        load_settings({"IIR_API_KEY": "k", "IIR_ROUTING_LAST_RESORT": "a\x01b"})
+        load_settings({"IIR_API_KEY": "k" * 32, "IIR_ROUTING_LAST_RESORT": "a\x01b"})
 
 
 # --- make run's env file, in a real server --------------------------------------------------------

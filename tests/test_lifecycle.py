@@ -32,14 +32,14 @@ def _run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
 @pytest.mark.parametrize(
     ("env", "variable"),
     [
-        ({"IIR_API_KEY": "k" * 20, "IIR_PORT": "eighty"}, "IIR_PORT"),
-        ({"IIR_API_KEY": "k" * 20, "IIR_PORT": "70000"}, "IIR_PORT"),
+        ({"IIR_API_KEY": "k" * 32, "IIR_PORT": "eighty"}, "IIR_PORT"),
+        ({"IIR_API_KEY": "k" * 32, "IIR_PORT": "70000"}, "IIR_PORT"),
         ({"IIR_ALLOWED_KEYS": " , ,"}, "IIR_ALLOWED_KEYS"),
         ({"IIR_API_KEY": ""}, "IIR_API_KEY"),
         ({}, "IIR_API_KEY"),
-        ({"IIR_API_KEY": "k" * 20, "IIR_MAX_BODY_BYTES": "-5"}, "IIR_MAX_BODY_BYTES"),
-        ({"IIR_API_KEY": "k" * 20, "IIR_LOG_LEVEL": "loud"}, "IIR_LOG_LEVEL"),
-        ({"IIR_API_KEY": "k" * 20, "IIR_SHUTDOWN_TIMEOUT": "soon"}, "IIR_SHUTDOWN_TIMEOUT"),
+        ({"IIR_API_KEY": "k" * 32, "IIR_MAX_BODY_BYTES": "-5"}, "IIR_MAX_BODY_BYTES"),
+        ({"IIR_API_KEY": "k" * 32, "IIR_LOG_LEVEL": "loud"}, "IIR_LOG_LEVEL"),
+        ({"IIR_API_KEY": "k" * 32, "IIR_SHUTDOWN_TIMEOUT": "soon"}, "IIR_SHUTDOWN_TIMEOUT"),
     ],
 )
 def test_bad_configuration_exits_2_naming_the_variable(env: dict[str, str], variable: str) -> None:
@@ -59,21 +59,22 @@ def test_bad_configuration_exits_2_naming_the_variable(env: dict[str, str], vari
 
 
 def test_unreadable_env_file_exits_2(tmp_path: Path) -> None:
-    res = _run({"IIR_API_KEY": "k" * 20}, "--env-file", str(tmp_path / "missing.env"))
+    res = _run({"IIR_API_KEY": "k" * 32}, "--env-file", str(tmp_path / "missing.env"))
     assert res.returncode == 2 and "env file" in res.stderr and "missing.env" in res.stderr
 
 
 def test_environment_wins_over_env_file(tmp_path: Path) -> None:
     env_file = tmp_path / "iir.env"
-    env_file.write_text("IIR_API_KEY=file-key-0123456789\nIIR_MAX_BODY_BYTES=100\n")
+    env_file.write_text("IIR_API_KEY=file-key-0123456789abcdef0123456789\nIIR_MAX_BODY_BYTES=100\n")
     with Server(
-        key="env-key-0123456789",
+        key="env-key-0123456789abcdef0123456789ab",
         args=["--env-file", str(env_file)],
         env={"IIR_MAX_BODY_BYTES": "100000"},
     ) as srv:
         assert httpx.get(srv.url + "/v1/models", headers=srv.auth).status_code == 200
         r = httpx.get(
-            srv.url + "/v1/models", headers={"Authorization": "Bearer file-key-0123456789"}
+            srv.url + "/v1/models",
+            headers={"Authorization": "Bearer file-key-0123456789abcdef0123456789"},
         )
         assert r.status_code == 403
         body = {"model": "iir/echo", "messages": [{"role": "user", "content": "y" * 500}]}

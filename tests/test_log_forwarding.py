@@ -77,7 +77,7 @@ def test_bad_sink_value_exits_2() -> None:
     from .harness import IIR
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("IIR_")}
-    env.update({"IIR_API_KEY": "k" * 20, "REMOTE_LOG_SINK": "not a sink"})
+    env.update({"IIR_API_KEY": "k" * 32, "REMOTE_LOG_SINK": "not a sink"})
     res = subprocess.run(
         [IIR, "serve", "--port", str(free_port())],
         env=env,

@@ -186,7 +186,7 @@ def test_install_into_temporary_root(installed: Path) -> None:
     assert (venv / "bin/iir").is_file()
 
     env_file = root / "etc/iir/iir.env"
-    assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
+    assert stat.S_IMODE(env_file.stat().st_mode) == 0o640
     text = env_file.read_text()
     assert KEY_LINE.search(text)
     assert "__IIR_GENERATED_KEY__" not in text
@@ -194,8 +194,9 @@ def test_install_into_temporary_root(installed: Path) -> None:
     for state in ("var/lib/iir", "var/cache/iir"):
         assert stat.S_IMODE((root / state).stat().st_mode) == 0o750
     if AS_ROOT:
-        owner = pwd.getpwuid(env_file.stat().st_uid).pw_name
-        assert owner == SERVICE_USER
+        # root:iir 0640: the service reads its keys but cannot rewrite its configuration.
+        assert env_file.stat().st_uid == 0
+        assert env_file.stat().st_gid == pwd.getpwnam(SERVICE_USER).pw_gid
         assert pwd.getpwuid((root / "var/lib/iir").stat().st_uid).pw_name == SERVICE_USER
     assert not (root / "etc/iir/.iir.env.new").exists()
 
@@ -228,7 +229,7 @@ def test_lifecycle_upgrade_keeps_config_remove_keeps_data_purge_deletes(
     env_file.write_text(
         env_file.read_text() + "IIR_ALLOWED_KEYS=added_by_operator_0123456789abcdefghijkl\n"
     )
-    env_file.chmod(0o600)
+    env_file.chmod(0o640)
     before = hashlib.sha256(env_file.read_bytes()).hexdigest()
     db = root / "var/lib/iir/iir.db"
     db.write_bytes(b"SQLite format 3\x00 pretend jobs")
@@ -240,7 +241,7 @@ def test_lifecycle_upgrade_keeps_config_remove_keeps_data_purge_deletes(
     assert "keeping existing" in result.stdout
     assert "systemctl enable --now iir" not in result.stdout  # first-install hint only
     assert hashlib.sha256(env_file.read_bytes()).hexdigest() == before
-    assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
+    assert stat.S_IMODE(env_file.stat().st_mode) == 0o640
     assert db.read_bytes() == b"SQLite format 3\x00 pretend jobs"
     assert not leftover.exists(), "the venv is rebuilt on upgrade"
     assert (root / "opt/iir/venv/bin/iir").is_file()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import math
 import threading
@@ -109,12 +110,12 @@ def test_token_costs_beyond_64_bits_are_clamped(tokens: int) -> None:
     settling such a reservation is harmless too."""
     limits = Limits(load_settings({"IIR_API_KEY": "k" * 32, "IIR_RATE_LIMIT_TPM_PER_KEY": "1000"}))
     with pytest.raises(ApiError) as err:
-        limits.reserve_tokens("key", tokens)
+        asyncio.run(limits.reserve_tokens("key", tokens))
     assert err.value.status == 429 and "Request too large" in err.value.message
-    reservation = limits.reserve_tokens("key", 10)
+    reservation = asyncio.run(limits.reserve_tokens("key", 10))
     reservation.settle(tokens)  # far more used than reserved: the key waits, nothing overflows
     with pytest.raises(ApiError):
-        limits.reserve_tokens("key", 10)
+        asyncio.run(limits.reserve_tokens("key", 10))
 
 
 def test_cost_above_burst_is_refused_with_finite_retry() -> None:

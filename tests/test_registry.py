@@ -338,7 +338,7 @@ def test_refresh_leaves_a_failing_folder_model_to_its_retry(
     monkeypatch.setenv("FAKE_VLLM_FAIL_CREATE", "flaky")
     settings = load_settings(
         {
-            "IIR_API_KEY": "k",
+            "IIR_API_KEY": "k" * 32,
             "IIR_MODEL_DIR": str(tmp_path),
             "IIR_AUTOLOAD_MODELS": "1",
             "IIR_VLLM_RESTART_BACKOFF_S": "30",

@@ -18,7 +18,7 @@ import pytest
 from .harness import Server
 from .schemas import validate, validate_error
 
-OTHER_KEY = "second-key-0123456789abcdef"
+OTHER_KEY = "second-key-0123456789abcdef0123456789abcdef"
 
 
 @pytest.fixture(scope="module")

@@ -504,7 +504,7 @@ def test_bad_policy_is_refused_naming_the_place(text: str, message: str) -> None
 
 
 def test_settings_refuse_bad_routing_values(tmp_path: Path) -> None:
-    base = {"IIR_API_KEY": "k" * 24}
+    base = {"IIR_API_KEY": "k" * 32}
     bad = tmp_path / "routing.toml"
     bad.write_text("[routing]\nsend_out = ['nope']\n")
     cases = [
@@ -527,7 +527,7 @@ def test_serve_exits_2_on_a_bad_routing_file(tmp_path: Path) -> None:
     bad.write_text("[[models]]\nname = 'x/y'\n")
     proc = subprocess.run(
         [IIR, "serve", "--port", "0"],
-        env={"IIR_API_KEY": "k" * 24, "IIR_ROUTING_FILE": str(bad), "PATH": "/usr/bin:/bin"},
+        env={"IIR_API_KEY": "k" * 32, "IIR_ROUTING_FILE": str(bad), "PATH": "/usr/bin:/bin"},
         capture_output=True,
         text=True,
         timeout=60,

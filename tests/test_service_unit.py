@@ -44,7 +44,8 @@ def test_systemd_analyze_verify_is_clean(tmp_path: Path) -> None:
     [
         (("ProtectSystem=strict", "ProtectSystem=bogus"), "protect system"),
         (("Restart=on-failure", "Restart=sometimes"), "restart"),
-        (("Type=exec", "Type=exec\nNoSuchSetting=1"), "Unknown key"),
+        (("Type=notify", "Type=notify\nNoSuchSetting=1"), "Unknown key"),
+        (("WatchdogSec=60", "WatchdogSec=soon"), "parse sec value"),
     ],
 )
 def test_verify_check_catches_a_broken_unit(
@@ -79,9 +80,8 @@ def test_security_exposure_matches_readme(tmp_path: Path) -> None:
 def test_runs_unprivileged_with_env_file_and_state_dir() -> None:
     assert values(ENTRIES, "User") == ["iir"]
     assert values(ENTRIES, "Group") == ["iir"]
-    assert values(ENTRIES, "EnvironmentFile") == ["/etc/iir/iir.env"]
     assert values(ENTRIES, "StateDirectory") == ["iir"]
-    assert "IIR_DATA_DIR=/var/lib/iir" in values(ENTRIES, "Environment")
+    assert values(ENTRIES, "WorkingDirectory") == ["/var/lib/iir"]
     assert values(ENTRIES, "ExecStart") == [
         "/opt/iir/venv/bin/iir serve --env-file /etc/iir/iir.env"
     ]
@@ -127,3 +127,28 @@ def test_gpu_device_nodes_stay_reachable() -> None:
     # current drivers and "nvidia-frontend" by older ones; /dev/nvidia-uvm* belong to nvidia-uvm.
     assert {"char-nvidia", "char-nvidia-frontend", "char-nvidia-uvm", "char-nvidia-caps"} <= allowed
     assert all(v.endswith(" rw") for v in values(ENTRIES, "DeviceAllow"))
+
+
+def test_env_file_is_read_by_iir_not_by_systemd() -> None:
+    # EnvironmentFile= would hand every key to the vLLM engine's processes as environment.
+    assert values(ENTRIES, "EnvironmentFile") == []
+    assert "--env-file /etc/iir/iir.env" in values(ENTRIES, "ExecStart")[0]
+    # No IIR_* default in Environment=: it would silently win over the operator's env file.
+    assert not [v for v in values(ENTRIES, "Environment") if v.startswith("IIR_")]
+    template = (ROOT / "packaging/iir.env.template").read_text()
+    assert re.search(r"^IIR_DATA_DIR=/var/lib/iir$", template, re.M)
+
+
+def test_notify_watchdog_and_resource_bounds() -> None:
+    assert values(ENTRIES, "Type") == ["notify"]
+    # The notifications come from Granian's worker, a child of the main process.
+    assert values(ENTRIES, "NotifyAccess") == ["all"]
+    (watchdog,) = values(ENTRIES, "WatchdogSec")
+    assert int(watchdog) >= 10
+    (memory,) = values(ENTRIES, "MemoryMax")
+    assert re.fullmatch(r"\d+%", memory) and 50 <= int(memory[:-1]) < 100
+    (tasks,) = values(ENTRIES, "TasksMax")
+    assert int(tasks) >= 1024
+    readme = (ROOT / "README.md").read_text()
+    for setting in (f"WatchdogSec={watchdog}", f"MemoryMax={memory}", f"TasksMax={tasks}"):
+        assert setting in readme, f"README.md must document {setting}"

@@ -36,7 +36,7 @@ def chat(content: str = "hello there world", **kw: Any) -> Any:
 
 async def started(env: dict[str, str] | None = None) -> tuple[VllmBackend, fake_vllm.FakeFactory]:
     settings = load_settings(
-        {"IIR_API_KEY": "k", "IIR_LOCAL_MODELS": "tiny=/m/tiny", **(env or {})}
+        {"IIR_API_KEY": "k" * 32, "IIR_LOCAL_MODELS": "tiny=/m/tiny", **(env or {})}
     )
     factory = fake_vllm.FakeFactory()
     backend = VllmBackend(settings, factory=factory)
@@ -265,7 +265,7 @@ def test_failed_load_is_reported_and_retried(monkeypatch: Any) -> None:
         monkeypatch.setenv("FAKE_VLLM_FAIL_CREATE", "tiny")
         settings = load_settings(
             {
-                "IIR_API_KEY": "k",
+                "IIR_API_KEY": "k" * 32,
                 "IIR_LOCAL_MODELS": "tiny=/m/tiny",
                 "IIR_VLLM_RESTART_BACKOFF_S": "0.01",
             }
@@ -287,7 +287,7 @@ def test_failed_load_is_reported_and_retried(monkeypatch: Any) -> None:
 def test_unavailable_engine_answers_503_with_the_reason(monkeypatch: Any) -> None:
     async def go() -> None:
         monkeypatch.setenv("FAKE_VLLM_UNAVAILABLE", "no usable NVIDIA GPU: test")
-        settings = load_settings({"IIR_API_KEY": "k", "IIR_LOCAL_MODELS": "tiny=/m/tiny"})
+        settings = load_settings({"IIR_API_KEY": "k" * 32, "IIR_LOCAL_MODELS": "tiny=/m/tiny"})
         backend = VllmBackend(settings, factory=fake_vllm.FakeFactory())
         await backend.start()
         try:
@@ -320,7 +320,7 @@ def test_real_factory_without_vllm_says_why() -> None:
 def test_engine_args_from_settings() -> None:
     s = load_settings(
         {
-            "IIR_API_KEY": "k",
+            "IIR_API_KEY": "k" * 32,
             "IIR_VLLM_GPU_MEMORY_UTILIZATION": "0.8",
             "IIR_VLLM_MAX_MODEL_LEN": "4096",
             "IIR_VLLM_TENSOR_PARALLEL_SIZE": "2",
@@ -343,7 +343,7 @@ def test_engine_args_from_settings() -> None:
         "quantization": "awq",
         "enforce_eager": True,
     }
-    plain = load_settings({"IIR_API_KEY": "k"})
+    plain = load_settings({"IIR_API_KEY": "k" * 32})
     assert engine_args("m", "org/m", plain.vllm) == {
         "model": "org/m",
         "served_model_name": ["m"],
@@ -351,7 +351,7 @@ def test_engine_args_from_settings() -> None:
         "pipeline_parallel_size": 1,
     }
     ids = load_settings(
-        {"IIR_API_KEY": "k", "IIR_LOCAL_MODELS": " org/a , b=/p/b ,, c = /p/c "}
+        {"IIR_API_KEY": "k" * 32, "IIR_LOCAL_MODELS": " org/a , b=/p/b ,, c = /p/c "}
     ).local_models
     assert ids == (("org/a", "org/a"), ("b", "/p/b"), ("c", "/p/c"))
 
@@ -377,7 +377,7 @@ def test_engine_args_from_settings() -> None:
 def test_bad_engine_settings_exit_2_naming_the_variable(
     var: str, value: str, tmp_path: Path
 ) -> None:
-    env = {"PATH": "/usr/bin:/bin", "IIR_API_KEY": "k" * 20, "IIR_DATA_DIR": str(tmp_path)}
+    env = {"PATH": "/usr/bin:/bin", "IIR_API_KEY": "k" * 32, "IIR_DATA_DIR": str(tmp_path)}
     env[var] = value
     proc = subprocess.run(
         [IIR, "serve", "--port", "0"], env=env, capture_output=True, text=True, timeout=60
@@ -527,7 +527,11 @@ def test_server_dead_engine_degrades_health_until_restarted(tmp_path: Path) -> N
         assert httpx.post(url, headers=srv.auth, json=die).status_code == 502
         health = httpx.get(srv.url + "/health")
         assert health.status_code == 503 and health.json()["status"] == "degraded"
-        assert "engine died" in health.json()["reasons"][0]
+        # Without a key: that it is degraded, not the engine's own words.
+        assert health.json()["reasons"] == ["backend unavailable"]
+        detailed = httpx.get(srv.url + "/health", headers=srv.auth)
+        assert detailed.status_code == 503
+        assert "engine died" in detailed.json()["reasons"][0]
         hello = {"model": "tiny", "messages": [{"role": "user", "content": "hello"}]}
         r = httpx.post(url, headers=srv.auth, json=hello)
         assert r.status_code == 503

@@ -70,7 +70,9 @@ class Request:
     __slots__ = (
         "_body",
         "client",
+        "deadline",
         "headers",
+        "held",
         "key_id",
         "max_body",
         "method",
@@ -83,7 +85,15 @@ class Request:
         "state",
     )
 
-    def __init__(self, scope: Any, proto: Any, request_id: str, client: str, max_body: int) -> None:
+    def __init__(
+        self,
+        scope: Any,
+        proto: Any,
+        request_id: str,
+        client: str,
+        max_body: int,
+        body_timeout: float = 30.0,
+    ) -> None:
         self.proto = proto
         self.method: str = scope.method
         self.path: str = scope.path
@@ -98,10 +108,24 @@ class Request:
         # Headers every answer to this request carries (rate-limit state, routing decisions).
         self.reply_headers: list[tuple[str, str]] = []
         self._body: bytes | None = None
+        #: Loop time by which the whole body must have arrived (``IIR_BODY_TIMEOUT``).
+        self.deadline = asyncio.get_running_loop().time() + body_timeout
+        #: In-flight slots this request holds; the app releases them when it is answered.
+        self.held: list[Any] = []
 
     def header(self, name: str) -> str | None:
         value: str | None = self.headers.get(name)
         return value
+
+    def header_lines(self, name: str) -> str | None:
+        """Every line of a repeated header joined with commas (RFC 9110 5.3), as a proxy chain
+        sends ``X-Forwarded-For``; ``header`` gives only the first line."""
+        get_all = getattr(self.headers, "get_all", None)
+        if get_all is not None:
+            values = list(get_all(name))
+        else:  # Granian before get_all: the items carry every line
+            values = [v for k, v in self.headers.items() if k == name]
+        return ",".join(values) if values else None
 
     def caller(self) -> Caller:
         """Who asks, as the request pipeline needs it: the key and the routing strategy."""
@@ -120,17 +144,26 @@ class Request:
             if length > self.max_body:
                 raise _too_large(self.max_body)
         try:
-            if declared is not None:
-                # The server holds the body to its declared length: read it in one call.
-                self._body = await self.proto()
-                return self._body
-            buf = bytearray()
-            async for chunk in self.proto:
-                buf += chunk
-                if len(buf) > self.max_body:
-                    raise _too_large(self.max_body)
+            async with asyncio.timeout_at(self.deadline):
+                if declared is not None:
+                    # The server holds the body to its declared length: read it in one call.
+                    self._body = await self.proto()
+                    return self._body
+                buf = bytearray()
+                async for chunk in self.proto:
+                    buf += chunk
+                    if len(buf) > self.max_body:
+                        raise _too_large(self.max_body)
         except ProtocolClosed:
             raise client_closed() from None
+        except TimeoutError:
+            # A body that trickles would hold its slot (and its connection) for ever.
+            raise ApiError(
+                408,
+                "The request body did not arrive in time",
+                code="request_timeout",
+                headers=[("connection", "close")],
+            ) from None
         self._body = bytes(buf)
         return self._body
 

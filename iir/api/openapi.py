@@ -83,9 +83,25 @@ def build(routes: list[Route]) -> dict[str, Any]:
         else:
             content = {r.content_type: {"schema": {"type": "string"}}}
         if r.stream is not None:
+            # Before OpenAPI 3.2 an event stream's ``schema`` describes one event (its fields, as
+            # an SSE parser reads them); each ``data`` is a JSON chunk, then ``[DONE]``.
+            event = schemas.ref(r.stream, "serialization")
             content["text/event-stream"] = {
-                "schema": {"type": "string"},
-                "x-iir-event": schemas.ref(r.stream, "serialization"),
+                "schema": {
+                    "type": "object",
+                    "required": ["data"],
+                    "properties": {
+                        "data": {
+                            "type": "string",
+                            "description": "A JSON chunk (x-iir-event), an error object, or [DONE]",
+                            "contentMediaType": "application/json",
+                        },
+                        "event": {"type": "string"},
+                        "id": {"type": "string"},
+                        "retry": {"type": "integer"},
+                    },
+                },
+                "x-iir-event": event,
             }
         responses: dict[str, Any] = {str(r.status): {"description": "Success", "content": content}}
         for status, model in r.more:

@@ -15,11 +15,12 @@ if TYPE_CHECKING:
 
 class RegistryModel(BaseModel):
     id: str
-    source: str = Field(description="local, echo, or the provider's name")
+    source: str = Field(description="local, echo, peer (another box of the fleet), or the provider")
     state: Literal["ready", "loading", "failed", "unavailable"]
     reason: str | None
     context_length: int | None
     shadowed: bool = Field(False, description="A backend listed earlier serves the same name")
+    queue: int | None = Field(None, description="Requests waiting or running on it here")
 
 
 class RegistryProvider(BaseModel):
@@ -65,12 +66,24 @@ class LocalEngine(BaseModel):
     engines: list[dict[str, Any]] | None = None
 
 
+class Peer(BaseModel):
+    url: str
+    box: str = Field(description="host:port, as /v1/models marks the peer's models")
+    state: Literal["up", "down"] = Field(description="Whether it answered its last poll")
+    circuit: Literal["closed", "open", "half_open"]
+    reason: str | None
+    models: list[str] = Field(description="Models its own engine serves, ready")
+    gpu_utilization_percent: int | None
+    seen_at: float | None = Field(description="When it last answered its poll")
+
+
 class RegistryStatus(BaseModel):
     object: Literal["registry.status"]
     models: list[RegistryModel]
     providers: list[RegistryProvider]
     hardware: Hardware
     local_engine: LocalEngine | None = None
+    peers: list[Peer] | None = Field(None, description="The fleet's other boxes (IIR_PEERS)")
     degraded: list[str] = Field(description="Why /health answers 503 now (empty when healthy)")
     refreshes: int | None = None
     generated_at: float | None = None

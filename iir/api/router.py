@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from iir.core.errors import ApiError
+from iir.core.errors import ApiError, shown
 
 Handler = Callable[..., Awaitable[Any]]
 
@@ -91,7 +91,4 @@ class Router:
         return route, params
 
 
-def shown(text: str, limit: int = 128) -> str:
-    """Client-controlled text as it may appear in an error message: cut to ``limit`` characters,
-    so that a huge path costs nothing to scrub and log."""
-    return text if len(text) <= limit else text[:limit] + "..."
+__all__ = ["JSON", "Handler", "Route", "Router", "shown"]

@@ -15,6 +15,7 @@ from iir.api.http import Request, Response, json_response
 from iir.api.router import Route
 from iir.core.errors import ApiError
 from iir.core.protocol import ChatRequest
+from iir.policy.routing.router import check_strategy
 
 if TYPE_CHECKING:
     from iir.api.services import Services
@@ -41,8 +42,20 @@ class RouteDecision(BaseModel):
 
 
 async def route(svc: Services, req: Request) -> Response:
-    prepared = svc.pipeline.prepare(await req.json(), req.caller(), admit=False)
+    prepared = await svc.pipeline.prepare(await req.json(), req.caller(), admit=False)
     decision = prepared.decision
+    router = svc.pipeline.router
+    if decision is None and router is not None:
+        # A model named explicitly runs as named, then its configured fallbacks: the same answer
+        # in the same shape (with the request's category and features), not a refusal.
+        caller = req.caller()
+        decision = router.decide(
+            prepared.request,
+            check_strategy(caller.strategy, router.strategy),
+            explicit=prepared.request.model,
+        )
+        decision.candidates = list(prepared.candidates)
+        decision.reason = "requested explicitly"
     if decision is None:
         raise ApiError(503, "Classifier error: routing is not enabled", code="classifier_error")
     return json_response(decision.to_dict(), headers=decision.headers())
@@ -53,7 +66,7 @@ ROUTES = [
         "POST",
         "/v1/route",
         route,
-        "Where a chat request would run, and why (model auto), without running it",
+        "Where a chat request would run, and why (routed for model auto), without running it",
         request=ChatRequest,
         response=RouteDecision,
         tags=("routing",),

@@ -6,7 +6,9 @@ and the route table (every API surface's ``ROUTES``).
 
 from __future__ import annotations
 
+from contextlib import suppress
 from dataclasses import dataclass, field
+from urllib.parse import unquote, urlsplit
 
 from iir.api import registry, routing, system
 from iir.api.chat import api_router as chat
@@ -23,16 +25,19 @@ from iir.backends.base import Backend
 from iir.backends.echo import EchoBackend
 from iir.backends.echo_embed import EchoEmbedBackend
 from iir.backends.local.vllm import VllmBackend
+from iir.backends.peers import PeerBackend
 from iir.backends.providers.catalog import remote_backends
 from iir.backends.registry import ModelRegistry
 from iir.core.settings import Settings
+from iir.ops.metrics import CachedRender
 from iir.policy.auth import KeyRing
-from iir.policy.limits import Limits
+from iir.policy.limits import Limits, build_limits
 from iir.policy.routing.router import Router
 from iir.policy.routing.rules import load_policy
 from iir.policy.scrub import Scrubber
 from iir.service.jobs import JobPool
 from iir.service.pipeline import Pipeline
+from iir.store.factory import job_store
 from iir.store.jobs import JobStore
 from iir.store.responses import ResponseStore
 from iir.store.sqlite import db_path
@@ -57,6 +62,8 @@ ROUTES: list[Route] = [
 class Services:
     settings: Settings
     keys: KeyRing
+    #: The fleet's peer key (``IIR_PEER_KEY``), accepted only on peer hops; None without one.
+    peer_keys: KeyRing | None
     limits: Limits
     scrubber: Scrubber
     backends: list[Backend]
@@ -69,13 +76,31 @@ class Services:
     routes: list[Route] = field(default_factory=lambda: list(ROUTES))
     #: ``/openapi.json``, rendered on first request.
     openapi: bytes | None = None
+    #: ``/metrics``' body, rendered off the event loop and reused for a second.
+    metrics: CachedRender = field(default_factory=CachedRender)
+    #: The key ``/metrics`` requires (``IIR_METRICS_KEY``); None when it is open.
+    metrics_key: KeyRing | None = None
+
+
+def url_passwords(settings: Settings) -> list[str]:
+    """Passwords inside the fleet's server URLs: secrets like any key."""
+    found = []
+    for url in (settings.state_url, settings.job_store_url):
+        if url:
+            with suppress(ValueError):
+                password = urlsplit(url).password
+                if password:
+                    found.append(unquote(password))
+    return found
 
 
 def build(settings: Settings) -> Services:
-    limits = Limits(settings)
+    limits = build_limits(settings)
     # Secrets: the process's secret environment values (provider keys too) and IIR's own keys.
     scrubber = Scrubber.from_environ(
-        settings.env, extra_secrets=settings.api_keys, rules_file=settings.scrub_rules_file
+        settings.env,
+        extra_secrets=(*settings.api_keys, *url_passwords(settings)),
+        rules_file=settings.scrub_rules_file,
     )
     backends: list[Backend] = [
         EchoBackend(settings.echo_token_delay_ms, settings.max_answer_bytes),
@@ -83,6 +108,9 @@ def build(settings: Settings) -> Services:
         VllmBackend(settings),
         *remote_backends(settings),
     ]
+    if settings.peers:
+        # After this box's own engine (its names come first), before the remote providers.
+        backends.insert(2, PeerBackend(settings, lambda: models.own_names()))
     models = ModelRegistry(backends)
     router = Router(
         load_policy(settings.routing_file),
@@ -103,9 +131,7 @@ def build(settings: Settings) -> Services:
     )
     job_runner = Jobs(pipeline)
     pool = JobPool(
-        JobStore(
-            db_path(settings.data_dir), settings.job_ttl_seconds, timeout=settings.job_db_timeout
-        ),
+        job_store(settings),
         job_runner.run,
         settings.job_concurrency,
         settings.job_queue_max,
@@ -116,12 +142,24 @@ def build(settings: Settings) -> Services:
         max_bytes_per_key=settings.job_max_bytes_per_key,
         max_result_bytes=settings.job_max_result_bytes,
         write_retries=settings.job_write_retries,
+        lease=settings.job_lease_seconds,
     )
     job_runner.bind(pool)
-    stored = ResponseStore(pool.store, settings.response_ttl_seconds, scrub=scrubber.scrub)
+    # Stored responses live beside the jobs in this box's SQLite file; with a shared job store
+    # they keep to this box's file for now.
+    local = pool.store if isinstance(pool.store, JobStore) else None
+    stored = ResponseStore(
+        local or JobStore(db_path(settings.data_dir), settings.job_ttl_seconds),
+        settings.response_ttl_seconds,
+        scrub=scrubber.scrub,
+        owns=local is None,
+    )
     return Services(
         settings=settings,
         keys=KeyRing(settings.api_keys),
+        peer_keys=KeyRing([settings.peer_key]) if settings.peer_key else None,
+        metrics_key=KeyRing([settings.metrics_key]) if settings.metrics_key else None,
+        metrics=CachedRender(settings.metrics_cache_seconds),
         limits=limits,
         scrubber=scrubber,
         backends=backends,

@@ -4,7 +4,7 @@ the list of models."""
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 from pydantic import BaseModel, Field
@@ -14,7 +14,6 @@ from iir.api import openapi
 from iir.api.http import Request, Response, json_response
 from iir.api.router import Route
 from iir.core.errors import ApiError
-from iir.ops import metrics
 
 if TYPE_CHECKING:
     from iir.api.services import Services
@@ -38,6 +37,9 @@ class Model(BaseModel):
         description="The routes the model serves: chat, responses, messages, completions, "
         "embeddings (an extra field OpenAI's clients ignore)"
     )
+    boxes: list[str] | None = Field(
+        None, description="The fleet's other boxes that serve it (only for a peer's model)"
+    )
 
 
 class ModelList(BaseModel):
@@ -45,12 +47,22 @@ class ModelList(BaseModel):
     data: list[Model]
 
 
+#: What /health says of a degraded box to a caller without a key: engine errors carry paths,
+#: model names and driver messages that are nobody else's business.
+GENERIC_REASON = "backend unavailable"
+
+
 async def health(svc: Services, req: Request) -> Response:
     # 503 while a local engine is dead or failed, so that a load balancer or systemd watchdog
     # notices; everything else (echo, remote providers) is still served meanwhile.
     problems = svc.registry.degraded()
     if problems:
-        return json_response({"status": "degraded", "reasons": problems}, status=503)
+        authorization = req.header("authorization")
+        trusted = svc.keys.accepts(authorization) or (
+            svc.metrics_key is not None and svc.metrics_key.accepts(authorization)
+        )
+        reasons = problems if trusted else [GENERIC_REASON]
+        return json_response({"status": "degraded", "reasons": reasons}, status=503)
     return json_response({"status": "ok"})
 
 
@@ -59,7 +71,9 @@ async def version(svc: Services, req: Request) -> Response:
 
 
 async def metrics_text(svc: Services, req: Request) -> Response:
-    body, content_type = metrics.render()
+    if svc.metrics_key is not None:
+        svc.metrics_key.authenticate(req.header("authorization"))  # 401/403 otherwise
+    body, content_type = await svc.metrics.get()
     return Response(200, body, content_type)
 
 
@@ -83,28 +97,36 @@ async def docs_asset(svc: Services, req: Request, name: str) -> Response:
 
 
 async def models(svc: Services, req: Request) -> Response:
-    registry = svc.registry
-    data = [
-        {
+    data: list[dict[str, Any]] = []
+    for c in svc.registry.cards():
+        entry: dict[str, Any] = {
             "id": c.id,
             "object": "model",
             "created": c.created,
             "owned_by": c.owned_by,
-            "capabilities": sorted(registry.capabilities(c.id)),
+            "capabilities": sorted(svc.registry.capabilities(c.id)),
         }
-        for c in registry.cards()
-    ]
+        if c.boxes:
+            entry["boxes"] = list(c.boxes)
+        data.append(entry)
     return json_response({"object": "list", "data": data})
 
 
 ROUTES = [
-    Route("GET", "/health", health, "Health check", auth=False, response=Health),
+    Route(
+        "GET",
+        "/health",
+        health,
+        "Health check (the reasons of a degraded state only with an API key)",
+        auth=False,
+        response=Health,
+    ),
     Route("GET", "/version", version, "Version of IIR", auth=False, response=Version),
     Route(
         "GET",
         "/metrics",
         metrics_text,
-        "Prometheus metrics",
+        "Prometheus metrics (a bearer key when IIR_METRICS_KEY is set)",
         auth=False,
         content_type="text/plain",
     ),

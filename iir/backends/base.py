@@ -43,6 +43,9 @@ class Backend(abc.ABC):
     name: ClassVar[str] = "backend"
     # True for backends that run on this box's own GPU: routing's "@local" stands for their models.
     local: bool = False
+    # True for the fleet's other boxes (iir.backends.peers): routing's "@local" stands for their
+    # GPU models too, and a request they forwarded here is never sent to one of them.
+    peer: bool = False
 
     @abc.abstractmethod
     def models(self) -> list[ModelCard]:

@@ -11,12 +11,20 @@ from typing import Any
 
 from iir.backends.base import Backend
 from iir.core.errors import ApiError, not_found
-from iir.core.types import Load, ModelCard
+from iir.core.types import READY, Load, ModelCard
 from iir.ops.hardware import NVML, HardwareFacts, read_hardware
 
 log = logging.getLogger("iir.backends.registry")
 
 HARDWARE_TTL_S = 2.0
+
+
+def _queue(backend: Backend, name: str) -> int | None:
+    try:
+        target = backend.resolve(name)
+    except ApiError:
+        return None
+    return backend.load(target).queue if target is not None else None
 
 
 class ModelRegistry:
@@ -26,8 +34,12 @@ class ModelRegistry:
         self._refreshing: asyncio.Task[dict[str, Any]] | None = None
         self.refreshes = 0  # completed refreshes, reported in the status document
 
-    def resolve(self, name: str) -> tuple[Backend, str]:
+    def resolve(self, name: str, own_only: bool = False) -> tuple[Backend, str]:
+        """The backend serving ``name`` and its own id for it; ``own_only`` leaves out the fleet's
+        other boxes (a request they forwarded here runs here or nowhere)."""
         for backend in self.backends:
+            if own_only and backend.peer:
+                continue
             target = backend.resolve(name)
             if target is not None:
                 return backend, target
@@ -39,6 +51,13 @@ class ModelRegistry:
 
     def local_cards(self) -> list[ModelCard]:
         return [card for b in self.backends if b.local for card in b.models()]
+
+    def peer_cards(self) -> list[ModelCard]:
+        return [card for b in self.backends if b.peer for card in b.models()]
+
+    def own_names(self) -> set[str]:
+        """Names this box's own backends serve (a peer's copy of one is listed qualified)."""
+        return {card.id for b in self.backends if not b.peer for card in b.models()}
 
     def load_probe(self, name: str) -> Callable[[], Load] | None:
         try:
@@ -110,6 +129,9 @@ class ModelRegistry:
                     # A name served by an earlier backend shadows this one.
                     "shadowed": m.id in seen,
                 }
+                if backend.local and m.state == READY:
+                    # Requests waiting or running on it here (the fleet's peers read it).
+                    entry["queue"] = _queue(backend, m.id)
                 seen.add(m.id)
                 models.append(entry)
             if st.provider is not None:

@@ -26,7 +26,10 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("doctor", help="check configuration, data, database, GPU, vLLM, providers")
     d.add_argument("--env-file", help="env file to check and load; the environment wins over it")
     d.add_argument("--timeout", type=float, default=3.0, help="seconds per provider probe")
-    j = sub.add_parser("jobs", help="list, show or cancel async jobs in the local database")
+    j = sub.add_parser(
+        "jobs",
+        help="list, show or cancel async jobs (the local database, or IIR_JOB_STORE_URL's)",
+    )
     jsub = j.add_subparsers(dest="jobs_command", metavar="ACTION")
     jsub.required = True
     jl = jsub.add_parser("list", help="newest jobs first (summaries, no payloads)")
@@ -37,8 +40,14 @@ def _parser() -> argparse.ArgumentParser:
     jc = jsub.add_parser("cancel", help="mark a pending or running job cancelled")
     jc.add_argument("job_id")
     for parser in (jl, js, jc):
-        parser.add_argument("--env-file", help="env file to read IIR_DATA_DIR from")
-        parser.add_argument("--data-dir", help="data directory (default: IIR_DATA_DIR or ./var)")
+        parser.add_argument(
+            "--env-file", help="env file to read IIR_DATA_DIR or IIR_JOB_STORE_URL from"
+        )
+        parser.add_argument(
+            "--data-dir",
+            help="data directory of a SQLite store (default: IIR_DATA_DIR or ./var; "
+            "with IIR_JOB_STORE_URL set, the shared store is used unless this is given)",
+        )
     k = sub.add_parser("keygen", help="print new API keys (from the OS's secure random source)")
     keygen.add_arguments(k)
     sc = sub.add_parser("scrub", help="scrub stdin to stdout; the rules that fired go to stderr")
@@ -77,6 +86,9 @@ def _jobs(args: argparse.Namespace) -> int:
 
     try:
         env = merged_env(os.environ, args.env_file)
+        url = env.get("IIR_JOB_STORE_URL", "").strip()
+        if url and not args.data_dir:
+            return _shared_jobs(args, url)
         data_dir = Path(args.data_dir or env.get("IIR_DATA_DIR", "").strip() or "./var")
         if args.jobs_command == "list":
             rows = jobs.list_jobs(data_dir, args.status, args.limit)
@@ -101,6 +113,38 @@ def _jobs(args: argparse.Namespace) -> int:
         f"{args.job_id}: {before} -> cancelled"
         if before in ("pending", "running")
         else f"{args.job_id}: already {before}"
+    )
+    return 0
+
+
+def _shared_jobs(args: argparse.Namespace, url: str) -> int:
+    """``iir jobs`` against the fleet's PostgreSQL job store (``IIR_JOB_STORE_URL``)."""
+    import asyncio
+
+    import orjson
+
+    from iir.store.pgjobs import operate
+
+    job_id = getattr(args, "job_id", "")
+    out = asyncio.run(
+        operate(url, args.jobs_command, job_id, getattr(args, "status", None), args.limit)
+        if args.jobs_command == "list"
+        else operate(url, args.jobs_command, job_id)
+    )
+    if args.jobs_command == "list":
+        for row in out:
+            print(orjson.dumps(row).decode())
+        return 0
+    if out is None:
+        print(f"iir: no job {job_id}", file=sys.stderr)
+        return 1
+    if args.jobs_command == "show":
+        print(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
+        return 0
+    print(
+        f"{job_id}: {out} -> cancelled"
+        if out in ("pending", "running")
+        else f"{job_id}: already {out}"
     )
     return 0
 

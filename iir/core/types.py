@@ -19,6 +19,8 @@ class ModelCard:
     owned_by: str
     created: int = 0
     context_length: int | None = None
+    #: The fleet's other boxes that serve it (``host:port``), for a model a peer serves.
+    boxes: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -106,6 +108,10 @@ class ModelSource(Protocol):
 
     def local_cards(self) -> list[ModelCard]:
         """Models served by this box's own engine (routing's ``@local``)."""
+        ...
+
+    def peer_cards(self) -> list[ModelCard]:
+        """Models the fleet's other boxes serve on their own engines (``@local`` too)."""
         ...
 
     def load_probe(self, name: str) -> Callable[[], Load] | None:

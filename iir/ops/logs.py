@@ -5,6 +5,7 @@ Headers and bodies are never logged: a log line only carries the fields listed i
 
 from __future__ import annotations
 
+import atexit
 import contextvars
 import logging
 import sys
@@ -36,6 +37,7 @@ _FIELDS = (
     "reason",
     "error",
     "count",
+    "peer",
 )
 
 
@@ -138,11 +140,27 @@ def access(fields: dict[str, Any]) -> None:
 
 def _lean_records() -> None:
     """Skips what IIR's lines never show: the caller's frame (a stack walk per line), thread and
-    process names (the logging HOWTO's "Optimization" section)."""
+    process names (the logging HOWTO's "Optimization" section).
+
+    The process id stays: libraries that log in IIR's process format it with ``%(process)d``
+    (vLLM does), which fails on every line when it is None."""
     logging._srcfile = None
     logging.logThreads = False
-    logging.logProcesses = False
     logging.logMultiprocessing = False
+
+
+def _keep_open(handler: logging.Handler) -> None:
+    """Takes one of IIR's handlers off ``logging``'s list of handlers to close.
+
+    ``logging.config.dictConfig`` closes every handler on that list, also those it does not
+    configure, and vLLM calls it when it is imported: IIR's stderr writer would stop (its lines
+    then leave only when a warning flushes them) and the UDP forwarder would drop every line.
+    IIR closes its handlers itself (``configure`` replacing one, the app's shutdown) and flushes
+    them at exit.
+    """
+    with logging._lock:  # type: ignore[attr-defined]
+        refs = logging._handlerList  # type: ignore[attr-defined]
+        refs[:] = [ref for ref in refs if ref() is not handler]
 
 
 class BatchedStreamHandler(logging.Handler):
@@ -210,6 +228,10 @@ def flush() -> None:
             handler.flush()
 
 
+# IIR's handlers are not on the list that ``logging`` flushes at exit (see ``_keep_open``).
+atexit.register(flush)
+
+
 def configure(level: str = "info") -> None:
     """Sends IIR's log records to stderr as JSON lines (Granian's own go via its dictConfig)."""
     _lean_records()
@@ -218,6 +240,7 @@ def configure(level: str = "info") -> None:
             old.close()
     handler = BatchedStreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
+    _keep_open(handler)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -231,13 +254,16 @@ def forward(environ: dict[str, str]) -> Any:
     from iir.ops import metrics
     from iir.ops.logforward import attach_from_env
 
-    return attach_from_env(
+    handler = attach_from_env(
         logging.getLogger(),
         JsonFormatter(),
         environ,
         on_drop=lambda reason: metrics.LOG_DATAGRAMS_DROPPED.labels(reason).inc(),
         on_warning=logging.getLogger("iir.ops.logforward").warning,
     )
+    if handler is not None:
+        _keep_open(handler)
+    return handler
 
 
 def granian_log_config(level: str) -> dict[str, Any]:

@@ -5,6 +5,9 @@ Labels never carry key material or raw paths: routes are templates, models are c
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import (
@@ -70,8 +73,22 @@ SECRETS_REDACTED = Counter(
 )
 RATE_LIMITED = Counter(
     "iir_ratelimited",
-    "Requests refused by a rate limit, by scope (ip|key_requests|key_tokens)",
+    "Requests refused by a limit, by scope "
+    "(ip|probe|key_requests|key_tokens|ip_inflight|key_inflight)",
     ["scope"],
+    registry=REGISTRY,
+)
+
+# A fleet (IIR_STATE_URL): whether the shared state server answers, and the limit checks this box
+# decided alone while it did not (IIR_STATE_FAILURE=local).
+STATE_UP = Gauge(
+    "iir_state_up",
+    "1 while the shared rate-limit state server answers; 0 during an outage, or without one",
+    registry=REGISTRY,
+)
+STATE_FALLBACKS = Counter(
+    "iir_state_fallbacks",
+    "Limit checks decided by this box's own limiter because the state server was unreachable",
     registry=REGISTRY,
 )
 
@@ -218,3 +235,35 @@ def observe_request(route: str, method: str, status: int, seconds: float) -> Non
 
 def render() -> tuple[bytes, str]:
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+class CachedRender:
+    """The ``/metrics`` body, rendered in a worker thread and reused for ``ttl`` seconds.
+
+    Rendering walks every metric (and reads the GPUs through NVML, under a lock): on the event
+    loop it would hold every other request for its duration, and a scrape storm would repeat
+    it per request. Concurrent scrapes share one render.
+    """
+
+    def __init__(self, ttl: float = 1.0, render: Callable[[], tuple[bytes, str]] = render) -> None:
+        self.ttl = ttl
+        self._render = render
+        self._body: tuple[bytes, str] | None = None
+        self._at = 0.0
+        self._pending: asyncio.Future[tuple[bytes, str]] | None = None
+
+    async def get(self) -> tuple[bytes, str]:
+        if self._body is not None and time.monotonic() - self._at < self.ttl:
+            return self._body
+        if self._pending is None:
+            pending = asyncio.ensure_future(asyncio.to_thread(self._render))
+            pending.add_done_callback(self._done)
+            self._pending = pending
+        # Shielded: a scraper that leaves does not cancel the render others wait for.
+        return await asyncio.shield(self._pending)
+
+    def _done(self, fut: asyncio.Future[tuple[bytes, str]]) -> None:
+        self._pending = None
+        if not fut.cancelled() and fut.exception() is None:
+            self._body = fut.result()
+            self._at = time.monotonic()

@@ -12,6 +12,12 @@ from collections.abc import Iterable
 
 from iir.core.errors import ApiError
 
+#: The key id of a request forwarded by another box of the fleet (``IIR_PEER_KEY``): that box
+#: already authenticated, limited, scrubbed and admitted it (see ``docs/fleet.md``).
+PEER = "fleet-peer"
+#: The header that marks a peer hop; accepted only with the peer key, and the peer key only with it.
+PEER_HEADER = "x-iir-peer"
+
 
 def key_id(key: str) -> str:
     """A stable, non-reversible identifier for a key (for rate-limit buckets and job ownership)."""
@@ -57,3 +63,11 @@ class KeyRing:
         if found is None:
             raise ApiError(403, "Invalid API key", code="invalid_api_key")
         return found
+
+    def accepts(self, authorization: str | None) -> bool:
+        """Whether the header carries one of the keys (for answers that only add detail)."""
+        try:
+            self.authenticate(authorization)
+        except ApiError:
+            return False
+        return True

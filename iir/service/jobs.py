@@ -11,6 +11,13 @@ ended and ``max_bytes_per_key`` bytes stored (429 past either), and a result ove
 ``max_result_bytes`` fails its job. A write the store refuses is retried ``write_retries`` times,
 then the job fails with the store's error (or, if even that cannot be written, is left for the
 next start), so a full disk never holds a worker for ever.
+
+The store is either this box's SQLite file or a PostgreSQL database shared by a fleet
+(:mod:`iir.store.base` is the interface). With a shared store, every box's workers take the
+oldest pending job whoever accepted it; the jobs this box runs keep their leases renewed (every
+third of the lease), which is also how a cancel made on another box reaches a run here; jobs
+whose box died are put back in the queue by whichever box notices first; and a long poll reads
+the store a few times a second, since the job may end on another box.
 """
 
 from __future__ import annotations
@@ -27,26 +34,8 @@ import orjson
 
 from iir.core.errors import ApiError
 from iir.ops import metrics
-from iir.store.jobs import (
-    ACTIVE,
-    STATUSES,
-    Job,
-    JobStore,
-    cancel_job,
-    claim_job,
-    compact,
-    count_jobs,
-    fail_job,
-    finish_job,
-    get_job,
-    insert_job,
-    new_job_id,
-    purge_jobs,
-    recover_jobs,
-    release_jobs,
-    usage_by_owner,
-    valid_job_id,
-)
+from iir.store.base import Claimed, JobTable
+from iir.store.jobs import ACTIVE, STATUSES, Job, new_job_id, valid_job_id
 from iir.store.sqlite import StoreError, StoreUnavailable
 
 log = logging.getLogger("iir.service.jobs")
@@ -56,6 +45,12 @@ T = TypeVar("T")
 Run = Callable[[str, str, dict[str, Any]], Awaitable[dict[str, Any]]]
 #: The secret scrubber's signature (``iir.policy.scrub.Scrubber.scrub``): (scrubbed object, counts).
 Scrub = Callable[[Any], tuple[Any, Any]]
+
+#: A shared store: an idle worker looks for work elsewhere's at most this many seconds apart (a job
+#: submitted here wakes this box's workers at once).
+IDLE_POLL_MAX = 1.0
+#: A shared store: how often a long poll reads the job, which may end on another box.
+WAIT_POLL = 0.25
 
 
 def unavailable(exc: StoreUnavailable) -> ApiError:
@@ -114,7 +109,7 @@ class JobPool:
 
     def __init__(
         self,
-        store: JobStore,
+        store: JobTable,
         run: Run,
         concurrency: int = 4,
         queue_max: int = 10000,
@@ -126,8 +121,11 @@ class JobPool:
         max_bytes_per_key: int = 0,
         max_result_bytes: int = 0,
         write_retries: int = 10,
+        lease: float = 30.0,
     ) -> None:
         self.store = store
+        #: A shared store's lease on a running job: renewed every third of it.
+        self.lease = lease
         self.scrub = scrub
         self.run = run
         self.on_end = on_end
@@ -153,21 +151,36 @@ class JobPool:
         self._tasks: list[asyncio.Task[None]] = []
         self._counts: Counter[str] = Counter()
         self._started = False
+        # A shared store: set when there may be work to take (a submission here, jobs put back).
+        self._wake = asyncio.Event()
+        # IIR's own words, no client text: nothing for the scrubber
+        self._crashed = orjson.dumps(_error_body(crashed_error(max_attempts)))
 
     # lifecycle
 
     async def start(self) -> None:
         await self.store.open()
-        # IIR's own words, no client text: nothing for the scrubber
-        crashed = orjson.dumps(_error_body(crashed_error(self.max_attempts)))
         try:
-            pending, failed = await self.store.call(
-                recover_jobs, self.max_attempts, crashed, self.store.clock(), self.store.ttl
-            )
+            pending = await self._recover()
+            await self._refresh_counts()
+            await self._refresh_usage()
         except StoreUnavailable as exc:
-            raise StoreError(f"job database {str(self.store.path)!r}: {exc}") from None
-        for job_id in pending:
-            self._queue.put_nowait(job_id)
+            with suppress(Exception):
+                await self.store.close()
+            raise StoreError(f"{self.store.where}: {exc}") from None
+        if not self.store.shared:  # a shared store's workers take what is pending themselves
+            for job_id in pending:
+                self._queue.put_nowait(job_id)
+        self._tasks = [asyncio.ensure_future(self._worker()) for _ in range(self.concurrency)]
+        self._tasks.append(asyncio.ensure_future(self._purger()))
+        if self.store.shared:
+            self._tasks.append(asyncio.ensure_future(self._keep_leases()))
+        self._started = True
+
+    async def _recover(self) -> list[str]:
+        """Interrupted jobs back in the queue (this box's file: those it was running when it
+        stopped; a shared store: those whose box stopped renewing their lease)."""
+        pending, failed = await self.store.recover(self.max_attempts, self._crashed)
         if pending:
             log.info("jobs recovered", extra={"event": "jobs_recovered", "count": len(pending)})
         for job_id in failed:
@@ -175,11 +188,7 @@ class JobPool:
                 "job failed: the server stopped while it ran, too many times",
                 extra={"event": "job_crashed", "job_id": job_id},
             )
-        await self._refresh_counts()
-        await self._refresh_usage()
-        self._tasks = [asyncio.ensure_future(self._worker()) for _ in range(self.concurrency)]
-        self._tasks.append(asyncio.ensure_future(self._purger()))
-        self._started = True
+        return pending
 
     async def stop(self) -> None:
         """Stops the workers; a job they were running goes back to ``pending`` and runs at the
@@ -199,7 +208,7 @@ class JobPool:
         if self._started:
             if interrupted:
                 try:
-                    await self.store.write(release_jobs, interrupted)
+                    await self.store.release(interrupted)
                 except StoreUnavailable:
                     log.warning("interrupted jobs left running", extra={"event": "job_release"})
             await self.store.close()
@@ -227,14 +236,19 @@ class JobPool:
     def _publish(self) -> None:
         for status in STATUSES:
             metrics.JOBS.labels(status).set(max(0, self._counts[status]))
-        metrics.JOB_QUEUE_DEPTH.set(self._queue.qsize())
+        metrics.JOB_QUEUE_DEPTH.set(self._waiting_jobs())
+
+    def _waiting_jobs(self) -> int:
+        """Jobs waiting for a worker: this box's queue, or the shared store's pending jobs (as
+        of the last count)."""
+        return max(0, self._counts["pending"]) if self.store.shared else self._queue.qsize()
 
     async def _refresh_counts(self) -> None:
-        self._counts = Counter(await self.store.read(count_jobs, self.store.clock()))
+        self._counts = Counter(await self.store.counts())
         self._publish()
 
     async def _refresh_usage(self) -> None:
-        usage = await self.store.read(usage_by_owner)
+        usage = await self.store.usage()
         self._active = Counter({owner: u[0] for owner, u in usage.items() if u[0]})
         self._bytes = Counter({owner: u[1] for owner, u in usage.items() if u[1]})
 
@@ -263,7 +277,7 @@ class JobPool:
 
     async def submit(self, owner: str, kind: str, request: dict[str, Any]) -> str:
         """Commits a new job and queues it; returns only once it is on disk."""
-        if self._queue.qsize() + self._reserved >= self.queue_max:
+        if self._waiting_jobs() + self._reserved >= self.queue_max:
             raise ApiError(
                 429,
                 f"The job queue is full ({self.queue_max} jobs waiting); retry later",
@@ -278,22 +292,17 @@ class JobPool:
         self._active[owner] += 1
         self._bytes[owner] += len(raw)
         try:
-            await self.store.write(
-                insert_job,
-                job_id,
-                owner,
-                kind,
-                str(stored.get("model", "")),
-                raw,
-                self.store.clock(),
-            )
+            await self.store.insert(job_id, owner, kind, str(stored.get("model", "")), raw)
         except StoreUnavailable as exc:
             self._active[owner] -= 1
             self._bytes[owner] -= len(raw)
             raise unavailable(exc) from None
         finally:
             self._reserved -= 1
-        self._queue.put_nowait(job_id)
+        if self.store.shared:
+            self._wake.set()
+        else:
+            self._queue.put_nowait(job_id)
         self._move(None, "pending")
         return job_id
 
@@ -301,7 +310,7 @@ class JobPool:
         if not valid_job_id(job_id):
             raise _no_job(job_id)
         try:
-            job = await self.store.read(get_job, job_id, owner, self.store.clock())
+            job = await self.store.get(job_id, owner)
         except StoreUnavailable as exc:
             raise unavailable(exc) from None
         if job is None:
@@ -312,9 +321,8 @@ class JobPool:
         """Cancels a pending or running job (aborting its generation); returns its old status."""
         if not valid_job_id(job_id):
             raise _no_job(job_id)
-        now = self.store.clock()
         try:
-            before = await self.store.write(cancel_job, job_id, owner, now, self.store.ttl)
+            before = await self.store.cancel(job_id, owner)
         except StoreUnavailable as exc:
             raise unavailable(exc) from None
         if before is None:
@@ -325,7 +333,9 @@ class JobPool:
             task = self._running.get(job_id)
             if task is not None:
                 task.cancel()
-            elif before == "running":
+            elif before == "running" and not self.store.shared:
+                # Claimed here a moment ago, its run not started yet. (A shared store's job
+                # running on any box, this one included, stops at its next lease renewal.)
                 self._cancel_requested.add(job_id)
             self._ended(job_id)
             log.info("job cancelled", extra={"event": "job_cancelled", "job_id": job_id})
@@ -335,22 +345,49 @@ class JobPool:
 
     async def _worker(self) -> None:
         while True:
-            job_id = await self._queue.get()
+            if self.store.shared:
+                claimed = await self._next_shared()
+                job_id = claimed.id
+            else:
+                job_id = await self._queue.get()
             self._publish()
             try:
-                await self._run(job_id)
+                if self.store.shared:
+                    await self._execute(claimed)
+                else:
+                    await self._run(job_id)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("job worker error", extra={"job_id": job_id})
 
-    async def _write(self, fn: Callable[..., T], *args: Any) -> T:
+    async def _next_shared(self) -> Claimed:
+        """The oldest pending job of the shared store, whichever box accepted it; waits (woken
+        by a submission here, or looking again at most :data:`IDLE_POLL_MAX` apart) when there
+        is none."""
+        delay = 0.05
+        while True:
+            self._wake.clear()
+            try:
+                claimed = await self.store.claim()
+            except StoreUnavailable as exc:
+                log.debug("job store unavailable while looking for work: %s", exc)
+                claimed = None
+            if claimed is not None:
+                return claimed
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay)
+                delay = 0.05
+                continue
+            delay = min(delay * 2, IDLE_POLL_MAX)
+
+    async def _write(self, op: Callable[[], Awaitable[T]]) -> T:
         """A state transition the worker must not lose: retried ``write_retries`` times (backing
         off up to 2 s), then :class:`StoreUnavailable` is raised."""
         delay = 0.05
         for attempt in range(self.write_retries + 1):
             try:
-                return await self.store.write(fn, *args)
+                return await op()
             except StoreUnavailable as exc:
                 if attempt == self.write_retries:
                     log.error(
@@ -366,10 +403,11 @@ class JobPool:
     async def _give_up(self, job_id: str, exc: StoreUnavailable) -> bool:
         """Records that the job failed because the store refused its writes (the failure record
         is small and may fit where the result did not); False if even that cannot be written,
-        and the job is left as the file has it, for the next start."""
+        and the job is left as the store has it, for the next start (or, on a shared store,
+        for whichever box finds its lease lapsed)."""
         error = orjson.dumps(self._for_storage(_error_body(store_failed(exc))))
         try:
-            return await self._write(fail_job, job_id, error, self.store.clock(), self.store.ttl)
+            return await self._write(lambda: self.store.fail(job_id, error))
         except StoreUnavailable:
             log.error(
                 "job left for the next start: the store refuses every write",
@@ -379,7 +417,7 @@ class JobPool:
 
     async def _run(self, job_id: str) -> None:
         try:
-            claimed = await self._write(claim_job, job_id, self.store.clock())
+            claimed = await self._write(lambda: self.store.claim(job_id))
         except StoreUnavailable as exc:
             if await self._give_up(job_id, exc):
                 self._move("pending", "failed")
@@ -387,10 +425,13 @@ class JobPool:
             return
         if claimed is None:
             return  # cancelled (or purged) while waiting
+        await self._execute(claimed)
+
+    async def _execute(self, claimed: Claimed) -> None:
+        job_id, owner = claimed.id, claimed.owner
         self._move("pending", "running")
-        kind, request, owner = claimed
         started = time.perf_counter()
-        task = asyncio.ensure_future(self.run(job_id, kind, orjson.loads(request)))
+        task = asyncio.ensure_future(self.run(job_id, claimed.kind, orjson.loads(claimed.request)))
         self._running[job_id] = task
         if job_id in self._cancel_requested:
             self._cancel_requested.discard(job_id)
@@ -427,9 +468,7 @@ class JobPool:
         finally:
             self._running.pop(job_id, None)
         try:
-            stored = await self._write(
-                finish_job, job_id, status, result, error, self.store.clock(), self.store.ttl
-            )
+            stored = await self._write(lambda: self.store.finish(job_id, status, result, error))
         except StoreUnavailable as exc:
             status, result, error = "failed", None, None
             stored = await self._give_up(job_id, exc)
@@ -441,6 +480,30 @@ class JobPool:
             self._move("running", status)
             metrics.JOB_DURATION.labels(status).observe(time.perf_counter() - started)
 
+    async def _keep_leases(self) -> None:
+        """A shared store: renews the leases of the jobs running here, stops those this box no
+        longer holds (cancelled on any box, or lapsed while the store was unreachable and taken
+        by another box), and puts back in the queue the jobs of boxes that died."""
+        while True:
+            await asyncio.sleep(self.lease / 3)
+            running = list(self._running)
+            try:
+                held = await self.store.renew(running)
+                if await self._recover():
+                    self._wake.set()
+            except StoreUnavailable as exc:
+                log.warning("job leases not renewed: store unavailable", extra={"reason": str(exc)})
+                continue
+            for job_id in running:
+                task = self._running.get(job_id)
+                if job_id not in held and task is not None:
+                    log.info(
+                        "job no longer held here (cancelled, or taken over); its run stops",
+                        extra={"event": "job_lost", "job_id": job_id},
+                    )
+                    task.cancel()
+                    self._ended(job_id)
+
     def _ended(self, job_id: str) -> None:
         event = self._events.get(job_id)
         if event is not None:
@@ -449,15 +512,28 @@ class JobPool:
             self.on_end(job_id)
 
     async def wait(self, owner: str, job_id: str, timeout: float) -> Job:
-        """The job once it has ended, or as it is after ``timeout`` seconds."""
+        """The job once it has ended, or as it is after ``timeout`` seconds. This box's runs
+        wake the wait at once; a shared store's job may end on another box, so it is also read
+        every :data:`WAIT_POLL` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         event = self._events.setdefault(job_id, asyncio.Event())
         self._waiting[job_id] += 1
         try:
             job = await self.get(owner, job_id)
-            if job.status in ACTIVE:
-                with suppress(TimeoutError):
-                    await asyncio.wait_for(event.wait(), timeout)
+            while job.status in ACTIVE:
+                left = deadline - loop.time()
+                if left <= 0:
+                    break
+                step = min(left, WAIT_POLL) if self.store.shared else left
+                if event.is_set() and self.store.shared:  # woke, but the job went on elsewhere
+                    await asyncio.sleep(step)
+                else:
+                    with suppress(TimeoutError):
+                        await asyncio.wait_for(event.wait(), step)
                 job = await self.get(owner, job_id)
+                if not self.store.shared:
+                    break
             return job
         finally:
             self._waiting[job_id] -= 1
@@ -470,9 +546,9 @@ class JobPool:
         while True:
             await asyncio.sleep(interval)
             try:
-                gone = await self.store.call(purge_jobs, self.store.clock())
+                gone = await self.store.purge()
                 if gone:
-                    await self.store.call(compact)
+                    await self.store.compact()
                     log.info("jobs purged", extra={"event": "jobs_purged", "count": gone})
                 await self._refresh_counts()
                 await self._refresh_usage()

@@ -51,6 +51,7 @@ from iir.core.types import (
 )
 from iir.ops import metrics
 from iir.policy import tokens
+from iir.policy.auth import PEER
 from iir.policy.limits import Limits, Reservation
 from iir.policy.routing.router import Decision, Router, check_strategy, is_auto
 from iir.policy.scrub import Scrubber, StreamScrubber
@@ -93,6 +94,11 @@ class Caller:
     key_id: str | None = None
     strategy: str | None = None
 
+    @property
+    def peer(self) -> bool:
+        """Forwarded by another box of the fleet, which admitted and routed it already."""
+        return self.key_id == PEER
+
 
 @dataclass(slots=True)
 class Prepared:
@@ -103,6 +109,8 @@ class Prepared:
     messages: list[dict[str, Any]]
     candidates: list[str]
     decision: Decision | None = None
+    #: Served by this box's own backends only (a peer hop is never forwarded again).
+    own_only: bool = False
     reservation: Reservation | None = None
     prompt_tokens: int | None = None
     #: Reply headers the steps produced (token-limit state, routing decision).
@@ -183,7 +191,7 @@ class Pipeline:
 
     # --- before the backend -------------------------------------------------------------------
 
-    def prepare(
+    async def prepare(
         self,
         body: Any,
         caller: Caller,
@@ -199,13 +207,23 @@ class Pipeline:
         ``surface`` other than chat keeps the scrubbed body (and ``headers``, scrubbed) for
         backends that speak it natively; ``translate`` still gives the canonical chat request
         that validation, admission and routing read. ``native_only`` (``(param, what)``) says
-        the request uses something only such backends honour: routing keeps to them."""
+        the request uses something only such backends honour: routing keeps to them.
+
+        A coroutine because admission may ask the fleet's shared limiter; with this box's own
+        limiter it never suspends."""
         request, messages, native = self._parse(body, translate, surface, headers)
         prepared = Prepared(
             request, messages, [], surface=surface, native=native, native_only=native_only
         )
+        if caller.peer:
+            # Admitted and routed by the box that forwarded it: it runs here, on this box's own
+            # backends, and counts against no limit a second time.
+            prepared.own_only = True
+            prepared.candidates = [request.model]
+            self.registry.resolve(request.model, own_only=True)
+            return prepared
         if admit:
-            self.admit(prepared, caller)
+            await self.admit(prepared, caller)
         try:
             self.route(prepared, caller)
         except BaseException:
@@ -264,17 +282,17 @@ class Pipeline:
             prepared.prompt_tokens = tokens.count_chat(prepared.messages, prepared.request.model)
         return prepared.prompt_tokens
 
-    def admit(self, prepared: Prepared, caller: Caller) -> None:
+    async def admit(self, prepared: Prepared, caller: Caller) -> None:
         """The prompt-size cap, then the key's tokens-per-minute reservation."""
         chat = prepared.request
-        prepared.reservation = self._admit(
+        prepared.reservation = await self._admit(
             lambda: self.count_prompt(prepared),
             (chat.output_limit or 0) * chat.n,
             caller,
             prepared.headers,
         )
 
-    def _admit(
+    async def _admit(
         self,
         prompt_tokens: Callable[[], int],
         output_budget: int,
@@ -295,7 +313,7 @@ class Pipeline:
                 param=param,
             )
         if per_key and limits is not None and caller.key_id is not None:
-            reservation = limits.reserve_tokens(caller.key_id, prompt + output_budget)
+            reservation = await limits.reserve_tokens(caller.key_id, prompt + output_budget)
             headers += reservation.headers
             return reservation
         return None
@@ -418,7 +436,7 @@ class Pipeline:
                 return await backend.complete_native(native, target)
             return await backend.complete(chat, target)
 
-        model, result = await self._first(prepared.candidates, attempt)
+        model, result = await self._first(prepared.candidates, attempt, prepared.own_only)
         if isinstance(result, NativeAnswer):
             usage = result.usage or self._estimate_usage(prepared, model, [])
             self._count(model, usage)
@@ -432,12 +450,16 @@ class Pipeline:
         return Answer(model, self._scrub_completion(result))
 
     async def _first(
-        self, candidates: list[str], attempt: Callable[[Backend, str], Awaitable[T]]
+        self,
+        candidates: list[str],
+        attempt: Callable[[Backend, str], Awaitable[T]],
+        own_only: bool = False,
     ) -> tuple[str, T]:
-        """The first candidate's answer; one that fails in a way the next may not falls back."""
+        """The first candidate's answer; one that fails in a way the next may not falls back.
+        ``own_only`` keeps to this box's own backends (a request a peer forwarded here)."""
         for i, model in enumerate(candidates):
             try:
-                backend, target = self.registry.resolve(model)
+                backend, target = self.registry.resolve(model, own_only)
                 return model, await attempt(backend, target)
             except ApiError as err:
                 if i + 1 == len(candidates) or not falls_back(err):
@@ -453,7 +475,7 @@ class Pipeline:
         try:
             for i, model in enumerate(candidates):
                 try:
-                    backend, target = self.registry.resolve(model)
+                    backend, target = self.registry.resolve(model, prepared.own_only)
                     events: AsyncIterator[StreamEvent | NativeEvent]
                     if native is not None and backend.speaks(native.surface, target):
                         events = backend.stream_native(native, target)
@@ -544,7 +566,7 @@ class Pipeline:
 
     # --- embeddings -----------------------------------------------------------------------------
 
-    def prepare_embeddings(self, body: Any, caller: Caller) -> PreparedEmbeddings:
+    async def prepare_embeddings(self, body: Any, caller: Caller) -> PreparedEmbeddings:
         """The same steps for an embeddings request: default model, scrub, validate, admit
         (the inputs' tokens), route (a named model and its fallbacks, or for ``auto`` the
         embedding models, this box's own first)."""
@@ -555,7 +577,9 @@ class Pipeline:
             raise validation_error(exc) from None
         prompt = self._count_inputs(request)
         prepared = PreparedEmbeddings(request, [], prompt)
-        prepared.reservation = self._admit(lambda: prompt, 0, caller, prepared.headers, "input")
+        prepared.reservation = await self._admit(
+            lambda: prompt, 0, caller, prepared.headers, "input"
+        )
         try:
             if is_auto(request.model):
                 prepared.candidates = self._embedding_models(caller)

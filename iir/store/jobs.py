@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 
 import orjson
 
+from iir.store.base import Claimed
 from iir.store.sqlite import (
     SCHEMA_VERSION,
     StoreError,
@@ -355,13 +356,27 @@ def cancel_job_offline(data_dir: Path, job_id: str, ttl: float = 86400.0) -> str
         conn.close()
 
 
+def _claim(conn: sqlite3.Connection, job_id: str, now: float) -> Claimed | None:
+    claimed = claim_job(conn, job_id, now)
+    if claimed is None:
+        return None
+    attempts = conn.execute("SELECT attempts FROM jobs WHERE id = ?", (job_id,)).fetchone()[0]
+    return Claimed(job_id, claimed[0], claimed[1], claimed[2], attempts)
+
+
 class JobStore:
     """The server's handle on the database: async calls onto a writer and a reader thread.
 
     Writes are group-committed: those that arrive while the thread is busy go into the next
     transaction together, so concurrent jobs share one fsync. Each write still has its own
     savepoint, and no caller hears "done" before the transaction holding its write is durable.
+
+    The job pool speaks to it through :class:`iir.store.base.JobTable` (the methods after
+    :meth:`write`), as to the fleet's shared store.
     """
+
+    #: This box's own file: nobody else claims, cancels or finishes its jobs.
+    shared = False
 
     def __init__(
         self, path: Path, ttl: float, clock: Clock = time.time, timeout: float = 5.0
@@ -380,6 +395,10 @@ class JobStore:
         self._lock = threading.Lock()
         self._batch: list[tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]]] = []
         self._flush_queued = False
+
+    @property
+    def where(self) -> str:
+        return f"job database {str(self.path)!r}"
 
     def _open(self) -> None:
         check_database(self.path, self.timeout)
@@ -493,6 +512,54 @@ class JobStore:
         assert self._loop is not None
         for (_, _, fut), (value, err) in zip(batch, outcomes, strict=True):
             self._loop.call_soon_threadsafe(_settle, fut, value, err)
+
+    # --- the job table (iir.store.base.JobTable) ------------------------------------------------
+
+    async def insert(self, job_id: str, owner: str, kind: str, model: str, request: bytes) -> None:
+        await self.write(insert_job, job_id, owner, kind, model, request, self.clock())
+
+    async def get(self, job_id: str, owner: str | None) -> Job | None:
+        return await self.read(get_job, job_id, owner, self.clock())
+
+    async def cancel(self, job_id: str, owner: str | None) -> str | None:
+        return await self.write(cancel_job, job_id, owner, self.clock(), self.ttl)
+
+    async def claim(self, job_id: str | None = None) -> Claimed | None:
+        if job_id is None:
+            raise ValueError("this box's store claims the jobs its own queue names")
+        return await self.write(_claim, job_id, self.clock())
+
+    async def renew(self, job_ids: list[str]) -> set[str]:
+        return set(job_ids)  # one box: no lease, nobody else to take a job over
+
+    async def finish(
+        self, job_id: str, status: str, result: bytes | None, error: bytes | None
+    ) -> bool:
+        return await self.write(finish_job, job_id, status, result, error, self.clock(), self.ttl)
+
+    async def fail(self, job_id: str, error: bytes) -> bool:
+        return await self.write(fail_job, job_id, error, self.clock(), self.ttl)
+
+    async def release(self, job_ids: list[str]) -> int:
+        return await self.write(release_jobs, job_ids)
+
+    async def recover(self, max_attempts: int, crashed: bytes) -> tuple[list[str], list[str]]:
+        return await self.call(recover_jobs, max_attempts, crashed, self.clock(), self.ttl)
+
+    async def purge(self) -> int:
+        return await self.call(purge_jobs, self.clock())
+
+    async def compact(self) -> None:
+        await self.call(compact)
+
+    async def counts(self) -> dict[str, int]:
+        return await self.read(count_jobs, self.clock())
+
+    async def usage(self) -> dict[str, tuple[int, int]]:
+        return await self.read(usage_by_owner)
+
+    async def list(self, status: str | None, limit: int) -> list[Job]:
+        return await self.read(list_job_rows, status, limit, self.clock())
 
 
 def _settle(fut: asyncio.Future[Any], value: Any, err: BaseException | None) -> None:

@@ -145,10 +145,14 @@ def not_found(response_id: str, param: str | None = None) -> ApiError:
 class ResponseStore:
     """Stored responses over the job database's connections (``db``, opened by the job pool)."""
 
-    def __init__(self, db: JobStore, ttl: float, scrub: Scrub | None = None) -> None:
+    def __init__(
+        self, db: JobStore, ttl: float, scrub: Scrub | None = None, owns: bool = False
+    ) -> None:
         self.db = db
         self.ttl = ttl
         self.scrub = scrub
+        #: The connections are this store's own (the jobs live in another database).
+        self.owns = owns
         self._purger: asyncio.Task[None] | None = None
 
     def _bytes(self, obj: Any) -> bytes:
@@ -157,6 +161,8 @@ class ResponseStore:
         return orjson.dumps(obj)
 
     async def start(self) -> None:
+        if self.owns:
+            await self.db.open()
         self._purger = asyncio.ensure_future(self._purge_loop())
 
     async def stop(self) -> None:
@@ -165,6 +171,8 @@ class ResponseStore:
             with suppress(asyncio.CancelledError):
                 await self._purger
             self._purger = None
+        if self.owns:
+            await self.db.close()
 
     async def save(
         self,

@@ -11,7 +11,7 @@ from iir.core.settings import ConfigError, load_settings
 
 from ..harness import IIR, free_port
 
-BASE = {"IIR_API_KEY": "k" * 20}
+BASE = {"IIR_API_KEY": "k" * 32}
 
 
 @pytest.mark.parametrize(

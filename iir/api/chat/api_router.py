@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 async def chat_completions(svc: Services, req: Request) -> Response | StreamResponse:
     meter = overhead.start()
-    prepared = svc.pipeline.prepare(await req.json(), req.caller())
+    prepared = await svc.pipeline.prepare(await req.json(), req.caller())
     chat = prepared.request
     req.state["model"] = chat.model
     req.reply_headers += prepared.headers

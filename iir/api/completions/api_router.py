@@ -24,7 +24,9 @@ if TYPE_CHECKING:
 
 
 async def completions(svc: Services, req: Request) -> Response | StreamResponse:
-    prepared = svc.pipeline.prepare(await req.json(), req.caller(), to_chat, surface=COMPLETIONS)
+    prepared = await svc.pipeline.prepare(
+        await req.json(), req.caller(), to_chat, surface=COMPLETIONS
+    )
     chat = prepared.request
     req.state["model"] = chat.model
     req.reply_headers += prepared.headers

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 
 async def embeddings(svc: Services, req: Request) -> Response:
-    prepared = svc.pipeline.prepare_embeddings(await req.json(), req.caller())
+    prepared = await svc.pipeline.prepare_embeddings(await req.json(), req.caller())
     req.state["model"] = prepared.request.model
     req.reply_headers += prepared.headers
     answer = await while_connected(req, svc.pipeline.embed(prepared))

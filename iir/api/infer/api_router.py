@@ -44,7 +44,7 @@ def infer_body(answer: Answer) -> dict[str, Any]:
 
 async def infer(svc: Services, req: Request) -> Response:
     body = await req.json()
-    prepared = svc.pipeline.prepare(body, req.caller(), to_chat)
+    prepared = await svc.pipeline.prepare(body, req.caller(), to_chat)
     req.state["model"] = prepared.request.model
     req.reply_headers += prepared.headers
     if body.get("async_") is True:

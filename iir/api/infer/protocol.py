@@ -5,37 +5,64 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
 
-from iir.core.errors import bad_request
-from iir.core.protocol import MAX_OUTPUT_TOKENS, Message, StrictModel, validation_error
+from iir.core.protocol import Message, Seed, StrictModel, TokenCount, validation_error
 
 SAMPLING = ("max_tokens", "temperature", "top_p", "stop", "seed")
 
 
 class _Sampling(StrictModel):
-    max_tokens: Annotated[int, Field(ge=1, le=MAX_OUTPUT_TOKENS)] | None = None
+    max_tokens: TokenCount | None = None
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     top_p: Annotated[float, Field(ge=0, le=1)] | None = None
     stop: str | Annotated[list[str], Field(max_length=4)] | None = None
-    seed: int | None = None
+    seed: Seed | None = None
 
 
-class InferInput(_Sampling):
-    """Either ``messages`` (chat) or ``prompt`` (one user turn); sampling fields may sit here too."""
-
+class _InferInput(_Sampling):
     model_config = ConfigDict(extra="forbid", strict=True)
-    messages: Annotated[list[Message], Field(min_length=1)] | None = None
-    prompt: str | None = None
 
-    @model_validator(mode="after")
-    def _one_of(self) -> InferInput:
-        if (self.messages is None) == (self.prompt is None):
-            raise ValueError("give exactly one of 'messages' (a list) or 'prompt' (a string)")
-        return self
+
+class InferMessages(_InferInput):
+    """Chat ``messages``; sampling fields may sit here too."""
+
+    messages: Annotated[list[Message], Field(min_length=1)]
+
+
+class InferPrompt(_InferInput):
+    """One ``prompt`` (a single user turn); sampling fields may sit here too."""
+
+    prompt: str
+
+
+def _input_kind(value: Any) -> str | None:
+    """Which of the two shapes an ``input`` object is: the one whose field it holds."""
+    if isinstance(value, InferMessages | InferPrompt):
+        return "tag:messages" if isinstance(value, InferMessages) else "tag:prompt"
+    if not isinstance(value, dict):
+        return None
+    has_messages, has_prompt = "messages" in value, "prompt" in value
+    if has_messages == has_prompt:
+        return None
+    return "tag:messages" if has_messages else "tag:prompt"
+
+
+#: Either ``messages`` (chat) or ``prompt`` (one user turn), never both.
+InferInput = Annotated[
+    Annotated[InferMessages, Tag("tag:messages")] | Annotated[InferPrompt, Tag("tag:prompt")],
+    Discriminator(
+        _input_kind,
+        custom_error_type="input_shape",
+        custom_error_message="give exactly one of 'messages' (a list) or 'prompt' (a string)",
+    ),
+]
 
 
 class InferRequest(_Sampling):
+    """A named model and an ``input``. Sampling fields may sit here or in ``input``; given in
+    both, the value in ``input`` is used."""
+
     model: Annotated[str, Field(min_length=1, max_length=256)]
     input: InferInput
     async_: bool = False
@@ -67,16 +94,13 @@ def to_chat(body: dict[str, Any]) -> dict[str, Any]:
         raise validation_error(exc) from None
     chat: dict[str, Any] = {"model": req.model}
     for name in SAMPLING:
-        outer, inner = getattr(req, name), getattr(req.input, name)
-        if outer is not None and inner is not None and outer != inner:
-            raise bad_request(
-                f"'{name}' is given both at the top level and in 'input' with different values",
-                param=f"input.{name}",
-            )
-        value = outer if outer is not None else inner
+        # Given at both levels, the one in ``input`` (the more specific) is used: a rule the
+        # document can state, where a refusal of different values could not be described in it.
+        inner = getattr(req.input, name)
+        value = inner if inner is not None else getattr(req, name)
         if value is not None:
             chat[name] = value
-    if req.input.messages is not None:
+    if isinstance(req.input, InferMessages):
         chat["messages"] = body["input"]["messages"]
     else:
         chat["messages"] = [{"role": "user", "content": req.input.prompt}]

@@ -7,10 +7,9 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 from iir.api.http import Request, Response, json_response
-from iir.api.jobs.protocol import JobResult, JobStatus
+from iir.api.jobs.protocol import AsyncChatRequest, JobResult, JobStatus
 from iir.api.router import Route
 from iir.core.errors import ApiError, bad_request
-from iir.core.protocol import ChatRequest
 from iir.store.jobs import valid_job_id
 
 if TYPE_CHECKING:
@@ -21,7 +20,7 @@ JOB = "/v1/async/chat/completions/{job_id}"
 
 
 async def submit(svc: Services, req: Request) -> Response:
-    prepared = svc.pipeline.prepare(await req.json(), req.caller())
+    prepared = await svc.pipeline.prepare(await req.json(), req.caller())
     req.state["model"] = prepared.request.model
     req.reply_headers += prepared.headers
     return await svc.jobs.submit(req, "chat", prepared)
@@ -80,7 +79,7 @@ ROUTES = [
         "/v1/async/chat/completions",
         submit,
         "Submit a chat completion job (202 once it is stored)",
-        request=ChatRequest,
+        request=AsyncChatRequest,
         response=JobStatus,
         status=202,
         tags=("jobs",),

@@ -8,9 +8,16 @@ from pydantic import BaseModel, Field
 
 from iir.api.chat.protocol import ChatCompletion
 from iir.api.infer.protocol import InferResponse
+from iir.core.protocol import ChatRequest
 
 JobId = Annotated[str, Field(pattern=r"^job_[0-9a-f]{32}$")]
 Status = Literal["pending", "running", "succeeded", "failed", "cancelled"]
+
+
+class AsyncChatRequest(ChatRequest):
+    """A chat request run as a job: the same fields, but its answer is stored, never streamed."""
+
+    stream: Literal[False] = False
 
 
 class JobError(BaseModel):

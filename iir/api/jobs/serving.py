@@ -3,12 +3,13 @@ pipeline like any other, and the answer is shaped as the route it was submitted 
 
 The per-key token reservation made when the job was submitted is held until the job ends, and
 settled then with what the job really used (nothing when it failed or was cancelled before it
-produced anything).
+produced anything). With a job store shared by a fleet, another box may run the job: the
+reservation is then charged in full when the job is accepted.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,8 +24,8 @@ from iir.service.jobs import JobPool
 from iir.service.pipeline import Answer, Caller, Pipeline, Prepared
 
 
-def _prepare_chat(pipeline: Pipeline, stored: dict[str, Any]) -> Prepared:
-    return pipeline.prepare(stored, Caller(), admit=False)
+async def _prepare_chat(pipeline: Pipeline, stored: dict[str, Any]) -> Prepared:
+    return await pipeline.prepare(stored, Caller(), admit=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +34,7 @@ class Kind:
     answer is shaped (as the route it was submitted to would answer)."""
 
     shape: Callable[[Answer, dict[str, Any]], dict[str, Any]]
-    prepare: Callable[[Pipeline, dict[str, Any]], Prepared] = _prepare_chat
+    prepare: Callable[[Pipeline, dict[str, Any]], Awaitable[Prepared]] = _prepare_chat
 
 
 def _response(answer: Answer, stored: dict[str, Any]) -> dict[str, Any]:
@@ -97,16 +98,21 @@ class Jobs:
             if prepared.reservation is not None:
                 prepared.reservation.settle(0)
             raise
-        # No await since the job was queued: no worker can have started it yet.
         if prepared.reservation is not None:
-            self._reservations[job_id] = prepared.reservation
+            if self.pool.store.shared:
+                # Any box may run it, and only this one holds the reservation: the job is
+                # charged what was reserved (prompt + max output), here and now.
+                prepared.reservation.settle(prepared.reservation.reserved)
+            else:
+                # No await since the job was queued: no worker can have started it yet.
+                self._reservations[job_id] = prepared.reservation
         return job_id
 
     async def run(self, job_id: str, kind: str, request: dict[str, Any]) -> dict[str, Any]:
         spec = SHAPES.get(kind)
         if spec is None:
             raise ApiError(500, f"Unknown job kind {kind!r}")
-        prepared = spec.prepare(self.pipeline, request)
+        prepared = await spec.prepare(self.pipeline, request)
         prepared.reservation = self._reservations.pop(job_id, None)
         return spec.shape(await self.pipeline.run(prepared), request)
 

@@ -98,7 +98,7 @@ def claude_name(svc: Services, body: Any) -> Any:
 
 async def create(svc: Services, req: Request) -> Response | StreamResponse:
     body = claude_name(svc, await req.json())
-    prepared = serving.prepare(svc.pipeline, body, req.caller(), passed_headers(req))
+    prepared = await serving.prepare(svc.pipeline, body, req.caller(), passed_headers(req))
     chat = prepared.request
     req.state["model"] = chat.model
     req.reply_headers += prepared.headers
@@ -121,7 +121,9 @@ async def count_tokens(svc: Services, req: Request) -> Response:
     """The prompt as IIR counts it for its limits (system prompt and messages, OpenAI's chat
     accounting), plus the tool definitions."""
     body = claude_name(svc, await req.json())
-    prepared = svc.pipeline.prepare(body, req.caller(), count_body, admit=False, surface=MESSAGES)
+    prepared = await svc.pipeline.prepare(
+        body, req.caller(), count_body, admit=False, surface=MESSAGES
+    )
     req.state["model"] = prepared.request.model
     count = svc.pipeline.count_prompt(prepared)
     if prepared.request.tools:

@@ -28,7 +28,7 @@ STOP_REASONS = {
 }
 
 
-def prepare(
+async def prepare(
     pipeline: Pipeline,
     body: Any,
     caller: Caller,
@@ -36,7 +36,7 @@ def prepare(
 ) -> Prepared:
     """A Messages body through the pipeline's steps."""
     only = native_only(body) if isinstance(body, dict) else None
-    return pipeline.prepare(
+    return await pipeline.prepare(
         body, caller, to_chat, surface=MESSAGES, headers=headers, native_only=only
     )
 

@@ -143,7 +143,7 @@ async def create(svc: Services, req: Request) -> Response | StreamResponse:
     prev_id, history = await _history(svc, owner, body)
     if history and isinstance(body.get("input"), str | list):
         body = {**body, "input": [*history, *as_items(body["input"])]}
-    prepared = serving.prepare(svc.pipeline, body, req.caller())
+    prepared = await serving.prepare(svc.pipeline, body, req.caller())
     chat = prepared.request
     req.state["model"] = chat.model
     req.reply_headers += prepared.headers

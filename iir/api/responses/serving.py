@@ -32,10 +32,12 @@ _NOT_NULL = ("usage", "user")
 _ERROR_CODES = {429: "rate_limit_exceeded", 400: "invalid_prompt"}
 
 
-def prepare(pipeline: Pipeline, body: Any, caller: Caller, admit: bool = True) -> Prepared:
+async def prepare(pipeline: Pipeline, body: Any, caller: Caller, admit: bool = True) -> Prepared:
     """A Responses body (earlier turns already in ``input``) through the pipeline's steps."""
     only = native_only(body) if isinstance(body, dict) else None
-    return pipeline.prepare(body, caller, to_chat, admit=admit, surface=RESPONSES, native_only=only)
+    return await pipeline.prepare(
+        body, caller, to_chat, admit=admit, surface=RESPONSES, native_only=only
+    )
 
 
 @dataclass(slots=True)

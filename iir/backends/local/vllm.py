@@ -21,6 +21,7 @@ import importlib
 import importlib.util
 import inspect
 import logging
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -105,27 +106,48 @@ class EngineFactory(Protocol):
 
 
 class VllmEngineFactory:
-    """The real factory: vLLM 0.33's ``AsyncLLM.from_engine_args(AsyncEngineArgs(...))``."""
+    """The real factory: vLLM's ``AsyncLLM.from_engine_args(AsyncEngineArgs(...))``.
+
+    ``device`` is ``IIR_VLLM_DEVICE``: "auto" takes the platform vLLM detects (an NVIDIA or AMD
+    GPU for vLLM's GPU builds, the CPU for its CPU build), "cuda" requires a GPU, and "cpu" makes
+    vLLM use the CPU (``VLLM_TARGET_DEVICE=cpu``, a build that has CPU kernels)."""
+
+    def __init__(self, device: str = "auto") -> None:
+        self.device = device
 
     def unavailable_reason(self) -> str | None:
         if importlib.util.find_spec("vllm") is None:
             return (
                 "vLLM is not installed (install IIR with the 'vllm' extra: pip install 'iir[vllm]')"
             )
-        from iir.ops.hardware import NVML
+        if self.device == "cpu":
+            # Read by vLLM when it resolves its platform, here and in its engine processes.
+            os.environ["VLLM_TARGET_DEVICE"] = "cpu"
+        try:
+            from vllm.platforms import current_platform
 
-        gpus, _, reason = NVML.read(full=False)
-        if reason is not None:
-            return f"no usable NVIDIA GPU: {reason}"
-        if not gpus:
-            return "no NVIDIA GPU found (NVML reports 0 devices)"
+            found = str(current_platform.device_type or "")
+        except Exception as exc:
+            return f"vLLM cannot tell which device it runs on: {_error_text(exc)}"
+        if not found:
+            return (
+                "vLLM found no device to run on (no GPU it can use, "
+                "and this is not vLLM's CPU build)"
+            )
+        if self.device != "auto" and found != self.device:
+            return f"IIR_VLLM_DEVICE={self.device}, but vLLM's platform here is {found!r}"
         return None
 
     def create(self, spec: EngineSpec) -> Any:
         from vllm import AsyncEngineArgs
+        from vllm.usage.usage_lib import UsageContext
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        return AsyncLLM.from_engine_args(AsyncEngineArgs(**spec.engine_args))
+        # As a server: vLLM then takes its server defaults, as `vllm serve` does (on large GPUs
+        # up to 1024 sequences per batch instead of the 128 of an embedded engine).
+        return AsyncLLM.from_engine_args(
+            AsyncEngineArgs(**spec.engine_args), usage_context=UsageContext.OPENAI_API_SERVER
+        )
 
     def sampling_params(self, **fields: Any) -> Any:
         from vllm import SamplingParams
@@ -141,10 +163,10 @@ class VllmEngineFactory:
         return params
 
 
-def load_factory(ref: str | None) -> EngineFactory:
+def load_factory(ref: str | None, device: str = "auto") -> EngineFactory:
     """The real factory, or the stand-in named by ``module:attribute`` (tests only)."""
     if not ref:
-        return VllmEngineFactory()
+        return VllmEngineFactory(device)
     module_name, _, attr = ref.partition(":")
     try:
         target = getattr(importlib.import_module(module_name), attr)
@@ -227,7 +249,7 @@ class VllmBackend(LocalSurfaces, Backend):
     async def start(self) -> None:
         if self.factory is None:
             try:
-                self.factory = load_factory(self._factory_ref)
+                self.factory = load_factory(self._factory_ref, self.vllm.device)
             except RuntimeError as exc:
                 self.unavailable = str(exc)
         if self.factory is not None:
@@ -339,7 +361,12 @@ class VllmBackend(LocalSurfaces, Backend):
             "model_dir_reason": self.model_dir_reason,
             "autoload": self.settings.autoload_models,
             "engines": [
-                {"model": lm.name, "origin": lm.origin, "restarts": lm.restarts}
+                {
+                    "model": lm.name,
+                    "origin": lm.origin,
+                    "restarts": lm.restarts,
+                    "unfinished": _unfinished(lm.engine),
+                }
                 for lm in self._models.values()
                 if lm.want_loaded
             ],
@@ -669,6 +696,16 @@ class VllmBackend(LocalSurfaces, Backend):
                         logprobs=self._logprobs(lm, c, top) if request.logprobs else None,
                     )
         yield Usage(prompt_tokens, completion_tokens)
+
+
+def _unfinished(engine: Any) -> int | None:
+    """Requests the engine itself still holds (waiting or running); None without an engine."""
+    if engine is None:
+        return None
+    try:
+        return int(engine.get_num_unfinished_requests())
+    except Exception:
+        return None
 
 
 def _errored(engine: Any) -> bool:

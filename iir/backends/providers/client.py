@@ -404,10 +404,7 @@ class Upstream:
                 try:
                     async with asyncio.timeout(self.settings.first_byte_timeout):
                         resp = await self.session().post(
-                            self.base_url + path,
-                            data=body,
-                            headers=headers,
-                            allow_redirects=False,
+                            self.base_url + path, data=body, headers=headers, allow_redirects=False
                         )
                         status = str(resp.status)
                         if resp.status >= 300:

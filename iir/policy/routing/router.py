@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from iir.core.errors import ApiError
+from iir.core.errors import ApiError, shown
 from iir.core.protocol import ChatRequest
 from iir.core.settings import STRATEGIES
 from iir.core.types import Load, ModelSource
@@ -41,12 +41,31 @@ class Option:
     cost: float
     load: Load
     context_length: int
+    #: Served by another box of the fleet (a peer's own engine, which "@local" covers too).
+    peer: bool = False
 
+    # Between equals, the shorter queue wins, then this box over a peer, then the faster.
     def quality_key(self) -> tuple[Any, ...]:
-        return (self.load.circuit != "closed", -self.tier, self.cost, not self.local, self._lat())
+        return (
+            self.load.circuit != "closed",
+            -self.tier,
+            self.cost,
+            not self.local,
+            self.load.queue,
+            self.peer,
+            self._lat(),
+        )
 
     def cost_key(self) -> tuple[Any, ...]:
-        return (self.load.circuit != "closed", self.cost, -self.tier, not self.local, self._lat())
+        return (
+            self.load.circuit != "closed",
+            self.cost,
+            -self.tier,
+            not self.local,
+            self.load.queue,
+            self.peer,
+            self._lat(),
+        )
 
     def _lat(self) -> float:
         return self.load.latency_s if self.load.latency_s is not None else 0.0
@@ -98,8 +117,8 @@ def _header_safe(text: str) -> str:
     return "".join(c if c.isprintable() else " " for c in out)[:300]
 
 
-# (policy entry, model name, its load probe, context length the backend reports)
-_Available = tuple[ModelPolicy, str, Callable[[], Load], int | None]
+# (policy entry, model name, its load probe, context length the backend reports, on a peer)
+_Available = tuple[ModelPolicy, str, Callable[[], Load], int | None, bool]
 
 
 def no_route(why: str) -> ApiError:
@@ -113,7 +132,7 @@ def check_strategy(value: str | None, default: str) -> str:
     if value not in STRATEGIES:
         raise ApiError(
             400,
-            f"Invalid x-iir-strategy {value!r}: must be one of {', '.join(STRATEGIES)}",
+            f"Invalid x-iir-strategy {shown(value, 32)!r}: must be one of {', '.join(STRATEGIES)}",
             param="x-iir-strategy",
         )
     return value
@@ -169,18 +188,23 @@ class Router:
         return self._avail
 
     def _scan(self) -> Iterator[_Available]:
-        """(policy entry, model name, its load probe, known context) for each model
-        of the policy that some backend serves now."""
+        """(policy entry, model name, its load probe, known context, on a peer) for each model
+        of the policy that some backend serves now; ``@local`` covers the models of the fleet's
+        other boxes' engines too."""
         for mp in self.policy.models:
             if mp.name == LOCAL_WILDCARD:
                 for card in self.registry.local_cards():
                     probe = self.registry.load_probe(card.id)
                     if probe is not None:
-                        yield mp, card.id, probe, card.context_length
+                        yield mp, card.id, probe, card.context_length, False
+                for card in self.registry.peer_cards():
+                    probe = self.registry.load_probe(card.id)
+                    if probe is not None:
+                        yield mp, card.id, probe, card.context_length, True
                 continue
             probe = self.registry.load_probe(mp.name)
             if probe is not None:
-                yield mp, mp.name, probe, None
+                yield mp, mp.name, probe, None, False
 
     def _options(
         self, f: Features, category: str
@@ -190,7 +214,7 @@ class Router:
         out_tokens = f.output_tokens or self.policy.default_output_tokens
         needed = f.prompt_tokens + out_tokens
         found = self._available()
-        for mp, name, probe, ctx in found:
+        for mp, name, probe, ctx, peer in found:
             context = ctx or mp.context_length
             tier = mp.quality[category]
             why = None
@@ -218,6 +242,7 @@ class Router:
                     cost=mp.cost(f.prompt_tokens, out_tokens),
                     load=load,
                     context_length=context,
+                    peer=peer,
                 )
             )
         return options, excluded, len(found)
