@@ -65,6 +65,10 @@ class RuleSet:
     @property
     def names(self) -> list[str]:
         """Rule names in priority order."""
+    @property
+    def skipped(self) -> list[str]:
+        """Rules of a gitleaks file left out because their matches may start anywhere (this
+        engine runs a rule only where one of its start literals is found): rule, line, why."""
     def patterns(self) -> list[tuple[str, str, list[str]]]:
         """``(name, pattern, start literals)`` per pattern (Rust regex syntax)."""
     def __len__(self) -> int: ...

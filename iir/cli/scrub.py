@@ -23,17 +23,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
     from iir.core.settings import ConfigError, merged_env
-    from iir.policy.scrub import RulesFileError, Scrubber
+    from iir.policy.scrub import RulesFileError, Scrubber, load_rules_file, secret_values
 
     src = stdin or sys.stdin
     out = stdout or sys.stdout
     try:
         env = merged_env(os.environ, args.env_file)
         rules_file = args.rules or env.get("IIR_SCRUB_RULES_FILE", "").strip() or None
-        scrubber = Scrubber.from_environ(env, rules_file=rules_file)
+        extra = load_rules_file(rules_file) if rules_file else None
     except (ConfigError, RulesFileError) as exc:
         print(f"iir: {exc}", file=sys.stderr)
         return 2
+    for why in extra.skipped if extra else ():
+        print(f"iir: {rules_file}: {why} left out", file=sys.stderr)
+    scrubber = Scrubber([*secret_values(env)], extra)
     stream = scrubber.stream()
     while chunk := src.read(CHUNK):
         out.write(stream.push(chunk))

@@ -12,6 +12,7 @@ cannot walk.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
 from functools import cache
@@ -38,6 +39,8 @@ __all__ = [
     "rules_table_text",
     "secret_values",
 ]
+
+log = logging.getLogger("iir.policy.scrub")
 
 #: The rule table's file name inside this package.
 RULES_TABLE = "scrub_rules.toml"
@@ -149,6 +152,14 @@ class Scrubber:
         env = os.environ if environ is None else environ
         extra = [s for s in extra_secrets if s and len(s) >= MIN_ENV_SECRET_LEN]
         rules = load_rules_file(rules_file) if rules_file else None
+        for why in rules.skipped if rules else ():
+            # Said once at start-up, so that the operator knows which of the rules do not apply.
+            log.warning(
+                "IIR_SCRUB_RULES_FILE: %s: %s left out",
+                rules_file,
+                why,
+                extra={"event": "scrub_rule_skipped"},
+            )
         return cls([*secret_values(env), *extra], rules)
 
     @property

@@ -23,6 +23,7 @@ pyo3::create_exception!(
 #[pyclass(module = "iir._native", name = "RuleSet", frozen)]
 struct PyRuleSet {
     rules: Vec<rules::Rule>,
+    skipped: Vec<String>,
 }
 
 fn rules_error(e: rules::RulesError) -> PyErr {
@@ -36,6 +37,7 @@ impl PyRuleSet {
     fn from_table(text: &str) -> PyResult<Self> {
         Ok(Self {
             rules: rules::parse_table(text).map_err(rules_error)?,
+            skipped: Vec::new(),
         })
     }
 
@@ -43,9 +45,18 @@ impl PyRuleSet {
     /// its line.
     #[staticmethod]
     fn from_gitleaks(text: &str) -> PyResult<Self> {
+        let parsed = rules::parse_gitleaks(text).map_err(rules_error)?;
         Ok(Self {
-            rules: rules::parse_gitleaks(text).map_err(rules_error)?,
+            rules: parsed.rules,
+            skipped: parsed.skipped.iter().map(ToString::to_string).collect(),
         })
+    }
+
+    /// The rules of a gitleaks file left out (their matches may start anywhere), each as a
+    /// line naming the rule, its line and why.
+    #[getter]
+    fn skipped(&self) -> Vec<String> {
+        self.skipped.clone()
     }
 
     /// Rule names, in priority order (a name may stand for several patterns).

@@ -608,8 +608,11 @@ struct GlFile {
 /// ([`translate_go`]), its start literals are derived from it ([`derive_triggers`]), and the
 /// result is checked as the built-in rules are ([`validate`]). Rule names get the prefix `user_`
 /// (metrics labels stay apart from the built-in ones). Rules that only match file paths are
-/// skipped: the gateway scans text, not files.
-pub fn parse_gitleaks(text: &str) -> Result<Vec<Rule>, RulesError> {
+/// skipped: the gateway scans text, not files. So are rules whose matches may start anywhere
+/// (gitleaks finds them through a keyword in the middle; this engine runs a rule only where a
+/// literal it starts with is found, which keeps a scan linear): they are listed in
+/// [`GitleaksRules::skipped`], for the operator to see.
+pub fn parse_gitleaks(text: &str) -> Result<GitleaksRules, RulesError> {
     let file: GlFile = toml::from_str(text).map_err(|e| toml_error(text, e))?;
     let _ = (&file.title, &file.extend);
     let global: Vec<Allow> = file
@@ -624,6 +627,7 @@ pub fn parse_gitleaks(text: &str) -> Result<Vec<Rule>, RulesError> {
             message: format!("global allowlist: {message}"),
         })?;
     let mut out: Vec<Rule> = Vec::new();
+    let mut skipped: Vec<RulesError> = Vec::new();
     for spanned in file.rules {
         let line = line_of(text, spanned.span().start);
         let r = spanned.into_inner();
@@ -640,13 +644,21 @@ pub fn parse_gitleaks(text: &str) -> Result<Vec<Rule>, RulesError> {
             return Err(err("a rule needs a `regex`".into()));
         };
         let translated = translate_go(regex).map_err(err)?;
-        let (pattern, triggers) = derive_triggers(&translated).map_err(err)?;
-        let pattern = crate::scrub::forms::wrap_forms(&pattern).map_err(err)?;
-        let triggers = all_forms(&triggers);
+        let derived = match derive_triggers(&translated) {
+            Ok(found) => found,
+            Err(Unanchored::Anywhere(message)) => {
+                skipped.push(err(message));
+                continue;
+            }
+            Err(Unanchored::Bad(message)) => return Err(err(message)),
+        };
+        let pattern = crate::scrub::forms::wrap_forms(&derived.pattern).map_err(err)?;
+        let triggers = all_forms(&derived.triggers);
         let mut check = Check::new(Kind::Context);
         check.entropy = r.entropy.unwrap_or(0.0);
         check.secret_group = r.secret_group.filter(|&g| g > 0);
         check.filters.inside_word = true;
+        check.filters.word_start = derived.word_start;
         for a in r.allowlist.into_iter().chain(r.allowlists) {
             check
                 .allow
@@ -674,7 +686,42 @@ pub fn parse_gitleaks(text: &str) -> Result<Vec<Rule>, RulesError> {
         validate(&rule).map_err(err)?;
         out.push(rule);
     }
-    Ok(out)
+    Ok(GitleaksRules {
+        rules: out,
+        skipped,
+    })
+}
+
+/// What an operator's gitleaks file gives: the rules to run, and the rules left out because
+/// their matches may start anywhere (each with its line and why).
+pub struct GitleaksRules {
+    pub rules: Vec<Rule>,
+    pub skipped: Vec<RulesError>,
+}
+
+impl std::fmt::Debug for GitleaksRules {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GitleaksRules")
+            .field("rules", &self.rules.len())
+            .field("skipped", &self.skipped)
+            .finish()
+    }
+}
+
+/// Why a pattern has no start literals: it may start anywhere (a rule this engine cannot run
+/// where a literal is found), or it does not parse.
+#[derive(Debug)]
+pub enum Unanchored {
+    Anywhere(String),
+    Bad(String),
+}
+
+impl std::fmt::Display for Unanchored {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Anywhere(m) | Self::Bad(m) => f.write_str(m),
+        }
+    }
 }
 
 fn gl_allow(a: GlAllow, _rule: Option<&str>) -> Result<Allow, String> {
@@ -799,6 +846,22 @@ pub fn translate_go(re: &str) -> Result<String, String> {
                 out.push_str("(?u:.)");
                 i += 1;
             }
+            '{' => match repetition_end(&chars, i) {
+                // A counted repetition, copied as it is.
+                Some(end) => {
+                    out.extend(&chars[i..=end]);
+                    i = end + 1;
+                }
+                // Go reads any other brace as a literal; this engine wants it escaped.
+                None => {
+                    out.push_str(r"\{");
+                    i += 1;
+                }
+            },
+            '}' => {
+                out.push_str(r"\}");
+                i += 1;
+            }
             c if !c.is_ascii() => {
                 out.push_str(&format!(
                     "(?u:{})",
@@ -813,6 +876,27 @@ pub fn translate_go(re: &str) -> Result<String, String> {
         }
     }
     Ok(out)
+}
+
+/// Where the counted repetition that starts at `chars[start] == '{'` ends (`{n}`, `{n,}`,
+/// `{n,m}`), or `None` when the brace is a literal.
+fn repetition_end(chars: &[char], start: usize) -> Option<usize> {
+    let mut i = start + 1;
+    let digits = |i: &mut usize| {
+        let from = *i;
+        while chars.get(*i).is_some_and(char::is_ascii_digit) {
+            *i += 1;
+        }
+        *i > from
+    };
+    if !digits(&mut i) {
+        return None;
+    }
+    if chars.get(i) == Some(&',') {
+        i += 1;
+        digits(&mut i);
+    }
+    (chars.get(i) == Some(&'}')).then_some(i)
 }
 
 /// Translate the class starting at `chars[start] == '['`; returns it and the index after it.
@@ -911,16 +995,79 @@ fn translate_class(chars: &[char], start: usize) -> Result<(String, usize), Stri
 /// keyword) is dropped first: it only moves where a match starts, not the secret. Returns the
 /// pattern to run and its literals; an error when a match could start anywhere (the rule would
 /// be tried at every position of every text).
-pub fn derive_triggers(pattern: &str) -> Result<(String, Vec<String>), String> {
+pub fn derive_triggers(pattern: &str) -> Result<Derived, Unanchored> {
+    use regex_syntax::hir::{Hir, HirKind, Look};
+    let hir =
+        regex_syntax::parse(pattern).map_err(|e| Unanchored::Bad(short_error(&e.to_string())))?;
+    // A leading word boundary becomes the engine's own check, which also takes the start of a
+    // token after an escape (`%20ghp_…`, `\nghp_…`), where a regex `\b` sees a word going on.
+    let (hir, word_start) = match hir.kind() {
+        HirKind::Concat(items)
+            if matches!(
+                items.first().map(Hir::kind),
+                Some(HirKind::Look(Look::WordAscii | Look::WordUnicode))
+            ) =>
+        {
+            (Hir::concat(items[1..].to_vec()), true)
+        }
+        _ => (hir, false),
+    };
+    let (hir, mut lits) = trim_start(&hir).map_err(Unanchored::Anywhere)?;
+    lits.sort();
+    lits.dedup();
+    // A literal that starts with another is covered by it.
+    let all = lits.clone();
+    lits.retain(|t| !all.iter().any(|o| o != t && t.starts_with(o.as_str())));
+    if lits.len() > MAX_TRIGGERS {
+        return Err(Unanchored::Anywhere(format!(
+            "a match may start with {} different literals (at most {MAX_TRIGGERS})",
+            lits.len()
+        )));
+    }
+    Ok(Derived {
+        pattern: hir.to_string(),
+        triggers: lits,
+        word_start,
+    })
+}
+
+/// What [`derive_triggers`] finds: the pattern to run, its start literals, and whether a match
+/// must start a token (the pattern began with a word boundary).
+#[derive(Debug)]
+pub struct Derived {
+    pub pattern: String,
+    pub triggers: Vec<String>,
+    pub word_start: bool,
+}
+
+/// [`derive_triggers`] of one expression: an alternation branch by branch (gitleaks writes a
+/// keyword form and a prefix form as two branches of one rule), else its leading droppable
+/// parts removed until its start literals are usable.
+fn trim_start(
+    hir: &regex_syntax::hir::Hir,
+) -> Result<(regex_syntax::hir::Hir, Vec<String>), String> {
     use regex_syntax::hir::literal::{ExtractKind, Extractor};
     use regex_syntax::hir::{Hir, HirKind};
-    let hir = regex_syntax::parse(pattern).map_err(|e| short_error(&e.to_string()))?;
+    if let HirKind::Alternation(branches) = hir.kind() {
+        let mut out = Vec::new();
+        let mut lits = Vec::new();
+        for b in branches {
+            let (h, l) = trim_start(b)?;
+            out.push(h);
+            lits.extend(l);
+        }
+        return Ok((Hir::alternation(out), lits));
+    }
     let mut parts: Vec<Hir> = match hir.kind() {
         HirKind::Concat(items) => items.clone(),
         _ => vec![hir.clone()],
     };
     let mut ext = Extractor::new();
-    ext.kind(ExtractKind::Prefix).limit_total(512);
+    // A class of more than a few characters ends a literal (`xoxb-[0-9]{10}` starts with
+    // `xoxb-`, not with ten literals one digit longer).
+    ext.kind(ExtractKind::Prefix)
+        .limit_class(4)
+        .limit_total(512);
     loop {
         let current = Hir::concat(parts.clone());
         let seq = ext.extract(&current);
@@ -935,31 +1082,12 @@ pub fn derive_triggers(pattern: &str) -> Result<(String, Vec<String>), String> {
                 if n < 2 {
                     return None;
                 }
-                let t = String::from_utf8_lossy(&bytes[..n.min(32)]).to_ascii_lowercase();
-                out.push(t);
+                out.push(String::from_utf8_lossy(&bytes[..n.min(32)]).to_ascii_lowercase());
             }
-            out.sort();
-            out.dedup();
-            // A literal that starts with another is covered by it.
-            let all = out.clone();
-            out.retain(|t| !all.iter().any(|o| o != t && t.starts_with(o.as_str())));
             Some(out)
         });
         match usable {
-            Some(lits) if !lits.is_empty() && lits.len() <= MAX_TRIGGERS => {
-                let src = if parts.len() == 1 && matches!(hir.kind(), HirKind::Concat(_)) {
-                    parts[0].to_string()
-                } else {
-                    current.to_string()
-                };
-                return Ok((src, lits));
-            }
-            Some(lits) if lits.len() > MAX_TRIGGERS => {
-                return Err(format!(
-                    "a match may start with {} different literals (at most {MAX_TRIGGERS})",
-                    lits.len()
-                ));
-            }
+            Some(lits) if !lits.is_empty() => return Ok((current, lits)),
             _ => {}
         }
         let droppable = parts.len() > 1
@@ -1047,13 +1175,15 @@ pub(crate) mod tests {
         .unwrap();
         let re = regex_automata::meta::Regex::new(&t).unwrap();
         assert!(re.is_match("ADAFRUIT_KEY =abcdefghijklmnopqrstuvwxyz012345 "));
-        let (p, lits) = derive_triggers(&t).unwrap();
-        assert_eq!(lits, vec!["adafruit".to_string()]);
-        assert!(regex_automata::meta::Regex::new(&p).is_ok());
+        let d = derive_triggers(&t).unwrap();
+        assert_eq!(d.triggers, vec!["adafruit".to_string()]);
+        assert!(regex_automata::meta::Regex::new(&d.pattern).is_ok());
+        assert!(d.word_start);
         // gitleaks' semi-generic shape: an optional identifier before the keyword is dropped.
         let t = translate_go(r#"(?i)[\w.-]{0,50}?(?:sentry)(?:[ \t\w.-]{0,20})[\s'"]{0,3}(?:=|>|:{1,3}=|\|\||:|=>|\?=|,)[\x60'"\s=]{0,5}([a-f0-9]{64})(?:[\x60'"\s;]|\\[nr]|$)"#).unwrap();
-        let (_, lits) = derive_triggers(&t).unwrap();
-        assert_eq!(lits, vec!["sentry".to_string()]);
+        let d = derive_triggers(&t).unwrap();
+        assert_eq!(d.triggers, vec!["sentry".to_string()]);
+        assert!(!d.word_start);
         assert!(translate_go(r"(a)\1").is_err());
         assert!(derive_triggers(&translate_go(r"[a-z]{32}").unwrap()).is_err());
         // Set operators of this engine stay literal characters, as in Go.
@@ -1082,7 +1212,7 @@ entropy = 3.0
 [[rules.allowlists]]
 regexes = ['''corp_0{24}''']
 "#;
-        let rules = parse_gitleaks(ok).unwrap();
+        let rules = parse_gitleaks(ok).unwrap().rules;
         assert_eq!(rules[0].name, "user_corp_token");
         assert_eq!(rules[0].triggers, vec!["corp_".to_string()]);
         assert!(regex_automata::meta::Regex::new(&rules[0].pattern).is_ok());
@@ -1091,5 +1221,37 @@ regexes = ['''corp_0{24}''']
         assert_eq!((e.rule.as_deref(), e.line), (Some("b"), Some(5)), "{e}");
         let e = parse_gitleaks("[[rules]\n").unwrap_err();
         assert_eq!(e.line, Some(1), "{e}");
+        // A rule whose matches may start anywhere is left out, named with its line; the others
+        // of the file still apply.
+        let mixed = "[[rules]]\nid = \"mid\"\nregex = '[a-z]{3}\\dQ~[a-z]{31}'\n\n[[rules]]\nid = \"ok\"\nregex = 'corp_[a-z]{4}'\n";
+        let got = parse_gitleaks(mixed).unwrap();
+        assert_eq!(got.rules.len(), 1);
+        assert_eq!(got.skipped.len(), 1);
+        let e = &got.skipped[0];
+        assert_eq!((e.rule.as_deref(), e.line), (Some("mid"), Some(1)), "{e}");
+    }
+
+    #[test]
+    fn gitleaks_shapes_get_start_literals() {
+        let lits = |re: &str| {
+            derive_triggers(&translate_go(re).unwrap())
+                .unwrap()
+                .triggers
+        };
+        // Braces that are no repetition are literals in Go.
+        let t = translate_go(r"^\$(?:\d+|{\d+})$").unwrap();
+        assert!(regex_automata::meta::Regex::new(&t)
+            .unwrap()
+            .is_match("${12}"));
+        // A class of many characters ends the literal.
+        assert_eq!(
+            lits(r"xoxb-[0-9]{10,13}-[a-zA-Z0-9]{24}"),
+            vec!["xoxb-".to_string()]
+        );
+        // An alternation, branch by branch: a keyword form and a prefix form.
+        let got = lits(
+            r#"(?i)[\w.-]{0,50}?(?:jira)(?:[ \t\w.-]{0,20})[\s'"]{0,3}(?:=|:)([a-z0-9]{24})|\b(ATATT3[A-Za-z0-9_\-=]{186})"#,
+        );
+        assert_eq!(got, vec!["atatt3".to_string(), "jira".to_string()]);
     }
 }

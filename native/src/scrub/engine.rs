@@ -277,7 +277,10 @@ impl Scrubber {
                     .match_kind(MatchKind::LeftmostFirst)
                     .starts_for_each_pattern(true)
                     .minimum_cache_clear_count(None)
-                    .cache_capacity(8 << 20),
+                    .cache_capacity(8 << 20)
+                    // Many rules (the table and an operator's whole gitleaks file) need more
+                    // than that: the least that works, rather than an error.
+                    .skip_cache_capacity_check(true),
             )
             .build_many(&sources)
             .map_err(|e| BuildError(format!("invalid scrub pattern: {e}")))?;
@@ -1011,6 +1014,29 @@ mod tests {
         let s = Scrubber::new(&["hunter2hunter2", "my$ecret/pass w"]).unwrap();
         assert_eq!(scrub(&s, "a hunter2hunter2 b"), "a REDACTED b");
         assert_eq!(scrub(&s, "x my%24ecret%2Fpass%20w"), "x REDACTED");
+    }
+
+    #[test]
+    fn builds_with_the_table_and_a_large_operator_file() {
+        // Two hundred rules of gitleaks' semi-generic shape beside the table (gitleaks' own
+        // configuration has about as many): the lazy DFA of all rules together outgrows its
+        // default cache and must still build.
+        let mut file = String::new();
+        for i in 0..200 {
+            let n = 20 + i % 50;
+            file.push_str(&format!(
+                "[[rules]]\nid = \"vendor{i}\"\nregex = '''(?i)[\\w.-]{{0,50}}?(?:vendor{i}x)(?:[ \\t\\w.-]{{0,20}})[\\s'\"]{{0,3}}(?:=|>|:{{1,3}}=|\\|\\||:|=>|\\?=|,)[\\x60'\"\\s=]{{0,5}}([a-z0-9_-]{{{n}}}|[A-Z0-9]{{{n},80}})(?:[\\x60'\"\\s;]|\\\\[nr]|$)'''\n\n"
+            ));
+        }
+        let extra = crate::rules::parse_gitleaks(&file).unwrap();
+        assert_eq!((extra.rules.len(), extra.skipped.len()), (200, 0));
+        let mut rules = extra.rules;
+        rules.extend(crate::rules::tests::builtin());
+        let s = Scrubber::with_rules::<&str>(&[], rules).unwrap();
+        assert_eq!(
+            scrub(&s, "VENDOR7X_KEY=k3j9x7m2q8w4e6r1t5y0u3i7p9a2s4d6 ok"),
+            "VENDOR7X_KEY=REDACTED ok"
+        );
     }
 
     #[test]
