@@ -13,6 +13,14 @@ from iir.policy.scrub import rules_table_text
 ENTRIES: list[dict[str, Any]] = tomllib.loads(rules_table_text())["rule"]
 _MARK = re.compile("«(.*?)»", re.S)
 
+#: What the table lets take a plain word as a value: the generic secret words before an
+#: assignment (`password = hunter`), whose values are checked only for placeholders.
+GENERIC_BEFORE = re.compile(
+    r"(?:pass(?:w(?:or)?d|phrase)|private[_-]?key|secret|a(?:pi|ccess)[_-]?key|token|pwd)"
+    r"""["']?\s*(?:=>?|:=?|,)\s*["']?$""",
+    re.I,
+)
+
 
 def rule_name(entry: dict[str, Any]) -> str:
     """The metrics name of an entry."""

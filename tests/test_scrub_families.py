@@ -20,7 +20,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from iir.policy.scrub import REDACTED, Scrubber
-from tests.scrub_table import ENTRIES, Fixture, fixtures, rule_name
+from tests.scrub_table import ENTRIES, GENERIC_BEFORE, Fixture, fixtures, rule_name
 
 SCRUBBER = Scrubber()
 
@@ -137,14 +137,6 @@ prose = st.lists(
     identifiers | numbers | st.sampled_from([*string.punctuation, " ", "\n"]), max_size=30
 ).map(" ".join)
 
-#: What the table lets take a plain word as a value: the generic secret words before an
-#: assignment (`password = hunter`), whose values are checked only for placeholders.
-_ALLOWED = re.compile(
-    r"(?:pass(?:w(?:or)?d|phrase)|private[_-]?key|secret|a(?:pi|ccess)[_-]?key|token|pwd)"
-    r"""["']?\s*(?:=>?|:=?|,)\s*["']?$""",
-    re.I,
-)
-
 
 @settings(max_examples=400, deadline=None)
 @given(prose)
@@ -154,7 +146,7 @@ def test_identifiers_and_prose_lose_nothing(text: str) -> None:
     got, _ = SCRUBBER.scrub_text(text)
     pieces = got.split(REDACTED)
     for before in pieces[:-1]:
-        assert _ALLOWED.search(before), (text, got)
+        assert GENERIC_BEFORE.search(before), (text, got)
     # Nothing else changed: the pieces between redactions are the input's, in order.
     at = 0
     for piece in pieces:
@@ -172,6 +164,10 @@ def test_a_word_valued_assignment_loses_nothing(key: str, value: str, op: str) -
     """``vendor_name = some_identifier``: a value of words (no digits) is no credential, under
     any key but the secret words' (``password = …`` takes any value that is no placeholder)."""
     assume(not any(w in key.lower() for w in _SECRET_WORDS))
+    # Prefixes with digits (`dt0c01`, `sk9`) make camel-cased values as varied as a key of 20
+    # base62 characters (`accessDt0c01Sbsecret`): those are left to tests/scrub_report.py's
+    # count of false positives on ordinary text.
+    assume(not any(c.isdigit() for c in value))
     text = f"{key}{op}{value}"
     got, counts = SCRUBBER.scrub_text(text)
     assert (got, counts) == (text, {})

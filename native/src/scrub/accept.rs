@@ -142,17 +142,19 @@ fn repeated(s: &str) -> bool {
     (1..=4).any(|unit| b.len() >= 2 * unit && (unit..b.len()).all(|i| b[i] == b[i - unit]))
 }
 
-/// Words joined by separators (`sk-learn-compatible-models`, `glft-the-secret-auth0`): three or
-/// more lowercase words of three letters or more, together half the text or more.
+/// Words joined by separators (`sk-learn-compatible-models`, `glft-the-secret-auth0`,
+/// `xoxa-rapidapi-17-datadog`): three or more lowercase words of three letters or more, together
+/// half the text or more, or two that are three quarters of it. Random key material over a
+/// mixed alphabet has a digit or a capital in almost every run of letters.
 fn words(s: &str) -> bool {
     let (mut n, mut len) = (0, 0);
-    for p in s.split(['-', '_', '.']) {
+    for p in s.split(['-', '_', '.', '/']) {
         if p.len() >= 3 && p.bytes().all(|b| b.is_ascii_lowercase()) {
             n += 1;
             len += p.len();
         }
     }
-    n >= 3 && len * 2 >= s.len()
+    (n >= 3 && len * 2 >= s.len()) || (n >= 2 && len * 4 >= s.len() * 3)
 }
 
 fn distinct(s: &str) -> usize {
