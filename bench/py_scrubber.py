@@ -12,8 +12,6 @@ import base64
 import re
 import urllib.parse
 
-from iir import _native
-
 REDACTED = "REDACTED"
 _PLACEHOLDER_VALUES = {
     "true", "false", "null", "none", "nil", "undefined", "empty", "required", "optional",
@@ -95,12 +93,12 @@ def _accept(name: str, value: str, before: str, after: str) -> bool:
 class PyScrubber:
     """The baseline scrubber."""
 
-    def __init__(self, secrets: list[str]) -> None:
+    def __init__(self, secrets: list[str], patterns: list[tuple[str, str, list[str]]]) -> None:
         literals = sorted({f for s in secrets for f in _forms(s)}, key=lambda f: (-len(f), f))
         rules: list[tuple[str, str]] = []
         if literals:
             rules.append(("env_secret", "|".join(map(re.escape, literals))))
-        rules.extend((name, _translate(p)) for name, p in _native.rule_patterns())
+        rules.extend((name, _translate(p)) for name, p, _ in patterns)
         # One regex per rule: each keeps its literal prefix, which ``re`` searches quickly.
         self._rules = [(name, re.compile(p)) for name, p in rules]
 
