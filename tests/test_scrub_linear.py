@@ -44,6 +44,7 @@ HOSTILE: dict[str, str] = {
     # escapes before tokens, with no value or a rejected one.
     "vendor names without values": "cloudflare: ",
     "vendor assignments of placeholders": 'SENTRY_AUTH="xxxxxxxxxxxxxxxx" ',
+    "setProperty without its close": 'System.setProperty("X_TOKEN", "',
     "curl -u without credentials": "curl -u ",
     "XML value attributes without a close": '<add key="Password" value="',
     "escapes before token prefixes": "%3Dghp_\\nxoxb-",
