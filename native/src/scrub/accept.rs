@@ -496,12 +496,36 @@ fn is_dotted_identifier(value: &str) -> bool {
             let mut cs = p.chars();
             matches!(cs.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
                 && cs.all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && !random_part(p)
         })
+}
+
+/// A part of a dotted value that is key material, not a name (`s.Zq9xWv8uT7rE2mN5bK1lP4oQ`, a
+/// Vault token): long, with four digits or more, four capitals and four small letters.
+fn random_part(p: &str) -> bool {
+    let count = |f: fn(&u8) -> bool| p.as_bytes().iter().filter(|b| f(b)).count();
+    p.len() >= 16
+        && count(u8::is_ascii_digit) >= 4
+        && count(u8::is_ascii_uppercase) >= 4
+        && count(u8::is_ascii_lowercase) >= 4
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dotted_names_but_not_dotted_tokens() {
+        for name in [
+            "self.config.apiToken",
+            "settings.AWS_S3_BUCKET2",
+            "a.b",
+            "os.environ",
+        ] {
+            assert!(is_dotted_identifier(name), "{name}");
+        }
+        assert!(!is_dotted_identifier("s.Zq9xWv8uT7rE2mN5bK1lP4oQ"));
+    }
 
     #[test]
     fn github_checksum() {
