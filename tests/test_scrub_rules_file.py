@@ -243,3 +243,17 @@ def test_serve_exits_2_on_a_bad_rules_file(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "IIR_SCRUB_RULES_FILE=" in proc.stderr and "line 5" in proc.stderr, proc.stderr
     assert '"bad"' in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_doctor_names_the_rules_left_out(rules_path: Path, tmp_path: Path) -> None:
+    env = {
+        "IIR_API_KEY": "doctor-key-0123456789abcdef0123456789",
+        "IIR_DATA_DIR": str(tmp_path),
+        "IIR_SCRUB_RULES_FILE": str(rules_path),
+    }
+    res = _run(["doctor"], **env)
+    [row] = [line for line in res.stdout.splitlines() if "secret rules" in line]
+    assert row.startswith("warn") and "3 from" in row and "middle-keyword" in row, row
+    res = _run(["doctor"], **{**env, "IIR_SCRUB_RULES_FILE": ""})
+    [row] = [line for line in res.stdout.splitlines() if "secret rules" in line]
+    assert row.startswith("ok") and "built-in rules" in row and "from" not in row, row
