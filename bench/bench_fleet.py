@@ -48,7 +48,7 @@ def postgres() -> Iterator[PostgresServer]:
 def _limit_latencies(env: dict[str, str]) -> list[float]:
     async def go() -> list[float]:
         limits = build_limits(
-            load_settings({"IIR_API_KEY": "k" * 16, "IIR_RATE_LIMIT_RPM_PER_KEY": BIG, **env})
+            load_settings({"IIR_API_KEY": "k" * 40, "IIR_RATE_LIMIT_RPM_PER_KEY": BIG, **env})
         )
         await limits.start()
         out = []
@@ -119,7 +119,7 @@ def _submit_latencies(env: dict[str, str], data_dir: Path, n: int = 400) -> list
     from iir.store.factory import job_store
 
     async def go() -> list[float]:
-        settings = load_settings({"IIR_API_KEY": "k" * 16, "IIR_DATA_DIR": str(data_dir), **env})
+        settings = load_settings({"IIR_API_KEY": "k" * 40, "IIR_DATA_DIR": str(data_dir), **env})
         store = job_store(settings)
 
         async def run(job_id: str, kind: str, request: dict) -> dict:

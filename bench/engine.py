@@ -51,7 +51,7 @@ import psutil
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-KEY = "bench-key-0123456789abcdef"
+KEY = "bench-key-0123456789abcdef0123456789abcdef"
 MODEL = "tiny"
 MESSAGES = [{"role": "user", "content": "What does the router do with a request?"}]
 ENGINE_ENV = {

@@ -57,6 +57,9 @@ printf 'import sys\n\nfrom forward_logs_udp import main\n\nsys.exit(main())\n' >
 "$PYTHON" -m zipapp "$WORK/pyz" -p "/usr/bin/env python3" -o "$WORK/forward_logs_udp.pyz"
 install -m 0755 "$WORK/forward_logs_udp.pyz" "$SHARE/forward_logs_udp.pyz"
 install -m 0644 "$TOP/README.md" "$STAGE/usr/share/doc/iir/README.md"
+# The documentation pages the README links to, so that its links resolve on the box.
+install -d -m 0755 "$STAGE/usr/share/doc/iir/docs"
+install -m 0644 "$TOP"/docs/*.md "$TOP"/docs/*.png "$STAGE/usr/share/doc/iir/docs/"
 ln -s /opt/iir/venv/bin/iir "$STAGE/usr/bin/iir"
 for script in postinst prerm postrm; do
     install -m 0755 "$HERE/debian/$script" "$STAGE/DEBIAN/$script"

@@ -126,12 +126,15 @@ class Server:
                     continue
         return out
 
-    def wait_for_log(self, predicate: Any, timeout: float = 5.0) -> list[dict[str, Any]]:
-        """Log lines matching ``predicate``, waiting for them: lines are written after responses."""
+    def wait_for_log(
+        self, predicate: Any, timeout: float = 5.0, count: int = 1
+    ) -> list[dict[str, Any]]:
+        """Log lines matching ``predicate``, waiting for ``count`` of them: lines are written
+        after responses, in batches."""
         deadline = time.monotonic() + timeout
         while True:
             found = [ln for ln in self.log_lines() if predicate(ln)]
-            if found or time.monotonic() > deadline:
+            if len(found) >= count or time.monotonic() > deadline:
                 return found
             time.sleep(0.05)
 

@@ -172,6 +172,29 @@ def test_openapi_document_is_valid_and_complete(server: Server) -> None:
         "ChatRequest"
     )
     assert chat["security"] == [{"bearer": []}]
+    # Each answer refers to its own shapes (two models of one name would share one schema).
+    schemas = doc["components"]["schemas"]
+    assert "message" in schemas["CompletionChoice"]["required"]
+    assert "text" in schemas["TextCompletionChoice"]["required"]
+    assert "tool_call_id" in schemas["AssistantMessage"]["properties"]  # the request's
+
+
+def test_two_schemas_of_one_name_stop_the_document() -> None:
+    from pydantic import BaseModel
+
+    from iir.api.openapi import build
+    from iir.api.router import Route
+    from iir.api.services import ROUTES
+
+    class ChatCompletion(BaseModel):  # the name of the chat answer's model
+        other: int
+
+    async def handler() -> None: ...
+
+    extra = Route("GET", "/clash", handler, "clash", response=ChatCompletion)
+    with pytest.raises(ValueError, match="'ChatCompletion'"):
+        build([*ROUTES, extra])
+    assert build(ROUTES)["paths"]
 
 
 def test_docs_page_is_served_offline(server: Server) -> None:

@@ -1,6 +1,6 @@
 """``/v1/embeddings`` and legacy ``/v1/completions`` through the real server and the official
 SDK, on ``iir/echo-embed`` / ``iir/echo`` and on the local engine (the vLLM stand-in); the
-capabilities ``/v1/models`` reports and the 400 for a model that cannot serve a route; limits."""
+capabilities ``/v1/models`` reports and the 404 for a model that cannot serve a route; limits."""
 
 from __future__ import annotations
 
@@ -165,10 +165,32 @@ def test_completions_stream_and_logprobs(srv: Server, sdk: openai.OpenAI, model:
 
 
 def test_suffix_is_refused_where_unsupported(srv: Server) -> None:
-    for model in ("iir/echo", "tiny"):
-        r = post(srv, "/v1/completions", {"model": model, "prompt": "x", "suffix": "y"})
-        assert r.status_code == 400 and r.json()["error"]["param"] == "suffix"
-        validate_error(r.json())
+    r = post(srv, "/v1/completions", {"model": "tiny", "prompt": "x", "suffix": "y"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "suffix"
+    validate_error(r.json())
+    # iir/echo answers with the prompt: nothing comes after it, so a suffix changes nothing.
+    r = post(srv, "/v1/completions", {"model": "iir/echo", "prompt": "x y", "suffix": "z"})
+    assert r.status_code == 200 and r.json()["choices"][0]["text"] == "x y"
+
+
+def test_whole_floats_count_as_integers(srv: Server) -> None:
+    """JSON Schema's integers include ``2.0`` (the document allows it); the backend reads the
+    integer validation made of it. A fraction is still a 400 naming the field."""
+    body = {"model": "iir/echo", "prompt": "a b c", "n": 2.0, "max_tokens": 2.0}
+    r = post(srv, "/v1/completions", {**body, "logprobs": 1.0, "seed": 7.0, "best_of": 3.0})
+    assert r.status_code == 200, r.text
+    choices = r.json()["choices"]
+    assert len(choices) == 2 and choices[0]["text"].split() == ["a", "b"]
+    assert len(choices[0]["logprobs"]["tokens"]) == 2  # logprobs 1.0 was read as 1
+    for name in ("n", "max_tokens", "logprobs", "seed", "best_of"):
+        r = post(srv, "/v1/completions", {"model": "iir/echo", "prompt": "x", name: 2.5})
+        assert r.status_code == 400 and r.json()["error"]["param"] == name, r.text
+    r = post(srv, "/v1/embeddings", {"model": "iir/echo-embed", "input": [[1.0, 2.0]]})
+    assert r.status_code == 200 and r.json()["usage"]["prompt_tokens"] == 2
+    r = post(srv, "/v1/embeddings", {"model": "iir/echo-embed", "input": "x", "dimensions": 8.0})
+    assert r.status_code == 200 and len(r.json()["data"][0]["embedding"]) == 8
+    r = post(srv, "/v1/embeddings", {"model": "iir/echo-embed", "input": [[1.5]]})
+    assert r.status_code == 400 and r.json()["error"]["param"].startswith("input"), r.text
 
 
 def test_local_model_speaks_every_chat_surface(srv: Server) -> None:
@@ -206,15 +228,20 @@ def test_models_list_their_capabilities(srv: Server) -> None:
     ],
 )
 @pytest.mark.parametrize("model", ["iir/echo-embed", "embedder"])
-def test_a_model_that_cannot_serve_a_route_is_400(
+def test_a_model_that_cannot_serve_a_route_is_404(
     srv: Server, path: str, body: dict[str, Any], model: str
 ) -> None:
+    """As OpenAI answers a model used on a route it does not serve: the request is well formed
+    (the document allows it), the model has no such route."""
     r = post(srv, path, {"model": model, **body})
-    assert r.status_code == 400, r.text
+    assert r.status_code == 404, r.text
     text = orjson.dumps(r.json()).decode()
     assert f"cannot serve {path}" in text and "/v1/embeddings" in text
-    r = post(srv, "/v1/embeddings", {"model": "tiny", "input": "x"})
-    assert r.status_code == 400 and r.json()["error"]["code"] == "model_not_supported"
+    for chat_model in ("tiny", "iir/echo"):
+        r = post(srv, "/v1/embeddings", {"model": chat_model, "input": "0"})
+        assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_supported"
+        assert r.json()["error"]["param"] == "model"
+        validate_error(r.json())
 
 
 # --- limits -----------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from .schemas import validate
 PEER_KEY = "peer-key-0123456789abcdef0123456789abcdef"
 RPM = 120
 # One key per test that counts requests, so that no test eats another's budget.
-KEYS = [f"fleet-key-{i}-0123456789abcdef0123456789" for i in range(8)]
+KEYS = [f"fleet-key-{i}-0123456789abcdef0123456789" for i in range(9)]
 C_MODEL = "tiny-c"
 #: Seconds a box may take to start: three start at once, on a small shared machine.
 START_TIMEOUT = 120
@@ -352,6 +352,55 @@ def test_a_job_submitted_to_box_a_is_polled_on_box_b(fleet: list[Server]) -> Non
     assert r.status_code == 202, r.text
     done = finished(a, key, r.json()["job_id"])
     assert done["status"] == "succeeded" and done["model"] == C_MODEL
+
+
+RESPONSES = "/v1/responses"
+
+
+def respond(box: Server, key: str, body: dict[str, Any]) -> httpx.Response:
+    return http().post(box.url + RESPONSES, json={"model": "iir/echo", **body}, headers=auth(key))
+
+
+def response_on(box: Server, key: str, response_id: str, tail: str = "") -> httpx.Response:
+    return http().get(f"{box.url}{RESPONSES}/{response_id}{tail}", headers=auth(key))
+
+
+def test_a_response_stored_on_box_a_is_answered_by_every_box(fleet: list[Server]) -> None:
+    a, b, c = fleet
+    key = KEYS[8]
+    r = respond(a, key, {"input": "stored on A"})
+    assert r.status_code == 200, r.text
+    first = r.json()
+    validate(first, "Response")
+    got = response_on(b, key, first["id"])
+    assert got.status_code == 200, got.text
+    assert got.json()["id"] == first["id"] and got.json()["output"] == first["output"]
+    assert response_on(c, KEYS[6], first["id"]).status_code == 404  # still only its owner's
+    # Continued on C (the earlier turn read from the shared store: the prompt is longer than
+    # the same input alone), its input items listed on B, deleted on B, gone on A.
+    alone = respond(c, key, {"input": "continued on C", "store": False}).json()["usage"]
+    r = respond(c, key, {"input": "continued on C", "previous_response_id": first["id"]})
+    assert r.status_code == 200, r.text
+    second = r.json()["id"]
+    assert r.json()["previous_response_id"] == first["id"]
+    assert r.json()["usage"]["input_tokens"] > alone["input_tokens"]
+    items = response_on(b, key, second, "/input_items")
+    assert items.status_code == 200, items.text
+    assert [p["text"] for i in items.json()["data"] for p in i["content"]] == ["continued on C"]
+    r = http().delete(f"{b.url}{RESPONSES}/{second}", headers=auth(key))
+    assert r.status_code == 200 and r.json()["deleted"] is True
+    assert response_on(a, key, second).status_code == 404
+    # A background response submitted to A is polled on B and C, wherever its job ran.
+    r = respond(a, key, {"input": "a background response", "background": True})
+    assert r.status_code == 200, r.text
+    rid = r.json()["id"]
+    deadline = time.monotonic() + 60
+    while (got := response_on(b, key, rid)).json().get("status") in ("queued", "in_progress"):
+        assert time.monotonic() < deadline, got.text
+        time.sleep(0.5)
+    assert got.status_code == 200 and got.json()["status"] == "completed", got.text
+    assert got.json()["output"][0]["content"][0]["text"] == "a background response"
+    assert response_on(c, key, rid).json()["status"] == "completed"
 
 
 def test_a_job_cancelled_on_one_box_stops_on_the_box_running_it(fleet: list[Server]) -> None:

@@ -25,7 +25,9 @@ from iir.policy.limits import Limits, SharedLimits, build_limits
 from iir.policy.routing.router import Option
 from iir.store.jobs import new_job_id
 from iir.store.pgjobs import PgJobStore
+from iir.store.pgresponses import PgResponses
 from iir.store.postgres import SCHEMA_VERSION
+from iir.store.responses import ResponseStore, new_response_id
 from iir.store.sqlite import StoreError, StoreUnavailable
 from iir.store.state import StateStore, redacted
 
@@ -427,6 +429,71 @@ def test_a_restarted_server_is_used_again_without_losing_a_row(postgres: Postgre
         await store.insert(new_job_id(), "o", "chat", "m", b"{}")
         assert (await store.counts())["pending"] == 4
         await store.close()
+
+    run(go())
+
+
+def test_stored_responses_are_shared_by_every_box(postgres: PostgresServer) -> None:
+    """Two boxes' response stores over one database: what one stores, the other reads,
+    updates, deletes; only for its owner; gone once expired (by the server's clock)."""
+    url = postgres.create_database("responses")
+
+    async def go() -> None:
+        a_jobs, b_jobs = two_boxes(url)
+        await asyncio.gather(a_jobs.open(), b_jobs.open())
+        a = ResponseStore(PgResponses(a_jobs.db), ttl=60)
+        b = ResponseStore(PgResponses(b_jobs.db), ttl=60)
+        await asyncio.gather(a.start(), b.start())
+        rid, job = new_response_id(), new_job_id()
+        request = {"history": [], "input": [{"role": "user", "content": "hi"}]}
+        await a.save("alice", rid, "m", "queued", request, {"id": rid, "status": "queued"}, job)
+        got = await b.get("alice", rid)
+        assert (got.owner, got.job_id, got.status, got.model) == ("alice", job, "queued", "m")
+        assert got.request == request and got.response == {"id": rid, "status": "queued"}
+        assert got.expires_at - got.created_at == pytest.approx(60, abs=1)
+        for other in ("mallory", ""):
+            with pytest.raises(ApiError) as err:
+                await b.get(other, rid)
+            assert err.value.status == 404
+        await b.update(rid, "completed", {"id": rid, "status": "completed"})  # the job's box
+        got = await a.get("alice", rid)
+        assert got.status == "completed" and got.response["status"] == "completed"
+        with pytest.raises(ApiError):
+            await a.delete("mallory", rid)
+        assert (await a.delete("alice", rid)).id == rid
+        with pytest.raises(ApiError) as err:
+            await b.get("alice", rid)
+        assert err.value.status == 404
+        # Expiry: a row past its time is neither read nor deleted, and the purge removes it.
+        short = ResponseStore(PgResponses(b_jobs.db), ttl=0.2)
+        old = new_response_id()
+        await short.save("alice", old, "m", "completed", request, {"id": old})
+        assert (await a.get("alice", old)).id == old
+        await asyncio.sleep(0.3)
+        with pytest.raises(ApiError):
+            await a.get("alice", old)
+        assert await a.table.purge() == 1
+        assert await a.table.purge() == 0
+        # The database down: a 503 to retry (its address not in it), and back when it is.
+        kept = new_response_id()
+        await a.save("alice", kept, "m", "completed", request, {"id": kept})
+        postgres.stop()
+        try:
+            for attempt in (
+                a.get("alice", kept),
+                b.save("alice", new_response_id(), "m", "x", {}, {}),
+            ):
+                with pytest.raises(ApiError) as err:
+                    await attempt
+                assert err.value.status == 503 and err.value.code == "store_unavailable"
+                assert str(postgres.port) not in err.value.message
+        finally:
+            postgres.start()
+        assert (await b.get("alice", kept)).id == kept
+        for store in (a, b):
+            await store.stop()
+        for jobs in (a_jobs, b_jobs):
+            await jobs.close()
 
     run(go())
 

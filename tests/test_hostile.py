@@ -395,7 +395,7 @@ def test_every_forwarded_for_line_is_read_right_to_left() -> None:
             s, [auth, ("X-Forwarded-For", "203.0.113.9, 198.51.100.1")]
         )
         assert status == 200
-        lines = s.wait_for_log(lambda ln: ln.get("request_id") in (first, other))
+        lines = s.wait_for_log(lambda ln: ln.get("request_id") in (first, other), count=2)
         clients = {ln["request_id"]: ln["client"] for ln in lines}
         assert clients == {first: "203.0.113.9", other: "198.51.100.1"}
 

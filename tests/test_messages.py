@@ -145,6 +145,27 @@ def test_auth_by_x_api_key_or_bearer(srv: Server) -> None:
             },
             "document",
         ),
+        # Anthropic's own (not in the document): refused on every other model, field named.
+        (
+            {
+                "max_tokens": 5,
+                "messages": [{"role": "user", "content": "x"}],
+                "stop_sequences": ["a", "b", "c", "d", "e"],
+            },
+            "'stop_sequences'",
+        ),
+        (
+            {
+                "max_tokens": 5,
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [{"type": "image", "source": {"type": "file", "file_id": "f"}}],
+                    }
+                ],
+            },
+            "'messages[0].content[0].source.type'",
+        ),
     ],
 )
 def test_bad_requests_are_400_in_anthropics_shape(
@@ -154,6 +175,18 @@ def test_bad_requests_are_400_in_anthropics_shape(
         post(srv, {"model": "iir/echo", **body}), 400, "invalid_request_error"
     )
     assert words in message
+
+
+def test_whole_floats_count_as_integers(srv: Server) -> None:
+    body = {"model": "iir/echo", "messages": [{"role": "user", "content": "a b c d"}]}
+    r = post(srv, {**body, "max_tokens": 2.0, "top_k": 5.0})
+    assert r.status_code == 200, r.text
+    assert r.json()["stop_reason"] == "max_tokens" and r.json()["usage"]["output_tokens"] == 2
+    for name in ("max_tokens", "top_k"):
+        message = anthropic_error(
+            post(srv, {"max_tokens": 5, **body, name: 2.5}), 400, "invalid_request_error"
+        )
+        assert f"'{name}'" in message  # the field is named
 
 
 def test_claude_names_mean_anthropic(srv: Server) -> None:

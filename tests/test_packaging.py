@@ -147,6 +147,10 @@ def test_package_contents_and_modes(deb: Path) -> None:
         assert path in files, path
         assert files[path] == (mode, "root/root"), path
     assert files["/usr/bin/iir"][0].startswith("l")
+    # Every page the README links to is on the box beside it.
+    for page in sorted((TOP / "docs").glob("*.md")):
+        shipped = files.get(f"/usr/share/doc/iir/docs/{page.name}")
+        assert shipped == ("-rw-r--r--", "root/root"), page
     wheels = [p for p in files if p.startswith("/usr/share/iir/wheelhouse/")]
     names = {Path(p).name.split("-")[0] for p in wheels if p.endswith(".whl")}
     assert {"iir", "granian", "orjson", "prometheus_client", "nvidia_ml_py"} <= names

@@ -294,6 +294,27 @@ def test_fields_clients_send_routinely_are_accepted(srv: Server) -> None:
     assert r.json()["metadata"] == {"ticket": "42"}
 
 
+def test_whole_floats_count_as_integers(srv: Server) -> None:
+    r = post(srv, {"model": "iir/echo", "input": "a b c d", "max_output_tokens": 2.0})
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "incomplete" and r.json()["usage"]["output_tokens"] == 2
+    r = post(srv, {"model": "iir/echo", "input": "x", "top_logprobs": 2.0, "max_tool_calls": 3.0})
+    assert r.status_code == 200, r.text
+    for name in ("max_output_tokens", "top_logprobs", "max_tool_calls"):
+        r = post(srv, {"model": "iir/echo", "input": "x", name: 2.5})
+        assert r.status_code == 400 and r.json()["error"]["param"] == name, r.text
+
+
+def test_an_image_without_a_url_is_refused_on_translated_models(srv: Server) -> None:
+    """The document asks for ``image_url``: an image by ``file_id`` alone is OpenAI's own."""
+    part = {"type": "input_image", "file_id": "file-1"}
+    r = post(srv, {"model": "iir/echo", "input": [{"role": "user", "content": [part]}]})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "input[0].content[0]", r.text
+    part = {"type": "input_image", "image_url": "data:image/png;base64,AAAA"}
+    r = post(srv, {"model": "iir/echo", "input": [{"role": "user", "content": [part]}]})
+    assert r.status_code == 200, r.text
+
+
 def test_unknown_model_is_404(srv: Server) -> None:
     r = post(srv, {"model": "nowhere/model", "input": "x"})
     assert r.status_code == 404

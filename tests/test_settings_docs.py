@@ -23,7 +23,7 @@ _ROW = re.compile(r"^\|\s*(`[A-Z][A-Z0-9_]*`(?:\s*/\s*`[A-Z0-9_]+`)*)\s*\|\s*([^
 
 def _documented() -> dict[str, str]:
     """Variable -> the default cell of its table row (``A`` / ``_B`` rows split in two)."""
-    text = (DOC if DOC.exists() else ROOT / "README.md").read_text()
+    text = DOC.read_text()
     out: dict[str, str] = {}
     for names_cell, default_cell in _ROW.findall(text):
         names = re.findall(r"`([A-Z0-9_]+)`", names_cell)

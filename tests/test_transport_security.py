@@ -1,6 +1,6 @@
 """Keys that can be guessed, keys that cross the network in clear text: refused at start-up.
 
-TLS is tested end to end: a self-signed pair made with ``openssl req -x509`` (the line the README
+TLS is tested end to end: a self-signed pair made with ``openssl req -x509`` (the line docs/security.md
 documents), the real server with ``IIR_TLS_CERT``/``IIR_TLS_KEY``, and the ``openai`` SDK trusting
 that certificate as its CA.
 """
@@ -167,7 +167,7 @@ def test_insecure_upstream_stops_start_up_unless_allowed(tmp_path: Path) -> None
 
 
 def make_self_signed(folder: Path, name: str = "iir") -> tuple[Path, Path]:
-    """The README's line: a self-signed certificate for this host's names and loopback."""
+    """The line in docs/security.md: a self-signed certificate for this host's names and loopback."""
     openssl = shutil.which("openssl")
     assert openssl, "openssl is needed to make a test certificate"
     cert, key = folder / f"{name}.crt", folder / f"{name}.key"

@@ -48,12 +48,20 @@ class _Schemas:
             ref_template=REF,
             schema_generator=GenerateJsonSchema,
         )
-        self.components.update(schema.pop("$defs", {}))
+        for name, found in schema.pop("$defs", {}).items():
+            self._add(name, found)
         if isinstance(model, type) and issubclass(model, BaseModel):
             name = model.__name__
-            self.components[name] = schema
+            self._add(name, schema)
             return {"$ref": REF.format(model=name)}
         return schema
+
+    def _add(self, name: str, schema: dict[str, Any]) -> None:
+        """One name, one schema: two models of the same name (or one model whose validation and
+        serialization schemas differ) would have the second silently replace the first for
+        every route that refers to it."""
+        if self.components.setdefault(name, schema) != schema:
+            raise ValueError(f"two different schemas are named {name!r}; rename one model")
 
 
 def _operation_id(r: Route) -> str:

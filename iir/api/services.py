@@ -37,10 +37,8 @@ from iir.policy.routing.rules import load_policy
 from iir.policy.scrub import Scrubber
 from iir.service.jobs import JobPool
 from iir.service.pipeline import Pipeline
-from iir.store.factory import job_store
-from iir.store.jobs import JobStore
+from iir.store.factory import job_store, response_table
 from iir.store.responses import ResponseStore
-from iir.store.sqlite import db_path
 
 #: Every route IIR serves, surface by surface.
 ROUTES: list[Route] = [
@@ -145,14 +143,8 @@ def build(settings: Settings) -> Services:
         lease=settings.job_lease_seconds,
     )
     job_runner.bind(pool)
-    # Stored responses live beside the jobs in this box's SQLite file; with a shared job store
-    # they keep to this box's file for now.
-    local = pool.store if isinstance(pool.store, JobStore) else None
     stored = ResponseStore(
-        local or JobStore(db_path(settings.data_dir), settings.job_ttl_seconds),
-        settings.response_ttl_seconds,
-        scrub=scrubber.scrub,
-        owns=local is None,
+        response_table(pool.store), settings.response_ttl_seconds, scrub=scrubber.scrub
     )
     return Services(
         settings=settings,

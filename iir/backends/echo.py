@@ -3,7 +3,8 @@
 It answers with the last user message's text, so the whole request path (limits, streaming, stop
 sequences, usage) can be exercised and benchmarked without a GPU or a network. An optional
 per-token delay makes it behave like a model of known speed. On legacy completions it answers
-with the prompt itself (a model certain of every token: each log probability is 0).
+with the prompt itself (a model certain of every token: each log probability is 0); a
+``suffix`` changes nothing (the prompt is the whole answer, and nothing comes after it).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from iir.backends.base import Backend
-from iir.core.errors import answer_too_large, bad_request
+from iir.core.errors import answer_too_large
 from iir.core.protocol import ChatRequest, ScrubbedBody, ScrubbedChat
 from iir.core.types import (
     COMPLETIONS,
@@ -96,8 +97,6 @@ class _Legacy:
     """One legacy completions request, as echo answers it: every prompt ``n`` times."""
 
     def __init__(self, body: dict[str, Any]) -> None:
-        if body.get("suffix") is not None:
-            raise bad_request("iir/echo does not support 'suffix'", param="suffix")
         prompt = body.get("prompt")
         self.prompts: list[str] = [prompt] if isinstance(prompt, str) else list(prompt or [])
         self.n = int(body.get("n") or 1)

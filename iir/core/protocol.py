@@ -36,12 +36,15 @@ MAX_OUTPUT_TOKENS = 2**24
 # Every one is bounded, inside the validator so that the document shows ``minimum``/``maximum``:
 # JSON parsers (orjson here) turn integers beyond 64 bits into floats, and back out nothing can
 # write them, so a number the document allows must fit.
+#: The validator of every integer field: ``Annotated[int, Field(ge=.., le=..), Whole]`` where
+#: none of the types below has the bounds.
+Whole = BeforeValidator(_whole)
 #: A seed: a signed 64-bit integer, as the engines take it.
-Seed = Annotated[int, Field(ge=-(2**63), le=2**63 - 1), BeforeValidator(_whole)]
+Seed = Annotated[int, Field(ge=-(2**63), le=2**63 - 1), Whole]
 #: A number of tokens to generate.
-TokenCount = Annotated[int, Field(ge=1, le=MAX_OUTPUT_TOKENS), BeforeValidator(_whole)]
-ChoiceCount = Annotated[int, Field(ge=1, le=128), BeforeValidator(_whole)]
-TopLogprobs = Annotated[int, Field(ge=0, le=20), BeforeValidator(_whole)]
+TokenCount = Annotated[int, Field(ge=1, le=MAX_OUTPUT_TOKENS), Whole]
+ChoiceCount = Annotated[int, Field(ge=1, le=128), Whole]
+TopLogprobs = Annotated[int, Field(ge=0, le=20), Whole]
 
 
 class StrictModel(BaseModel):
@@ -264,6 +267,17 @@ def validation_error(exc: ValidationError) -> ApiError:
     return bad_request(f"Invalid value for '{param}': {msg}", param=param)
 
 
+def as_validated(body: dict[str, Any], req: BaseModel) -> dict[str, Any]:
+    """``body`` with each integer field a client gave as a whole float (``2.0``) written back as
+    the integer validation made of it: backends that take a surface's body natively (and the
+    providers they pass it to) read the numbers validation read. Changes ``body`` in place."""
+    for name in type(req).model_fields:
+        value = getattr(req, name)
+        if type(value) is int and isinstance(body.get(name), float):
+            body[name] = value
+    return body
+
+
 def parse_chat_request(body: Any) -> ChatRequest:
     if not isinstance(body, dict):
         raise bad_request("The request body must be a JSON object", param="body")
@@ -291,7 +305,7 @@ class ScrubbedBody:
     headers: tuple[tuple[str, str], ...] = ()
 
 
-TokenIds = Annotated[list[Annotated[int, Field(ge=0, le=2**31 - 1)]], Field(min_length=1)]
+TokenIds = Annotated[list[Annotated[int, Field(ge=0, le=2**31 - 1), Whole]], Field(min_length=1)]
 
 
 class EmbeddingsRequest(StrictModel):
@@ -305,7 +319,7 @@ class EmbeddingsRequest(StrictModel):
         | Annotated[list[TokenIds], Field(min_length=1, max_length=2048)]
     )
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: Annotated[int, Field(ge=1, le=65536)] | None = None
+    dimensions: Annotated[int, Field(ge=1, le=65536), Whole] | None = None
     user: str | None = None
 
     @property

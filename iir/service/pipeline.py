@@ -77,9 +77,11 @@ def _as_chat(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def cannot_serve(model: str, surface: str, capabilities: frozenset[str]) -> ApiError:
+    """A 404 naming ``model``, as OpenAI answers a model used on a route it does not serve (a
+    chat model on embeddings): the request is well formed, the model/route pair does not exist."""
     serves = ", ".join(SURFACE_PATHS[c] for c in sorted(capabilities) if c in SURFACE_PATHS)
     return ApiError(
-        400,
+        404,
         f"The model '{model}' cannot serve {SURFACE_PATHS[surface]}"
         + (f"; it serves {serves}" if serves else ""),
         code="model_not_supported",
@@ -362,7 +364,7 @@ class Pipeline:
         native: tuple[str, str] | None = None,
     ) -> list[str]:
         """A named model and its fallbacks. The named model must be able to serve ``surface``
-        (400 when it cannot); fallbacks that cannot are left out."""
+        (404 when it cannot); fallbacks that cannot are left out."""
         candidates = [model, *self.fallbacks.get(model, ())]
         return self._capable(candidates, surface, native=native, served=check)
 
@@ -375,7 +377,8 @@ class Pipeline:
         served: bool = False,
     ) -> list[str]:
         """The candidates that can serve ``surface`` (natively, when ``native`` names a field
-        only such backends honour); a named (first) one that cannot is 400. Names nothing
+        only such backends honour); a named (first) one that cannot is 404 (one that cannot
+        take the request natively, 400). Names nothing
         serves stay: trying them gives the fallback chain its 404. With ``served``, a chain
         none of whose names is served is that 404 now (not in a job, not after the chain)."""
         kept = []

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from iir.store.jobs import Job
+    from iir.store.responses import StoredResponse
 
 
 @dataclass(slots=True, frozen=True)
@@ -106,4 +107,48 @@ class JobTable(Protocol):
 
     async def list(self, status: str | None, limit: int) -> list[Job]:
         """Newest first."""
+        ...
+
+
+class ResponseTable(Protocol):
+    """Stored Responses-API objects, in the database the jobs are in: this box's SQLite file
+    (:class:`iir.store.responses.SqliteResponses`) or the fleet's PostgreSQL
+    (:class:`iir.store.pgresponses.PgResponses`), so that any box that can poll a background
+    response's job can also read the response. Payloads arrive scrubbed and serialized."""
+
+    async def open(self) -> None:
+        """Opens what this table owns (nothing, when it shares the job store's connections)."""
+        ...
+
+    async def close(self) -> None: ...
+
+    async def insert(
+        self,
+        response_id: str,
+        owner: str,
+        job_id: str | None,
+        status: str,
+        model: str,
+        request: bytes,
+        response: bytes,
+        ttl: float,
+    ) -> None:
+        """A new row, expiring ``ttl`` seconds from now (the store's clock); durable before
+        this returns."""
+        ...
+
+    async def get(self, response_id: str, owner: str) -> StoredResponse | None:
+        """The row, if it is ``owner``'s and has not expired."""
+        ...
+
+    async def update(self, response_id: str, status: str, response: bytes) -> bool:
+        """A new status and response object; False when the row is gone."""
+        ...
+
+    async def delete(self, response_id: str, owner: str) -> StoredResponse | None:
+        """Deletes ``owner``'s unexpired row; what it held (None: there was none)."""
+        ...
+
+    async def purge(self) -> int:
+        """Deletes expired rows; how many."""
         ...

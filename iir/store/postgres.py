@@ -54,6 +54,21 @@ MIGRATIONS: list[str] = [
     CREATE INDEX jobs_expires ON jobs (expires_at) WHERE expires_at IS NOT NULL;
     CREATE INDEX jobs_owner ON jobs (owner, created_at);
     """,
+    # 2: stored Responses-API objects (iir.store.pgresponses), as the SQLite file's table.
+    """
+    CREATE TABLE responses (
+        id          text PRIMARY KEY,
+        owner       text NOT NULL,
+        job_id      text,
+        status      text NOT NULL,
+        model       text NOT NULL,
+        request     bytea NOT NULL,
+        response    bytea NOT NULL,
+        created_at  double precision NOT NULL,
+        expires_at  double precision NOT NULL
+    );
+    CREATE INDEX responses_expires ON responses (expires_at);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -6,8 +6,10 @@ items and the response object. Every payload is scrubbed once more on its way to
 was built from scrubbed text already), each row belongs to one API key (another key's lookups
 find nothing) and expires ``IIR_RESPONSE_TTL_SECONDS`` after it was created.
 
-The table lives in the job database and its writes share the job store's group commits (and
-their fsync): a response answered is a response on disk.
+The table lives in the job database (:class:`iir.store.base.ResponseTable`): on one box, the SQLite
+file, whose writes share the job store's group commits (and their fsync), so a response answered
+is a response on disk; in a fleet (``IIR_JOB_STORE_URL``), the shared PostgreSQL database
+(:mod:`iir.store.pgresponses`), so any box answers for a response another box stored.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any
 import orjson
 
 from iir.core.errors import ApiError
+from iir.store.base import ResponseTable
 from iir.store.jobs import JobStore
 from iir.store.sqlite import StoreUnavailable
 
@@ -142,17 +145,67 @@ def not_found(response_id: str, param: str | None = None) -> ApiError:
     )
 
 
-class ResponseStore:
-    """Stored responses over the job database's connections (``db``, opened by the job pool)."""
+class SqliteResponses:
+    """The ``responses`` table in this box's SQLite job file, over the job store's connections
+    (``db``, opened by the job pool unless ``owns``)."""
 
-    def __init__(
-        self, db: JobStore, ttl: float, scrub: Scrub | None = None, owns: bool = False
-    ) -> None:
+    def __init__(self, db: JobStore, owns: bool = False) -> None:
         self.db = db
+        #: The connections are this table's own to open and close.
+        self.owns = owns
+
+    async def open(self) -> None:
+        if self.owns:
+            await self.db.open()
+
+    async def close(self) -> None:
+        if self.owns:
+            await self.db.close()
+
+    async def insert(
+        self,
+        response_id: str,
+        owner: str,
+        job_id: str | None,
+        status: str,
+        model: str,
+        request: bytes,
+        response: bytes,
+        ttl: float,
+    ) -> None:
+        await self.db.write(
+            insert_response,
+            response_id,
+            owner,
+            job_id,
+            status,
+            model,
+            request,
+            response,
+            self.db.clock(),
+            ttl,
+        )
+
+    async def get(self, response_id: str, owner: str) -> StoredResponse | None:
+        return await self.db.read(get_response, response_id, owner, self.db.clock())
+
+    async def update(self, response_id: str, status: str, response: bytes) -> bool:
+        return await self.db.write(update_response, response_id, status, response)
+
+    async def delete(self, response_id: str, owner: str) -> StoredResponse | None:
+        return await self.db.write(delete_response, response_id, owner, self.db.clock())
+
+    async def purge(self) -> int:
+        return await self.db.call(purge_responses, self.db.clock())
+
+
+class ResponseStore:
+    """Stored responses: scrubbing, ids, TTL and errors over a :class:`ResponseTable`."""
+
+    def __init__(self, table: ResponseTable, ttl: float, scrub: Scrub | None = None) -> None:
+        self.table = table
         self.ttl = ttl
         self.scrub = scrub
-        #: The connections are this store's own (the jobs live in another database).
-        self.owns = owns
         self._purger: asyncio.Task[None] | None = None
 
     def _bytes(self, obj: Any) -> bytes:
@@ -161,8 +214,7 @@ class ResponseStore:
         return orjson.dumps(obj)
 
     async def start(self) -> None:
-        if self.owns:
-            await self.db.open()
+        await self.table.open()
         self._purger = asyncio.ensure_future(self._purge_loop())
 
     async def stop(self) -> None:
@@ -171,8 +223,7 @@ class ResponseStore:
             with suppress(asyncio.CancelledError):
                 await self._purger
             self._purger = None
-        if self.owns:
-            await self.db.close()
+        await self.table.close()
 
     async def save(
         self,
@@ -185,8 +236,7 @@ class ResponseStore:
         job_id: str | None = None,
     ) -> None:
         try:
-            await self.db.write(
-                insert_response,
+            await self.table.insert(
                 response_id,
                 owner,
                 job_id,
@@ -194,7 +244,6 @@ class ResponseStore:
                 model,
                 self._bytes(request),
                 self._bytes(response),
-                self.db.clock(),
                 self.ttl,
             )
         except StoreUnavailable as exc:
@@ -205,7 +254,7 @@ class ResponseStore:
         if not valid_response_id(response_id):
             raise not_found(response_id, param)
         try:
-            found = await self.db.read(get_response, response_id, owner, self.db.clock())
+            found = await self.table.get(response_id, owner)
         except StoreUnavailable as exc:
             raise _unavailable(exc) from None
         if found is None:
@@ -214,7 +263,7 @@ class ResponseStore:
 
     async def update(self, response_id: str, status: str, response: dict[str, Any]) -> None:
         try:
-            await self.db.write(update_response, response_id, status, self._bytes(response))
+            await self.table.update(response_id, status, self._bytes(response))
         except StoreUnavailable as exc:
             raise _unavailable(exc) from None
 
@@ -222,7 +271,7 @@ class ResponseStore:
         if not valid_response_id(response_id):
             raise not_found(response_id)
         try:
-            found = await self.db.write(delete_response, response_id, owner, self.db.clock())
+            found = await self.table.delete(response_id, owner)
         except StoreUnavailable as exc:
             raise _unavailable(exc) from None
         if found is None:
@@ -234,7 +283,7 @@ class ResponseStore:
         while True:
             await asyncio.sleep(interval)
             try:
-                gone = await self.db.call(purge_responses, self.db.clock())
+                gone = await self.table.purge()
             except StoreUnavailable:
                 log.warning("response purge skipped: store unavailable")
                 continue

@@ -31,11 +31,11 @@ def test_embeddings_pass_through(
 
 
 def test_embedding_models_serve_only_embeddings(iir: Server, sdk: openai.OpenAI) -> None:
-    with pytest.raises(openai.BadRequestError, match="cannot serve /v1/chat/completions"):
+    with pytest.raises(openai.NotFoundError, match="cannot serve /v1/chat/completions"):
         sdk.chat.completions.create(
             model="openai/text-embedding-3-small", messages=[{"role": "user", "content": "x"}]
         )
-    with pytest.raises(openai.BadRequestError, match="cannot serve /v1/embeddings"):
+    with pytest.raises(openai.NotFoundError, match="cannot serve /v1/embeddings"):
         sdk.embeddings.create(model="anthropic/claude-x", input="x")
     caps = {m.id: m.model_extra["capabilities"] for m in sdk.models.list().data}  # type: ignore[index]
     assert caps["openai/fake-large"] == ["chat", "completions", "messages", "responses"]
@@ -92,5 +92,5 @@ def test_completions_pass_through(
 
 
 def test_completions_are_not_for_anthropic(sdk: openai.OpenAI) -> None:
-    with pytest.raises(openai.BadRequestError, match="cannot serve /v1/completions"):
+    with pytest.raises(openai.NotFoundError, match="cannot serve /v1/completions"):
         sdk.completions.create(model="anthropic/claude-x", prompt="x")

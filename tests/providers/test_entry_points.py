@@ -170,6 +170,12 @@ def test_no_secret_reaches_the_provider(entry: str, srv: Server, fake: FakeProvi
     # What was scrubbed is still there, in place: the provider saw the conversation.
     assert raw.count("REDACTED") >= len(SECRETS)
     assert "deploy with" in raw
+    # Nor does anything the box keeps: the job database (with its write-ahead log) and the log.
+    kept = b"".join(f.read_bytes() for f in [*srv.data_dir.rglob("*"), srv.log_path] if f.is_file())
+    stored = [s for s in SECRETS if s.encode() in kept]
+    assert not stored, f"{entry} kept secrets on the box: {stored}"
+    if entry.endswith("async"):
+        assert b"deploy with" in kept, "the job must have been stored"
 
 
 # --- every family of the rule table, both ways ---------------------------------------------------

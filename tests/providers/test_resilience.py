@@ -282,7 +282,7 @@ def breaker_env() -> Iterator[tuple[Server, FakeProvider]]:
             "IIR_UPSTREAM_RETRIES": "0",
             "IIR_BREAKER_MIN_REQUESTS": "4",
             "IIR_BREAKER_FAILURE_RATE": "0.5",
-            "IIR_BREAKER_OPEN_SECONDS": "1",
+            "IIR_BREAKER_OPEN_SECONDS": "3",  # long enough for a loaded machine to assert in
             "IIR_BREAKER_WINDOW": "60",
         }
         with Server(env=env) as srv:
@@ -308,7 +308,7 @@ def test_breaker_opens_fails_fast_then_probes(breaker_env: tuple[Server, FakePro
     assert r.status_code == 503 and r.json()["error"]["code"] == "circuit_open"
     assert "retry-after" in r.headers
     assert len(fake.chat_requests()) == 4  # failed fast: nothing sent upstream
-    time.sleep(1.2)  # past IIR_BREAKER_OPEN_SECONDS: the next request is the probe
+    time.sleep(3.2)  # past IIR_BREAKER_OPEN_SECONDS: the next request is the probe
     fake.always = None
     assert post(srv, chat("openai/gpt-4o")).status_code == 200
     assert circuit_state(srv) == 0
@@ -322,7 +322,7 @@ def test_failed_probe_reopens(breaker_env: tuple[Server, FakeProvider]) -> None:
     for _ in range(4):
         post(srv, chat("openai/gpt-4o"))
     assert circuit_state(srv) == 1
-    time.sleep(1.2)
+    time.sleep(3.2)
     assert post(srv, chat("openai/gpt-4o")).status_code == 502  # the probe, failing
     assert circuit_state(srv) == 1
     with srv.client() as c:

@@ -22,7 +22,10 @@ class Usage(_Doc):
     total_tokens: int
 
 
-class AssistantMessage(_Doc):
+class ChatCompletionResponseMessage(_Doc):
+    """The answer's message (OpenAI's schema of the same name; not the request's
+    ``AssistantMessage``)."""
+
     role: Literal["assistant"]
     content: str | None
     refusal: str | None = None
@@ -31,7 +34,7 @@ class AssistantMessage(_Doc):
 
 class CompletionChoice(_Doc):
     index: int
-    message: AssistantMessage
+    message: ChatCompletionResponseMessage
     logprobs: dict[str, Any] | None
     finish_reason: str
 

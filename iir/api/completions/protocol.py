@@ -12,7 +12,16 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from iir.core.protocol import StreamOptions, StrictModel, validation_error
+from iir.core.protocol import (
+    ChoiceCount,
+    Seed,
+    StreamOptions,
+    StrictModel,
+    TokenCount,
+    Whole,
+    as_validated,
+    validation_error,
+)
 
 #: OpenAI's default output budget for legacy completions.
 DEFAULT_MAX_TOKENS = 16
@@ -24,20 +33,20 @@ class CompletionRequest(StrictModel):
     model: Annotated[str, Field(min_length=1, max_length=256)]
     prompt: str | Annotated[list[str], Field(min_length=1, max_length=128)]
     suffix: str | None = None
-    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_tokens: TokenCount | None = None
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     top_p: Annotated[float, Field(ge=0, le=1)] | None = None
-    n: Annotated[int, Field(ge=1, le=128)] = 1
-    best_of: Annotated[int, Field(ge=1, le=20)] | None = None
+    n: ChoiceCount = 1
+    best_of: Annotated[int, Field(ge=1, le=20), Whole] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    logprobs: Annotated[int, Field(ge=0, le=5)] | None = None
+    logprobs: Annotated[int, Field(ge=0, le=5), Whole] | None = None
     echo: bool = False
     stop: str | Annotated[list[str], Field(max_length=4)] | None = None
     presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
     frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
     logit_bias: dict[str, float] | None = None
-    seed: int | None = None
+    seed: Seed | None = None
     user: str | None = None
 
     @model_validator(mode="after")
@@ -69,6 +78,7 @@ def to_chat(body: dict[str, Any]) -> dict[str, Any]:
         req = CompletionRequest.model_validate(body)
     except ValidationError as exc:
         raise validation_error(exc) from None
+    as_validated(body, req)
     chat: dict[str, Any] = {
         "model": req.model,
         "messages": [{"role": "user", "content": p} for p in req.prompts],
@@ -92,7 +102,7 @@ class _Doc(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
-class CompletionChoice(_Doc):
+class TextCompletionChoice(_Doc):
     text: str
     index: int
     logprobs: dict[str, Any] | None
@@ -112,5 +122,5 @@ class TextCompletion(_Doc):
     object: Literal["text_completion"]
     created: int
     model: str
-    choices: list[CompletionChoice]
+    choices: list[TextCompletionChoice]
     usage: CompletionUsage | None = None

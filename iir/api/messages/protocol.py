@@ -5,7 +5,8 @@ What only Anthropic itself honours (server tools such as ``web_search_20250305``
 and ``search_result`` blocks, images by file id, more than four stop sequences, MCP servers) is
 passed on to ``anthropic/`` models, which take the request natively, and refused with a 400
 naming the field for every other model (:func:`native_only`). ``thinking`` and ``top_k`` are
-accepted everywhere and honoured natively.
+accepted everywhere and honoured natively. The request models (and so ``/openapi.json``) say what
+every model accepts: those extras are not in them.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from iir.core.errors import ApiError
-from iir.core.protocol import validation_error
+from iir.core.protocol import TokenCount, Whole, as_validated, validation_error
 
 # --- the request ---------------------------------------------------------------------------------
 
@@ -33,7 +34,10 @@ class TextBlock(_Part):
 
 
 class ImageSource(_Part):
-    type: Literal["base64", "url", "file"]
+    """An image's bytes or URL. (Images by file id, ``"type": "file"``, are Anthropic's own:
+    they go to ``anthropic/`` models only, and are not in this schema.)"""
+
+    type: Literal["base64", "url"]
     media_type: str | None = None
     data: str | None = None
     url: str | None = None
@@ -129,11 +133,13 @@ class CountTokensRequest(BaseModel):
 class MessagesRequest(CountTokensRequest):
     """``POST /v1/messages``."""
 
-    max_tokens: Annotated[int, Field(ge=1)]
-    stop_sequences: list[str] | None = None
+    max_tokens: TokenCount
+    stop_sequences: Annotated[list[str], Field(max_length=4)] | None = Field(
+        None, description="Up to four for every model (anthropic/ models also take more)"
+    )
     temperature: Annotated[float, Field(ge=0, le=1)] | None = None
     top_p: Annotated[float, Field(ge=0, le=1)] | None = None
-    top_k: Annotated[int, Field(ge=0)] | None = None
+    top_k: Annotated[int, Field(ge=0, le=2**31 - 1), Whole] | None = None
     metadata: Metadata | None = None
     stream: bool = False
     service_tier: str | None = None
@@ -280,6 +286,7 @@ def to_chat(body: dict[str, Any], *, counting: bool = False) -> dict[str, Any]:
         req = model.model_validate(_translatable(body))
     except ValidationError as exc:
         raise validation_error(exc) from None
+    as_validated(body, req)
     messages: list[dict[str, Any]] = []
     if req.system:
         system = (

@@ -6,7 +6,8 @@ Fields that clients send routinely and that do not change a plain answer (``incl
 accepted. What only OpenAI itself can honour (built-in tools such as ``web_search``, custom tools,
 ``conversation`` objects, prompt templates, file inputs, items of OpenAI's own tools) is passed
 on to ``openai/`` models, which take the request natively, and refused with a 400 naming the field
-for every other model (:func:`native_only`).
+for every other model (:func:`native_only`). The request models (and so ``/openapi.json``) say
+what every model accepts: those extras are not in them.
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ from pydantic import (
     Field,
     Tag,
     ValidationError,
+    ValidationInfo,
+    field_validator,
 )
 
 from iir.core.ids import random_hex
-from iir.core.protocol import validation_error
+from iir.core.protocol import TokenCount, TopLogprobs, Whole, as_validated, validation_error
 
 # --- the request ---------------------------------------------------------------------------------
 
@@ -40,8 +43,11 @@ class InputText(_Part):
 
 
 class InputImage(_Part):
+    """An image by URL (or data URL). Images by ``file_id`` alone are OpenAI's own: they go to
+    ``openai/`` models only, and are not in this schema."""
+
     type: Literal["input_image"]
-    image_url: str | None = None
+    image_url: Annotated[str, Field(min_length=1)]
     file_id: str | None = None
     detail: Literal["low", "high", "auto"] | None = None
 
@@ -136,23 +142,34 @@ class TextParam(_Part):
 
 
 class ResponsesRequest(BaseModel):
-    """``POST /v1/responses``. Unknown fields are ignored, as OpenAI-compatible servers do."""
+    """``POST /v1/responses``. Unknown fields are ignored, as OpenAI-compatible servers do.
 
-    model_config = ConfigDict(extra="ignore", strict=True)
+    A background response is stored and not streamed (the document says so in ``anyOf``)."""
+
+    model_config = ConfigDict(
+        extra="ignore",
+        strict=True,
+        json_schema_extra={
+            "anyOf": [
+                {"properties": {"background": {"const": False}}},
+                {"properties": {"store": {"const": True}, "stream": {"const": False}}},
+            ]
+        },
+    )
 
     model: Annotated[str, Field(min_length=1, max_length=256)]
     input: str | Annotated[list[InputItem], Field(min_length=1)]
     instructions: str | None = None
-    max_output_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_output_tokens: TokenCount | None = None
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     top_p: Annotated[float, Field(ge=0, le=1)] | None = None
     tools: list[FunctionTool] | None = None
     tool_choice: Literal["none", "auto", "required"] | ToolChoiceFunction | None = None
     parallel_tool_calls: bool | None = None
     text: TextParam | None = None
+    background: bool = False
     stream: bool = False
     store: bool = True
-    background: bool = False
     previous_response_id: str | None = None
     metadata: Annotated[dict[str, str], Field(max_length=16)] | None = None
     user: str | None = None
@@ -164,8 +181,19 @@ class ResponsesRequest(BaseModel):
     safety_identifier: str | None = None
     reasoning: dict[str, Any] | None = None
     stream_options: dict[str, Any] | None = None
-    top_logprobs: int | None = None
-    max_tool_calls: int | None = None
+    top_logprobs: TopLogprobs | None = None
+    max_tool_calls: Annotated[int, Field(ge=0, le=2**31 - 1), Whole] | None = None
+
+    @field_validator("stream", "store")
+    @classmethod
+    def _background(cls, value: bool, info: ValidationInfo) -> bool:
+        """A background response is polled, so it is stored and not streamed (400 naming the
+        field that says otherwise)."""
+        streamed = info.field_name == "stream"
+        if info.data.get("background") is True and (value if streamed else not value):
+            fix = "drop 'stream'" if streamed else "drop 'store: false'"
+            raise ValueError(f"a background response is stored and not streamed; {fix}")
+        return value
 
 
 def native_only(body: dict[str, Any]) -> tuple[str, str] | None:
@@ -299,6 +327,7 @@ def to_chat(body: dict[str, Any]) -> dict[str, Any]:
         req = ResponsesRequest.model_validate(_translatable(body))
     except ValidationError as exc:
         raise validation_error(exc) from None
+    as_validated(body, req)
     messages: list[dict[str, Any]] = []
     if req.instructions:
         messages.append({"role": "system", "content": req.instructions})
