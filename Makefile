@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 
 SOURCES := pyproject.toml Cargo.toml native/Cargo.toml $(shell find native/src -type f 2>/dev/null)
 
-.PHONY: install run test test-deps lint fmt bench clean engine-env test-engine bench-engine
+.PHONY: install run test test-deps lint fmt bench clean engine-env test-engine bench-engine scrub-report
 
 install: $(STAMP)  ## create .venv with IIR and its dev tools (quick when nothing changed)
 
@@ -79,6 +79,9 @@ test-engine: $(ENGINE_STAMP)  ## the local-engine suite: the real vLLM engine in
 
 bench-engine: $(ENGINE_STAMP)  ## iir serve beside vllm serve on the same tiny model (README "Performance")
 	$(ENGINE_VENV)/bin/python -m bench.engine $(BENCH_ENGINE_ARGS)
+
+scrub-report: install  ## the scrubber's recall and precision on the rule table's fixtures (docs/scrubbing.md)
+	$(BIN)/python -m tests.scrub_report
 
 clean:
 	rm -rf $(VENV) target .pytest_cache .ruff_cache .benchmarks

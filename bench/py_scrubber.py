@@ -1,9 +1,9 @@
 """Pure-Python baseline: the same rules and checks as the Rust scrubber, on the ``re`` module.
 
-The patterns are the Rust rule table translated to ``re`` syntax (Rust's ASCII-only groups become
-``(?a:...)``); each rule is searched on its own and the matches are merged leftmost-first (faster
-than one combined alternation on ``re``), and every match goes through the same placeholder
-checks.
+The patterns are rules of the table (the bench passes those the scrubber knew before the table)
+translated to ``re`` syntax (Rust's ASCII-only groups become ``(?a:...)``); each rule is searched
+on its own and the matches are merged leftmost-first (faster than one combined alternation on
+``re``), and every match goes through the same placeholder checks.
 """
 
 from __future__ import annotations
@@ -11,8 +11,6 @@ from __future__ import annotations
 import base64
 import re
 import urllib.parse
-
-from iir import _native
 
 REDACTED = "REDACTED"
 _PLACEHOLDER_VALUES = {
@@ -28,9 +26,11 @@ _DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)+\Z")
 _TOKEN_LIKE = {
     "age_secret_key", "anthropic_key", "openrouter_key", "openai_key", "stripe_secret_key",
     "xai_key", "groq_key", "huggingface_token", "replicate_token", "perplexity_key",
-    "github_token", "gitlab_token", "slack_token", "google_api_key", "google_oauth_token",
-    "aws_access_key_id", "aws_secret_key", "npm_token", "pypi_token", "sendgrid_key",
-    "digitalocean_token", "databricks_token", "vault_token", "twilio_key", "shopify_token",
+    "github_pat", "github_oauth", "github_app_token", "github_refresh_token",
+    "github_fine_grained_pat", "gitlab_pat", "slack_bot_token", "slack_user_token",
+    "google_api_key", "google_oauth_token", "aws_access_key_id", "aws_secret_key", "npm_token",
+    "pypi_token", "sendgrid_key", "digitalocean_token", "databricks_token",
+    "vault_service_token", "twilio_key", "shopify_token",
     "linear_key", "jwt",
 }  # fmt: skip
 
@@ -95,12 +95,12 @@ def _accept(name: str, value: str, before: str, after: str) -> bool:
 class PyScrubber:
     """The baseline scrubber."""
 
-    def __init__(self, secrets: list[str]) -> None:
+    def __init__(self, secrets: list[str], patterns: list[tuple[str, str, list[str]]]) -> None:
         literals = sorted({f for s in secrets for f in _forms(s)}, key=lambda f: (-len(f), f))
         rules: list[tuple[str, str]] = []
         if literals:
             rules.append(("env_secret", "|".join(map(re.escape, literals))))
-        rules.extend((name, _translate(p)) for name, p in _native.rule_patterns())
+        rules.extend((name, _translate(p)) for name, p, _ in patterns)
         # One regex per rule: each keeps its literal prefix, which ``re`` searches quickly.
         self._rules = [(name, re.compile(p)) for name, p in rules]
 

@@ -11,6 +11,7 @@ __all__ = [
     "CueScanner",
     "Decision",
     "RateLimiter",
+    "RuleSet",
     "ScrubError",
     "Scrubber",
     "SseParser",
@@ -29,7 +30,6 @@ __all__ = [
     "encode",
     "encoding_ranks",
     "is_secret_env_name",
-    "rule_patterns",
 ]
 
 __version__: str
@@ -61,13 +61,35 @@ class ScrubError(ValueError):
     reason: str
 
 @final
+class RuleSet:
+    """Parsed secret rules: the package's table, or an operator's file in gitleaks' format."""
+
+    @staticmethod
+    def from_table(text: str) -> RuleSet:
+        """The rule table (TOML in the table's own format); ``ValueError`` names the entry."""
+    @staticmethod
+    def from_gitleaks(text: str) -> RuleSet:
+        """Rules in gitleaks' TOML format, translated and checked (each must compile, start with
+        a literal and be found in linear time); ``ValueError`` names the rule and its line."""
+    @property
+    def names(self) -> list[str]:
+        """Rule names in priority order."""
+    @property
+    def skipped(self) -> list[str]:
+        """Rules of a gitleaks file left out because their matches may start anywhere (this
+        engine runs a rule only where one of its start literals is found): rule, line, why."""
+    def patterns(self) -> list[tuple[str, str, list[str]]]:
+        """``(name, pattern, start literals)`` per pattern (Rust regex syntax)."""
+    def __len__(self) -> int: ...
+
+@final
 class Scrubber:
-    """Built-in secret rules plus literal secrets (matched raw, JSON-escaped, URL-encoded, base64).
+    """Secret rules plus literal secrets (matched raw, JSON-escaped, URL-encoded, base64).
 
     Every call takes time linear in the text (see ``native/src/scrub/engine.rs``).
     """
 
-    def __new__(cls, secrets: list[str] = ...) -> Self: ...
+    def __new__(cls, secrets: list[str], rules: list[RuleSet]) -> Self: ...
     @property
     def rule_names(self) -> list[str]:
         """Every rule name that can appear in the counts."""
@@ -93,9 +115,6 @@ class StreamScrubber:
     @property
     def counts(self) -> dict[str, int]:
         """Redactions so far, by rule name."""
-
-def rule_patterns() -> list[tuple[str, str]]:
-    """The built-in rules as ``(name, pattern)`` (Rust regex syntax; a rule may have several)."""
 
 # --- token counting ------------------------------------------------------------------------------
 

@@ -169,7 +169,7 @@ def test_rule_names_are_reported() -> None:
     key = make("openai_key", 1)
     clean, counts = SCRUBBER.scrub_text(f"a {key} b {make('github_token', 2)} c")
     assert clean == f"a {REDACTED} b {REDACTED} c"
-    assert counts == {"openai_key": 1, "github_token": 1}
+    assert counts == {"openai_key": 1, "github_pat": 1}
     assert "openai_key" in SCRUBBER.rule_names
 
 
@@ -179,7 +179,7 @@ def test_rule_names_are_reported() -> None:
         (
             "Authorization: Bearer abc.def-123_456~xyz",
             f"Authorization: Bearer {REDACTED}",
-            "bearer",
+            "authorization_header",
         ),
         ("Authorization: Basic dXNlcjpodW50ZXIy", f"Authorization: Basic {REDACTED}", "basic_auth"),
         (
@@ -198,7 +198,7 @@ def test_rule_names_are_reported() -> None:
             "aws_secret_key",
         ),
         (
-            "https://hooks.slack.com/services/T0ABCDEF1/B0ABCDEF2/abcdefGHIJKL0123456789ab",
+            "https://hooks.slack.com/services/T0ABCDEF1/B0ABCDEF2/q7Rk2mW9xLp4Zc8Vn3Td6Hs1",
             f"https://hooks.slack.com/{REDACTED}",
             "slack_webhook",
         ),
@@ -456,7 +456,7 @@ def test_stream_counts_and_holdback() -> None:
     assert key[:4] not in first
     rest = s.push(key[10:] + " done") + s.finish()
     assert first + rest == f"hello world, token {REDACTED} done"
-    assert s.counts == {"github_token": 1}
+    assert s.counts == {"github_app_token": 1}
 
 
 def test_stream_holds_back_little_for_plain_prose() -> None:

@@ -40,6 +40,14 @@ HOSTILE: dict[str, str] = {
     "AWS words": "aws secret ",
     "accepted assignments": "password=Zq9xWv8u ",
     "long token": "sk-proj-" + "Ab3dEf6hIj9kLm2n" * 4,
+    # The rule table's keyword and context forms: vendor names, configuration shapes and
+    # escapes before tokens, with no value or a rejected one.
+    "vendor names without values": "cloudflare: ",
+    "vendor assignments of placeholders": 'SENTRY_AUTH="xxxxxxxxxxxxxxxx" ',
+    "setProperty without its close": 'System.setProperty("X_TOKEN", "',
+    "curl -u without credentials": "curl -u ",
+    "XML value attributes without a close": '<add key="Password" value="',
+    "escapes before token prefixes": "%3Dghp_\\nxoxb-",
 }
 
 

@@ -96,7 +96,9 @@ def build(settings: Settings) -> Services:
     limits = build_limits(settings)
     # Secrets: the process's secret environment values (provider keys too) and IIR's own keys.
     scrubber = Scrubber.from_environ(
-        settings.env, extra_secrets=(*settings.api_keys, *url_passwords(settings))
+        settings.env,
+        extra_secrets=(*settings.api_keys, *url_passwords(settings)),
+        rules_file=settings.scrub_rules_file,
     )
     backends: list[Backend] = [
         EchoBackend(settings.echo_token_delay_ms, settings.max_answer_bytes),

@@ -1,5 +1,5 @@
 """The ``iir`` command: ``iir serve``, ``iir keygen``, ``iir doctor``, ``iir jobs``,
-``iir version``.
+``iir scrub``, ``iir version``.
 
 Exit codes: 0 success, 2 bad arguments or configuration (one clear line on stderr).
 """
@@ -11,7 +11,7 @@ import os
 import sys
 
 from iir import __version__
-from iir.cli import keygen
+from iir.cli import keygen, scrub
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -50,6 +50,8 @@ def _parser() -> argparse.ArgumentParser:
         )
     k = sub.add_parser("keygen", help="print new API keys (from the OS's secure random source)")
     keygen.add_arguments(k)
+    sc = sub.add_parser("scrub", help="scrub stdin to stdout; the rules that fired go to stderr")
+    scrub.add_arguments(sc)
     return p
 
 
@@ -159,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         return _jobs(args)
     if args.command == "keygen":
         return keygen.run(args)
+    if args.command == "scrub":
+        return scrub.run(args)
     if args.command == "version":
         print(__version__)
         return 0

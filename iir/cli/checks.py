@@ -1,7 +1,7 @@
 """The whole configuration, checked before the server starts: the settings themselves
 (:func:`iir.core.settings.load_settings`) and the settings that name other layers' data, which
-those layers parse (the routing policy file, the remote log sink, the TLS files, the providers'
-URLs)."""
+those layers parse (the routing policy file, the secret rules file, the remote log sink, the TLS
+files, the providers' URLs)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from iir.backends.providers.catalog import PROVIDERS
 from iir.core.settings import ConfigError, Settings, load_settings
 from iir.ops.logforward import parse_sink
 from iir.policy.routing.rules import PolicyError, load_policy
+from iir.policy.scrub import RulesFileError, load_rules_file
 
 
 def load_config(
@@ -29,6 +30,11 @@ def load_config(
         raise ConfigError(
             f"IIR_ROUTING_FILE={settings.routing_file or '(built-in)'}: {exc}"
         ) from None
+    if settings.scrub_rules_file:
+        try:
+            load_rules_file(settings.scrub_rules_file)
+        except RulesFileError as exc:
+            raise ConfigError(f"IIR_SCRUB_RULES_FILE={exc}") from None
     if settings.remote_log_sink:
         try:
             parse_sink(settings.remote_log_sink)

@@ -87,6 +87,22 @@ def _security(settings: Settings) -> list[Check]:
     return out
 
 
+def _scrub_rules(settings: Settings) -> Check:
+    """The secret rules: the table's families and an operator's file, and what of the file
+    cannot apply (load_config has already refused a file that cannot be used)."""
+    from iir.policy.scrub import builtin_rules, load_rules_file
+
+    detail = f"{len(builtin_rules().names)} built-in rules"
+    if not settings.scrub_rules_file:
+        return Check("secret rules", OK, detail)
+    extra = load_rules_file(settings.scrub_rules_file)
+    detail += f", {len(extra.names)} from {settings.scrub_rules_file}"
+    if extra.skipped:
+        left = "; ".join(extra.skipped)
+        return Check("secret rules", WARN, f"{detail}; {len(extra.skipped)} left out: {left}")
+    return Check("secret rules", OK, detail)
+
+
 def _data_dir(settings: Settings) -> Check:
     d = settings.data_dir
     if not d.exists():
@@ -200,7 +216,13 @@ def run_checks(
         return checks
     checks.append(Check("configuration", OK, f"{len(settings.api_keys)} API key(s)"))
     checks += _security(settings)
-    checks += [_data_dir(settings), _database(settings), _gpu(), _vllm(settings)]
+    checks += [
+        _scrub_rules(settings),
+        _data_dir(settings),
+        _database(settings),
+        _gpu(),
+        _vllm(settings),
+    ]
     checks += _providers(settings, timeout)
     return checks
 

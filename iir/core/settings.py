@@ -4,7 +4,7 @@ The environment wins over the file, so an operator can override one value of
 ``/etc/iir/iir.env`` for a single run. Each setting is declared once, with its variable, default
 and bounds; any bad value stops start-up (exit code 2) with one line naming the variable, because
 a gateway that starts half-configured fails later and less clearly. Settings that belong to another
-layer's data (the routing policy file, the log sink) are checked by ``iir serve`` and
+layer's data (the routing policy file, the secret rules file, the log sink) are checked by ``iir serve`` and
 ``iir doctor`` before the server starts (:mod:`iir.cli.checks`).
 """
 
@@ -161,6 +161,8 @@ class Settings(_FromEnv):
     # default strategy, the local queue depth above which local-first goes remote, the model
     # assumed when a request names none (None: the model field is required).
     routing_file: Path | None = _var("IIR_ROUTING_FILE")
+    # Extra secret rules in gitleaks' TOML format, besides the built-in table (None: none).
+    scrub_rules_file: Path | None = _var("IIR_SCRUB_RULES_FILE")
     routing_strategy: Strategy = _var("IIR_ROUTING_STRATEGY", "local-first")
     local_max_queue: int = _var("IIR_LOCAL_MAX_QUEUE", 8, ge=0)
     default_model: str | None = _var(

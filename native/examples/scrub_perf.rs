@@ -21,7 +21,12 @@ fn time(s: &Scrubber, text: &str) -> (f64, f64) {
 }
 
 fn main() {
-    let s = match Scrubber::new(&["hunter2hunter2"]) {
+    let table = include_str!("../../iir/policy/scrub_rules.toml");
+    let rules = match _native::rules::parse_table(table) {
+        Ok(r) => r,
+        Err(e) => return eprintln!("{e}"),
+    };
+    let s = match Scrubber::with_rules(&["hunter2hunter2"], rules) {
         Ok(s) => s,
         Err(e) => return eprintln!("{e}"),
     };

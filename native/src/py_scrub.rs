@@ -19,13 +19,79 @@ pyo3::create_exception!(
      `param` style (`messages[0].content`, empty for the top level), `reason` says why."
 );
 
+/// A parsed set of rules: the package's table, or an operator's file in gitleaks' format.
+#[pyclass(module = "iir._native", name = "RuleSet", frozen)]
+struct PyRuleSet {
+    rules: Vec<rules::Rule>,
+    skipped: Vec<String>,
+}
+
+fn rules_error(e: rules::RulesError) -> PyErr {
+    PyValueError::new_err(e.to_string())
+}
+
+#[pymethods]
+impl PyRuleSet {
+    /// The rule table (TOML text in the table's own format).
+    #[staticmethod]
+    fn from_table(text: &str) -> PyResult<Self> {
+        Ok(Self {
+            rules: rules::parse_table(text).map_err(rules_error)?,
+            skipped: Vec::new(),
+        })
+    }
+
+    /// Rules in gitleaks' TOML format, translated and checked; `ValueError` names the rule and
+    /// its line.
+    #[staticmethod]
+    fn from_gitleaks(text: &str) -> PyResult<Self> {
+        let parsed = rules::parse_gitleaks(text).map_err(rules_error)?;
+        Ok(Self {
+            rules: parsed.rules,
+            skipped: parsed.skipped.iter().map(ToString::to_string).collect(),
+        })
+    }
+
+    /// The rules of a gitleaks file left out (their matches may start anywhere), each as a
+    /// line naming the rule, its line and why.
+    #[getter]
+    fn skipped(&self) -> Vec<String> {
+        self.skipped.clone()
+    }
+
+    /// Rule names, in priority order (a name may stand for several patterns).
+    #[getter]
+    fn names(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for r in &self.rules {
+            if !out.contains(&r.name) {
+                out.push(r.name.clone());
+            }
+        }
+        out
+    }
+
+    /// `(name, pattern, triggers)` per pattern, in priority order (regex crate syntax), for
+    /// documentation and for baselines that reimplement them.
+    fn patterns(&self) -> Vec<(String, String, Vec<String>)> {
+        self.rules
+            .iter()
+            .map(|r| (r.name.clone(), r.pattern.clone(), r.triggers.clone()))
+            .collect()
+    }
+
+    fn __len__(&self) -> usize {
+        self.rules.len()
+    }
+}
+
 #[pyclass(module = "iir._native", name = "Scrubber", frozen)]
 struct PyScrubber {
     inner: Arc<scrub::Scrubber>,
     key_regex: regex_automata::meta::Regex,
     pool: Arc<ScratchPool>,
     /// Index of the `assignment` rule in the counts (values under secret-looking keys).
-    assignment: usize,
+    assignment: Option<usize>,
 }
 
 /// Scratch spaces for reuse: the scrubbing calls and the streams share them.
@@ -50,13 +116,13 @@ impl ScratchPool {
 /// Counts by rule index, turned into `{rule_name: count}` for the non-zero ones.
 fn counts_dict<'py>(
     py: Python<'py>,
-    names: &[&'static str],
+    names: &[String],
     counts: &[u64],
 ) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
     for (name, &n) in names.iter().zip(counts) {
         if n > 0 {
-            d.set_item(*name, n)?;
+            d.set_item(name, n)?;
         }
     }
     Ok(d)
@@ -219,8 +285,8 @@ impl PyScrubber {
                 let mut new_v = None;
                 if let (Ok(ks), Ok(vs)) = (k.cast::<PyString>(), v.cast::<PyString>()) {
                     if let (Ok(kt), Ok(vt)) = (ks.to_str(), vs.to_str()) {
-                        if self.is_secret_key(kt) && scrub::accept_value("assignment", vt) {
-                            if let Some(c) = counts.get_mut(self.assignment) {
+                        if self.is_secret_key(kt) && scrub::accept_value(vt) {
+                            if let Some(c) = self.assignment.and_then(|a| counts.get_mut(a)) {
                                 *c += 1;
                             }
                             new_v = Some(PyString::new(py, scrub::REDACTED).into_any());
@@ -325,18 +391,16 @@ impl MapOrOwned for std::borrow::Cow<'_, str> {
 
 #[pymethods]
 impl PyScrubber {
-    /// Build from literal secrets (the caller picks them); the built-in rules are always on.
+    /// Build from literal secrets (the caller picks them) and rule sets, in priority order.
     #[new]
-    #[pyo3(signature = (secrets = Vec::new()))]
-    fn new(secrets: Vec<String>) -> PyResult<Self> {
-        let inner = scrub::Scrubber::new(&secrets).map_err(|e| PyValueError::new_err(e.0))?;
+    #[pyo3(signature = (secrets, rules))]
+    fn new(secrets: Vec<String>, rules: Vec<PyRef<'_, PyRuleSet>>) -> PyResult<Self> {
+        let all: Vec<rules::Rule> = rules.iter().flat_map(|s| s.rules.iter().cloned()).collect();
+        let inner =
+            scrub::Scrubber::with_rules(&secrets, all).map_err(|e| PyValueError::new_err(e.0))?;
         let key_regex = regex_automata::meta::Regex::new(&rules::secret_key_pattern())
             .map_err(|e| PyRuntimeError::new_err(format!("invalid key pattern: {e}")))?;
-        let assignment = inner
-            .rule_names()
-            .iter()
-            .position(|n| *n == "assignment")
-            .ok_or_else(|| PyRuntimeError::new_err("no assignment rule"))?;
+        let assignment = inner.rule_names().iter().position(|n| n == "assignment");
         Ok(Self {
             inner: Arc::new(inner),
             key_regex,
@@ -347,7 +411,7 @@ impl PyScrubber {
 
     /// Rule names, as used in the counts.
     #[getter]
-    fn rule_names(&self) -> Vec<&'static str> {
+    fn rule_names(&self) -> Vec<String> {
         self.inner.rule_names().to_vec()
     }
 
@@ -453,16 +517,6 @@ impl PyStreamScrubber {
     }
 }
 
-/// The built-in rules as `(name, pattern)` (regex crate syntax), for documentation and for
-/// baselines that reimplement them.
-#[pyfunction]
-fn rule_patterns() -> Vec<(&'static str, String)> {
-    rules::builtin()
-        .into_iter()
-        .map(|r| (r.name, r.pattern))
-        .collect()
-}
-
 /// Whether an environment variable of this name holds a secret (its value is then scrubbed).
 #[pyfunction]
 fn is_secret_env_name(name: &str) -> bool {
@@ -480,6 +534,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(is_secret_env_name, m)?)?;
     m.add_class::<PyScrubber>()?;
     m.add_class::<PyStreamScrubber>()?;
-    m.add_function(wrap_pyfunction!(rule_patterns, m)?)?;
+    m.add_class::<PyRuleSet>()?;
     Ok(())
 }

@@ -178,6 +178,79 @@ def test_no_secret_reaches_the_provider(entry: str, srv: Server, fake: FakeProvi
         assert b"deploy with" in kept, "the job must have been stored"
 
 
+# --- every family of the rule table, both ways ---------------------------------------------------
+
+#: An operator's rule (gitleaks' format), loaded through IIR_SCRUB_RULES_FILE.
+TEAM_RULE = """
+[[rules]]
+id = "corp-api-token"
+regex = '''\\b(corp_[a-z0-9]{32})\\b'''
+keywords = ["corp_"]
+"""
+CORP = "corp_7f3kq9x2m4v8b1n6c5z0w3e7r2t9y4u1"
+
+
+@pytest.fixture(scope="module")
+def ruled(fake: FakeProvider, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    rules = tmp_path_factory.mktemp("rules") / "gitleaks.toml"
+    rules.write_text(TEAM_RULE)
+    with _server(fake, IIR_SCRUB_RULES_FILE=str(rules)) as s:
+        yield s
+
+
+def _family_texts() -> tuple[list[str], list[str], list[str]]:
+    """Every true positive's text, the secrets in them, and every false positive's text."""
+    from ..scrub_table import fixtures
+
+    tps = [fx for fx in fixtures() if fx.positive]
+    secrets = [p for fx in tps for p, secret in fx.parts if secret]
+    return [fx.text for fx in tps], secrets, [fx.text for fx in fixtures() if not fx.positive]
+
+
+@pytest.mark.parametrize("entry", ["chat", "chat-stream"])
+def test_no_family_of_the_table_reaches_the_provider(
+    entry: str, ruled: Server, fake: FakeProvider
+) -> None:
+    """Each true positive in its own message: none of its secrets leaves the box; each false
+    positive arrives as it was written."""
+    tps, secrets, fps = _family_texts()
+    fake.reset()
+    messages = [{"role": "user", "content": t} for t in [*tps, f"token {CORP} here", *fps]]
+    with ruled.client() as c:
+        r = ENTRY_POINTS[entry](c, ruled, {"model": MODEL, "messages": messages, "max_tokens": 5})
+    assert r.status_code == 200, r.text
+    [sent] = fake.chat_requests()
+    got = [m["content"] for m in sent.body["messages"]]
+    assert len(got) == len(messages)
+    leaked = [s for s in [*secrets, CORP] if any(s in g for g in got[: len(tps) + 1])]
+    assert not leaked, leaked
+    assert got[len(tps)] == "token REDACTED here"
+    assert got[len(tps) + 1 :] == fps
+
+
+def test_no_family_of_the_table_reaches_the_client(ruled: Server, fake: FakeProvider) -> None:
+    """A provider that answers with every true positive, streamed in small pieces that split
+    secrets: the client reads none of them."""
+    tps, secrets, _ = _family_texts()
+    fake.reset()
+    fake.reply = "\n".join([*tps, CORP])
+    fake.chunk_chars = 7
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "go"}], "stream": True}
+    with ruled.client() as c:
+        r = chat_stream(c, ruled, body)
+    assert r.status_code == 200
+    text = "".join(
+        (chunk["choices"][0]["delta"].get("content") or "")
+        for line in r.text.splitlines()
+        if line.startswith("data: {")
+        for chunk in [orjson.loads(line[6:])]
+        if chunk.get("choices")
+    )
+    assert text.count("REDACTED") >= len(tps)
+    leaked = [s for s in [*secrets, CORP] if s in text]
+    assert not leaked, leaked
+
+
 # --- the prompt cap ------------------------------------------------------------------------------
 
 

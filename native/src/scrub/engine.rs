@@ -3,8 +3,9 @@
 //! Every match of a rule starts with one of the rule's trigger literals. One pass finds the
 //! positions where a trigger starts (a three-byte hash filter skips most of the text, an anchored
 //! Aho-Corasick automaton confirms a candidate); at each, the rules that start with that trigger
-//! run anchored, in priority order, one lazy-DFA walk each. The first rule that matches decides
-//! the position: its match is checked ([`super::accept`]) and either redacted or rejected.
+//! run anchored, in priority order, one lazy-DFA walk each. The first rule whose match is accepted
+//! ([`super::accept`]) decides the position and its secret is redacted; a rejected match passes
+//! the position on to the next rule.
 //!
 //! Linear time rests on three bounds:
 //! - a walk never goes further than its rule's bound (`Rule::max_len`) past its start;
@@ -38,9 +39,9 @@ use regex_automata::util::captures::Captures;
 use regex_automata::util::start;
 use regex_automata::{Anchored, Input, MatchKind, PatternID};
 
-use super::accept::accept;
+use super::accept::{accept, Seen};
 use super::{escape_literal, literal_forms, BuildError, ENV_SECRET, MIN_ENV_SECRET_LEN, REDACTED};
-use crate::rules::{self, Rule};
+use crate::rules::{Check, Kind, Rule};
 
 /// How far [`Scrubber::glance`] looks past a trigger.
 const GLANCE: usize = 24;
@@ -49,8 +50,8 @@ const GLANCE: usize = 24;
 struct Pattern {
     /// Index into `Scrubber::names`.
     rule: usize,
-    /// Whether the token placeholder checks apply.
-    token_like: bool,
+    /// How its matches are told from look-alikes.
+    check: Check,
     /// How far past its start a walk of this pattern may go.
     max_len: usize,
     /// Whether the pattern has a capture group (else the value is the whole match).
@@ -74,7 +75,7 @@ pub struct Scrubber {
     /// One regex per pattern, to resolve the capture group once a match is known.
     per_pattern: Vec<Regex>,
     patterns: Vec<Pattern>,
-    names: Vec<&'static str>,
+    names: Vec<String>,
 }
 
 /// Per-call scratch space: caches of the lazy automata and the rules' masks.
@@ -85,15 +86,29 @@ pub struct Scratch {
     /// Per pattern: no match of it is tried at a trigger before this position (see the module
     /// documentation).
     masks: Vec<usize>,
+    /// The patterns whose mask is set (a reset clears those only: most texts touch few of the
+    /// table's hundreds of rules).
+    masked: Vec<usize>,
     /// Automaton steps taken (trigger confirmations and walks): the work a scan did, for tests
     /// that check it grows linearly with the text.
     pub steps: u64,
 }
 
 impl Scratch {
+    /// No match of pattern `pid` is tried at a trigger before `to`.
+    fn mask(&mut self, pid: usize, to: usize) {
+        if self.masks[pid] == 0 {
+            self.masked.push(pid);
+        }
+        self.masks[pid] = self.masks[pid].max(to);
+    }
+
     /// Forget the masks of the previous text.
     pub(crate) fn reset(&mut self) {
-        self.masks.fill(0);
+        for &pid in &self.masked {
+            self.masks[pid] = 0;
+        }
+        self.masked.clear();
     }
 }
 
@@ -156,9 +171,10 @@ enum Next {
 }
 
 impl Scrubber {
-    /// Build from the built-in rules plus literal secrets (already filtered by the caller).
+    /// Build from the package's rule table plus literal secrets (tests).
+    #[cfg(test)]
     pub fn new<S: AsRef<str>>(secrets: &[S]) -> Result<Self, BuildError> {
-        Self::with_rules(secrets, rules::builtin())
+        Self::with_rules(secrets, crate::rules::tests::builtin())
     }
 
     /// Build from `rules` plus literal secrets.
@@ -173,7 +189,7 @@ impl Scrubber {
         }
         literals.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
         literals.dedup();
-        let mut names: Vec<&'static str> = vec![ENV_SECRET];
+        let mut names: Vec<String> = vec![ENV_SECRET.to_string()];
         let mut patterns: Vec<Pattern> = Vec::new();
         let mut sources: Vec<String> = Vec::new();
         // (literal, pattern) pairs: which pattern each trigger starts.
@@ -183,7 +199,7 @@ impl Scrubber {
             sources.push(format!("(?:{})", alt.join("|")));
             patterns.push(Pattern {
                 rule: 0,
-                token_like: false,
+                check: Check::new(Kind::Env),
                 max_len: literals.iter().map(String::len).max().unwrap_or(0),
                 has_groups: false,
             });
@@ -193,7 +209,7 @@ impl Scrubber {
             let rule = match names.iter().position(|n| *n == r.name) {
                 Some(i) => i,
                 None => {
-                    names.push(r.name);
+                    names.push(r.name.clone());
                     names.len() - 1
                 }
             };
@@ -208,7 +224,7 @@ impl Scrubber {
             sources.push(r.pattern);
             patterns.push(Pattern {
                 rule,
-                token_like: r.token_like,
+                check: r.check,
                 max_len: r.max_len.max(1),
                 has_groups: false,
             });
@@ -261,7 +277,10 @@ impl Scrubber {
                     .match_kind(MatchKind::LeftmostFirst)
                     .starts_for_each_pattern(true)
                     .minimum_cache_clear_count(None)
-                    .cache_capacity(8 << 20),
+                    .cache_capacity(8 << 20)
+                    // Many rules (the table and an operator's whole gitleaks file) need more
+                    // than that: the least that works, rather than an error.
+                    .skip_cache_capacity_check(true),
             )
             .build_many(&sources)
             .map_err(|e| BuildError(format!("invalid scrub pattern: {e}")))?;
@@ -289,7 +308,7 @@ impl Scrubber {
     }
 
     /// Rule names, indexed like the counts.
-    pub fn rule_names(&self) -> &[&'static str] {
+    pub fn rule_names(&self) -> &[String] {
         &self.names
     }
 
@@ -299,6 +318,7 @@ impl Scrubber {
             dfa: self.dfa.create_cache(),
             per_pattern: (0..self.per_pattern.len()).map(|_| None).collect(),
             masks: vec![0; self.patterns.len()],
+            masked: Vec::new(),
             steps: 0,
         }
     }
@@ -470,8 +490,7 @@ impl Scrubber {
     }
 
     /// Try the rules of one trigger position in priority order. `Err`: a walk needs more text.
-    /// `Ok(None)`: no rule matched. `Ok(Some(found))`: the first rule that matched decided (a
-    /// rejection has `rule == usize::MAX`).
+    /// `Ok(None)`: no rule's match was accepted. `Ok(Some(found))`: the first accepted match.
     fn try_rules(
         &self,
         scratch: &mut Scratch,
@@ -502,15 +521,19 @@ impl Scrubber {
                     return Err(a);
                 }
                 Walked::Nothing(covered) => {
-                    scratch.masks[pid] = scratch.masks[pid].max(covered);
+                    scratch.mask(pid, covered);
                     a.next += 1;
                 }
                 Walked::Match { end, cut } => {
-                    let found = self.decide(scratch, text, base, pid, a.at, end, cut);
-                    if found.rule == usize::MAX {
-                        scratch.masks[pid] = scratch.masks[pid].max(end);
+                    let prefix = self.trigger_lens.get(a.literal).copied().unwrap_or(0);
+                    let found = self.decide(scratch, text, base, pid, (a.at, prefix), end, cut);
+                    if found.rule != usize::MAX {
+                        return Ok(Some(found));
                     }
-                    return Ok(Some(found));
+                    // Rejected: the next rule of this position may still match (a specific
+                    // format before the general one it overlaps).
+                    scratch.mask(pid, end);
+                    a.next += 1;
                 }
             }
         }
@@ -698,7 +721,8 @@ impl Scrubber {
         Some(end)
     }
 
-    /// Check the match `[at, end)` of pattern `pid`: the value to redact, or a rejection.
+    /// Check the match `[at, end)` of pattern `pid`, found by a trigger literal of `prefix` bytes:
+    /// the value to redact, or a rejection.
     #[allow(clippy::too_many_arguments)]
     fn decide(
         &self,
@@ -706,7 +730,7 @@ impl Scrubber {
         text: &str,
         base: usize,
         pid: usize,
-        at: usize,
+        (at, prefix): (usize, usize),
         end: usize,
         cut: Option<Walk>,
     ) -> Found {
@@ -721,10 +745,13 @@ impl Scrubber {
                 .span(at - base..end - base)
                 .anchored(Anchored::Yes);
             re.search_captures_with(cache, &exact, caps);
-            // The value is the first group that took part, else the whole match.
-            let span = (1..caps.group_len())
-                .find_map(|g| caps.get_group(g))
-                .or_else(|| caps.get_match().map(|m| m.span()));
+            // The value is the rule's secret group, else the first group that took part, else
+            // the whole match.
+            let span = match p.check.secret_group {
+                Some(g) => caps.get_group(g),
+                None => (1..caps.group_len()).find_map(|g| caps.get_group(g)),
+            }
+            .or_else(|| caps.get_match().map(|m| m.span()));
             match span {
                 Some(s) => (base + s.start, base + s.end),
                 None => (at, end),
@@ -732,13 +759,37 @@ impl Scrubber {
         } else {
             (at, end)
         };
+        let mut ve = ve;
+        let context = &text[at - base..vs - base];
+        if is_url_encoded(context) {
+            // In URL-encoded text a `+` is a space: the value ends there.
+            if let Some(i) = text[vs - base..ve - base].find('+').filter(|&i| i > 0) {
+                ve = vs + i;
+            }
+        }
+        let hay = text.as_bytes();
+        let back = |pos: usize| &hay[(pos - base).saturating_sub(3)..pos - base];
+        // A value cut at the bound goes on past it (see `extend`): nothing follows it yet.
+        let extended = cut.is_some() && ve == end;
         let value = &text[vs - base..ve - base];
-        let after = text[ve - base..].chars().next();
-        let before = text[at - base..vs - base]
-            .trim_end_matches([' ', '\t'])
-            .chars()
-            .next_back();
-        if !accept(self.names[p.rule], p.token_like, value, before, after) {
+        let seen = Seen {
+            value,
+            // The part of a token after the literal it was found by.
+            body: if vs == at && prefix < value.len() && value.is_char_boundary(prefix) {
+                &value[prefix..]
+            } else {
+                value
+            },
+            whole: &text[at - base..end - base],
+            before_match: back(at),
+            before: char_before(context),
+            after: if extended {
+                None
+            } else {
+                char_at(&text[ve - base..])
+            },
+        };
+        if !accept(&p.check, &seen) {
             return Found::rejected();
         }
         // A value that runs to the end of a match cut at the bound goes on as long as the rule
@@ -751,6 +802,70 @@ impl Scrubber {
             extension,
         }
     }
+}
+
+/// Whether text is URL-encoded: it holds a `%XX` escape or a `+` for a space.
+fn is_url_encoded(s: &str) -> bool {
+    let b = s.as_bytes();
+    s.contains('+')
+        || b.windows(3)
+            .any(|w| w[0] == b'%' && w[1].is_ascii_hexdigit() && w[2].is_ascii_hexdigit())
+}
+
+/// The character a JSON escape (`\n`) or a URL escape (`%3A`) at the start of `s` stands for,
+/// else the first character.
+fn char_at(s: &str) -> Option<char> {
+    let b = s.as_bytes();
+    match b {
+        [b'%', h, l, ..] if h.is_ascii_hexdigit() && l.is_ascii_hexdigit() => {
+            let code = (hex(*h) << 4) | hex(*l);
+            Some(char::from(code))
+        }
+        [b'\\', e, ..] => Some(match e {
+            b'n' => '\n',
+            b'r' => '\r',
+            b't' => '\t',
+            b'"' => '"',
+            b'/' => '/',
+            b'\\' => '\\',
+            _ => '\\',
+        }),
+        _ => s.chars().next(),
+    }
+}
+
+fn hex(b: u8) -> u8 {
+    match b {
+        b'0'..=b'9' => b - b'0',
+        b'a'..=b'f' => b - b'a' + 10,
+        _ => b.wrapping_sub(b'A').wrapping_add(10) & 0xf,
+    }
+}
+
+/// The last character of `s` that is not a space (spaces and escapes read as what they stand
+/// for: `%20`, `+`, `\t`, `%3A`).
+fn char_before(s: &str) -> Option<char> {
+    let mut s = s;
+    loop {
+        let t = s
+            .trim_end_matches([' ', '\t', '+'])
+            .trim_end_matches("%20")
+            .trim_end_matches("%09")
+            .trim_end_matches("\\t");
+        if t.len() == s.len() {
+            break;
+        }
+        s = t;
+    }
+    let b = s.as_bytes();
+    let n = b.len();
+    if n >= 3 && b[n - 3] == b'%' && b[n - 2].is_ascii_hexdigit() && b[n - 1].is_ascii_hexdigit() {
+        return char_at(&s[n - 3..]);
+    }
+    if n >= 2 && b[n - 2] == b'\\' {
+        return char_at(&s[n - 2..]);
+    }
+    s.chars().next_back()
 }
 
 /// What a trigger position yields.
@@ -902,6 +1017,29 @@ mod tests {
     }
 
     #[test]
+    fn builds_with_the_table_and_a_large_operator_file() {
+        // Two hundred rules of gitleaks' semi-generic shape beside the table (gitleaks' own
+        // configuration has about as many): the lazy DFA of all rules together outgrows its
+        // default cache and must still build.
+        let mut file = String::new();
+        for i in 0..200 {
+            let n = 20 + i % 50;
+            file.push_str(&format!(
+                "[[rules]]\nid = \"vendor{i}\"\nregex = '''(?i)[\\w.-]{{0,50}}?(?:vendor{i}x)(?:[ \\t\\w.-]{{0,20}})[\\s'\"]{{0,3}}(?:=|>|:{{1,3}}=|\\|\\||:|=>|\\?=|,)[\\x60'\"\\s=]{{0,5}}([a-z0-9_-]{{{n}}}|[A-Z0-9]{{{n},80}})(?:[\\x60'\"\\s;]|\\\\[nr]|$)'''\n\n"
+            ));
+        }
+        let extra = crate::rules::parse_gitleaks(&file).unwrap();
+        assert_eq!((extra.rules.len(), extra.skipped.len()), (200, 0));
+        let mut rules = extra.rules;
+        rules.extend(crate::rules::tests::builtin());
+        let s = Scrubber::with_rules::<&str>(&[], rules).unwrap();
+        assert_eq!(
+            scrub(&s, "VENDOR7X_KEY=k3j9x7m2q8w4e6r1t5y0u3i7p9a2s4d6 ok"),
+            "VENDOR7X_KEY=REDACTED ok"
+        );
+    }
+
+    #[test]
     fn placeholders_are_kept() {
         let s = Scrubber::new::<&str>(&[]).unwrap();
         for text in [
@@ -953,7 +1091,7 @@ mod tests {
     #[test]
     fn pem_blocks_longer_than_the_bound_are_not_matched_but_cost_little() {
         let s = Scrubber::new::<&str>(&[]).unwrap();
-        let body = "QUJD\n".repeat(rules::MAX_PEM / 5 + 10);
+        let body = "QUJD\n".repeat(crate::rules::MAX_PEM / 5 + 10);
         let text = format!("-----BEGIN PRIVATE KEY-----\n{body}-----END PRIVATE KEY-----");
         assert_eq!(scrub(&s, &text), text);
         let short = format!(

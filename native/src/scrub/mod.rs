@@ -8,6 +8,7 @@ use base64::Engine as _;
 
 pub mod accept;
 pub mod engine;
+pub mod forms;
 pub mod stream;
 
 pub use accept::accept_value;

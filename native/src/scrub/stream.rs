@@ -7,10 +7,13 @@
 
 use super::engine::{Scan, Scratch, Scrubber};
 
+/// Bytes of emitted text kept before what is held back (see `compact`).
+const CONTEXT: usize = 3;
+
 /// A scrubber over a stream of chunks; the output equals the one-shot scrub of their concatenation.
 pub struct Stream {
-    /// The text from offset `base` of the stream on: what is not emitted yet, preceded by one
-    /// character of emitted context.
+    /// The text from offset `base` of the stream on: what is not emitted yet, preceded by a few
+    /// bytes of emitted context.
     buf: String,
     base: usize,
     scan: Scan,
@@ -86,14 +89,14 @@ impl Stream {
         out
     }
 
-    /// Drop emitted text, keeping one character of context (for word boundaries and the
-    /// character before a value).
+    /// Drop emitted text, keeping three bytes of context (for word boundaries, the character
+    /// before a value and the escape before a token: `\n`, `%3D`).
     fn compact(&mut self) {
         let held = self.scan.copied - self.base;
         if held < 64 {
             return;
         }
-        let mut keep = held - 1;
+        let mut keep = held - CONTEXT;
         while !self.buf.is_char_boundary(keep) {
             keep -= 1;
         }
