@@ -76,8 +76,10 @@ def test_cost_per_byte_does_not_grow_with_the_text(family: str, clean_per_byte: 
     ratios = f"{small * 1e9:.1f} / {mid * 1e9:.1f} / {large * 1e9:.1f} ns per byte"
     assert large <= 8 * small and mid <= 8 * small, f"{family}: {ratios}"
     # The bound per rule alone would keep the growth linear with a huge constant: the cost must
-    # also stay within a constant of clean text's.
-    assert large <= 100 * clean_per_byte, f"{family}: {ratios}, clean {clean_per_byte * 1e9:.1f}"
+    # also stay within a constant of clean text's. The costliest families measure 40-90x clean
+    # text (docs/security.md); the bound leaves room for a busy machine, while a scan that
+    # rescanned per trigger would be thousands of times over it at 1 MB.
+    assert large <= 200 * clean_per_byte, f"{family}: {ratios}, clean {clean_per_byte * 1e9:.1f}"
 
 
 @pytest.mark.parametrize("family", list(HOSTILE))
