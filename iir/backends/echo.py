@@ -30,6 +30,7 @@ from iir.core.types import (
 )
 
 MODEL = "iir/echo"
+_CAPABILITIES = TRANSLATED | {COMPLETIONS}
 
 # Echo's own tokenizer: a word of up to six characters or one symbol, with the whitespace before it,
 # or the whitespace at the very end. Joining the pieces gives the text back exactly.
@@ -145,8 +146,12 @@ class EchoBackend(Backend):
     def models(self) -> list[ModelCard]:
         return [ModelCard(id=MODEL, owned_by="iir", created=1_700_000_000)]
 
+    def resolve(self, name: str) -> str | None:
+        # Asked for every request (routing, then the run): one name, no model list to build.
+        return MODEL if name == MODEL else None
+
     def capabilities(self, model: str) -> frozenset[str]:
-        return TRANSLATED | {COMPLETIONS}
+        return _CAPABILITIES
 
     def speaks(self, surface: str, model: str) -> bool:
         return surface == COMPLETIONS
