@@ -19,8 +19,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import re
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,10 +26,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from bench import wrk
+from bench import fake_upstream, wrk
 from bench.conftest import record
 from bench.loadgen import Conn, build_request, percentile
-from tests.harness import REPO, Server, free_port
+from tests.harness import Server, free_port
 
 ROUNDS = 4
 PER_ROUND = 500
@@ -55,22 +53,8 @@ def _body(model: str, stream: bool) -> bytes:
 @pytest.fixture(scope="module")
 def slow_upstream() -> Iterator[str]:
     """The fake upstream streaming one token every TOKEN_MS; yields its base URL."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            str(REPO / "bench" / "fake_upstream.py"),
-            str(port),
-            str(TOKEN_MS),
-            str(TOKENS),
-        ],
-        stdout=subprocess.PIPE,
-    )
-    assert proc.stdout is not None
-    assert proc.stdout.readline().strip() == b"ready"
-    yield f"http://127.0.0.1:{port}/v1"
-    proc.terminate()
-    proc.wait(10)
+    with fake_upstream.running(free_port(), TOKEN_MS, TOKENS) as url:
+        yield url
 
 
 def _env(fast: str, slow: str | None = None) -> dict[str, str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
@@ -11,6 +10,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from bench.fake_upstream import running as fake_upstream_running
 from tests.harness import REPO, Server, free_port
 
 # name -> measured values; filled by the benchmarks, printed at the end as ratios to the baseline.
@@ -71,23 +71,8 @@ def bare_port() -> Iterator[int]:
 @pytest.fixture(scope="session")
 def fake_upstream() -> Iterator[str]:
     """The bench upstream in its own process; yields its base URL (ending in /v1)."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, str(REPO / "bench" / "fake_upstream.py"), str(port)],
-        stdout=subprocess.PIPE,
-    )
-    assert proc.stdout is not None
-    assert proc.stdout.readline().strip() == b"ready"
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/v1"
-    proc.terminate()
-    proc.wait(10)
+    with fake_upstream_running(free_port()) as url:
+        yield url
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -13,7 +13,11 @@ and ``[DONE]``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import subprocess
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 
 import orjson
 
@@ -138,6 +142,23 @@ class _Conn(asyncio.Protocol):
                     self.transport.write(RESP_SSE)
             else:
                 self.transport.write(RESP_JSON)
+
+
+@contextlib.contextmanager
+def running(port: int, token_ms: float = 0, tokens: int = 0) -> Iterator[str]:
+    """This fake in its own process on ``port`` (slow streams with ``token_ms``); yields its
+    base URL (ending in /v1) once it listens."""
+    args = [sys.executable, str(Path(__file__)), str(port)]
+    if token_ms:
+        args += [str(token_ms), str(tokens)]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == b"ready"
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 async def main(port: int) -> None:

@@ -7,13 +7,12 @@ Same fake upstream, server and request as the memory row of ``bench_proxy.py``, 
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import time
 
-from bench import wrk
+from bench import fake_upstream, wrk
 from bench.bench_proxy import _body, _env, _worker_rss_mb
-from tests.harness import REPO, Server, free_port
+from tests.harness import Server, free_port
 
 STEP = 50_000
 
@@ -21,29 +20,19 @@ STEP = 50_000
 def main() -> None:
     steps = int(sys.argv[1]) if len(sys.argv) > 1 else 6
     port = free_port()
-    upstream = subprocess.Popen(
-        [sys.executable, str(REPO / "bench" / "fake_upstream.py"), str(port)],
-        stdout=subprocess.PIPE,
-    )
-    assert upstream.stdout is not None
-    assert upstream.stdout.readline().strip() == b"ready"
     body = _body("openai/bench-model", False)
-    try:
-        with Server(env=_env(f"http://127.0.0.1:{port}/v1")) as srv:
-            time.sleep(2)
-            print(f"requests 0: {_worker_rss_mb(srv):.1f} MB", flush=True)
-            done = 0
-            for step in range(1, steps + 1):
-                while done < step * STEP:
-                    got = wrk.run(
-                        srv.port, "/v1/chat/completions", "POST", body, srv.auth, 32, seconds=5
-                    )
-                    done += int(got["requests"])
-                time.sleep(2)  # let the pool and the log writer settle
-                print(f"requests {done}: {_worker_rss_mb(srv):.1f} MB", flush=True)
-    finally:
-        upstream.terminate()
-        upstream.wait(10)
+    with fake_upstream.running(port), Server(env=_env(f"http://127.0.0.1:{port}/v1")) as srv:
+        time.sleep(2)
+        print(f"requests 0: {_worker_rss_mb(srv):.1f} MB", flush=True)
+        done = 0
+        for step in range(1, steps + 1):
+            while done < step * STEP:
+                got = wrk.run(
+                    srv.port, "/v1/chat/completions", "POST", body, srv.auth, 32, seconds=5
+                )
+                done += int(got["requests"])
+            time.sleep(2)  # let the pool and the log writer settle
+            print(f"requests {done}: {_worker_rss_mb(srv):.1f} MB", flush=True)
 
 
 if __name__ == "__main__":

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import orjson
 
-from bench import wrk
-from tests.harness import REPO, Server, free_port
+from bench import fake_upstream, wrk
+from tests.harness import Server, free_port
 
 
 def _worker_pid(srv: Server) -> int:
@@ -76,12 +76,6 @@ def main() -> None:
     stream = "--stream" in sys.argv
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     port = free_port()
-    upstream = subprocess.Popen(
-        [sys.executable, str(REPO / "bench" / "fake_upstream.py"), str(port)],
-        stdout=subprocess.PIPE,
-    )
-    assert upstream.stdout is not None
-    assert upstream.stdout.readline().strip() == b"ready"
     env = {
         "OPENAI_API_KEY": "bench-upstream-key",
         "IIR_OPENAI_BASE_URL": f"http://127.0.0.1:{port}/v1",
@@ -95,33 +89,33 @@ def main() -> None:
     }
     if stream:
         body["stream"] = True
-    try:
-        with Server(env=env) as srv, tempfile.TemporaryDirectory() as tmp:
-            path = "/v1/chat/completions"
-            data = orjson.dumps(body)
-            wrk.run(srv.port, path, "POST", data, srv.auth, 32, seconds=2)  # warm the pools
-            out = Path(tmp) / "stacks.txt"
-            cmd = [spy, "record", "-p", str(_worker_pid(srv)), "-d", str(seconds), "-r", "200"]
-            cmd += ["-f", "raw", "-o", str(out)]
-            # --native needs the process paused while it unwinds; Python frames alone do not.
-            cmd.append("--native" if native else "--nonblocking")
-            load = threading.Thread(
-                target=wrk.run,
-                args=(srv.port, path, "POST", data, srv.auth, 32, seconds + 2),
-            )
-            load.start()
-            spied = subprocess.run(cmd, capture_output=True, text=True)
-            load.join()
-            if spied.returncode:
-                sys.exit(f"py-spy failed: {spied.stderr.strip()}")
-            raw = out.read_text()
-            for a in sys.argv:
-                if a.startswith("--raw="):  # the collapsed stacks, for a flame graph
-                    Path(a.removeprefix("--raw=")).write_text(raw)
-            print(summarise(raw))
-    finally:
-        upstream.terminate()
-        upstream.wait(10)
+    with (
+        fake_upstream.running(port),
+        Server(env=env) as srv,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
+        path = "/v1/chat/completions"
+        data = orjson.dumps(body)
+        wrk.run(srv.port, path, "POST", data, srv.auth, 32, seconds=2)  # warm the pools
+        out = Path(tmp) / "stacks.txt"
+        cmd = [spy, "record", "-p", str(_worker_pid(srv)), "-d", str(seconds), "-r", "200"]
+        cmd += ["-f", "raw", "-o", str(out)]
+        # --native needs the process paused while it unwinds; Python frames alone do not.
+        cmd.append("--native" if native else "--nonblocking")
+        load = threading.Thread(
+            target=wrk.run,
+            args=(srv.port, path, "POST", data, srv.auth, 32, seconds + 2),
+        )
+        load.start()
+        spied = subprocess.run(cmd, capture_output=True, text=True)
+        load.join()
+        if spied.returncode:
+            sys.exit(f"py-spy failed: {spied.stderr.strip()}")
+        raw = out.read_text()
+        for a in sys.argv:
+            if a.startswith("--raw="):  # the collapsed stacks, for a flame graph
+                Path(a.removeprefix("--raw=")).write_text(raw)
+        print(summarise(raw))
 
 
 if __name__ == "__main__":
