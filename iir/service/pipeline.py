@@ -512,29 +512,30 @@ class Pipeline:
         clean = StreamCleaner(self.scrubber)
         usage: Usage | None = None
         produced = False
-        size = 0
+        size, limit = 0, self.max_answer_bytes
         try:
             async with aclosing(events):  # type: ignore[type-var]
                 try:
                     event = first
                     while event is not None:
-                        if isinstance(event, Usage):
-                            usage = event
-                        elif isinstance(event, NativeEvent):
+                        if isinstance(event, Delta):  # the common case first: once per piece
                             produced = True
-                            if self.max_answer_bytes and event.stream is not None:
+                            if limit:
+                                size += delta_bytes(event)
+                                if size > limit:
+                                    raise answer_too_large(size, limit, prepared.request.n)
+                            delta = clean(event)
+                            if delta is not None:
+                                yield delta
+                        elif isinstance(event, Usage):
+                            usage = event
+                        else:
+                            produced = True
+                            if limit and event.stream is not None:
                                 size += _utf8_len(str(_at(event.data, event.path) or ""))
                                 self._check_answer_size(size, prepared.request.n)
                             for out in clean.native(event):
                                 yield out
-                        else:
-                            produced = True
-                            if self.max_answer_bytes:
-                                size += delta_bytes(event)
-                                self._check_answer_size(size, prepared.request.n)
-                            delta = clean(event)
-                            if delta is not None:
-                                yield delta
                         event = await anext(events, None)
                 except ApiError as err:
                     err.message = self.scrubber.scrub_text(err.message)[0]
@@ -725,7 +726,7 @@ def delta_bytes(d: Delta) -> int:
     return (
         (_utf8_len(d.content) if d.content else 0)
         + (_utf8_len(d.refusal) if d.refusal else 0)
-        + _calls_bytes(d.tool_calls)
+        + (_calls_bytes(d.tool_calls) if d.tool_calls else 0)
     )
 
 

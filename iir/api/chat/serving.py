@@ -112,10 +112,10 @@ async def sse(chat: ChatRequest, answer: AnswerStream, created: int) -> AsyncIte
     async with aclosing(answer.events) as events:  # type: ignore[type-var]
         try:
             async for event in events:
-                if isinstance(event, Usage):
-                    usage = event
-                elif isinstance(event, Delta):
+                if isinstance(event, Delta):
                     yield head + orjson.dumps((delta_choice(event),)) + b"}\n\n"
+                elif isinstance(event, Usage):
+                    usage = event
         except ApiError as err:
             yield error_frame(err)
             yield SSE_DONE
