@@ -782,9 +782,13 @@ class StreamCleaner:
 
     def __call__(self, d: Delta) -> Delta | None:
         if d.content:
-            self._texts.setdefault(d.index, []).append(d.content)
             text = d.content
-            d.content = self._scrubber(self.content, d.index).push(text)
+            s = self.content.get(d.index)
+            if s is None:  # the choice's first piece
+                s = self.content[d.index] = self.scrubber.stream()
+                self._texts.setdefault(d.index, [])
+            self._texts[d.index].append(text)
+            d.content = s.push(text)
             if d.content != text:
                 d.logprobs = None  # they would spell out what was held back or redacted
         if d.refusal:
