@@ -49,21 +49,13 @@ from typing import Any
 import httpx
 import psutil
 
+from tests.engine.conftest import ENGINE_ENV  # the engine suite's settings, and its reasons
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 KEY = "bench-key-0123456789abcdef0123456789abcdef"
 MODEL = "tiny"
 MESSAGES = [{"role": "user", "content": "What does the router do with a request?"}]
-ENGINE_ENV = {
-    "VLLM_CPU_KVCACHE_SPACE": "1",
-    "VLLM_CPU_OMP_THREADS_BIND": "nobind",
-    "VLLM_NO_USAGE_STATS": "1",
-    "VLLM_DO_NOT_TRACK": "1",
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-    "OMP_NUM_THREADS": "1",
-}
 
 
 def free_port() -> int:
